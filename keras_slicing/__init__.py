@@ -1,0 +1,20 @@
+"""keras-slicing: model slicing for Keras 3.
+
+One network, every width: sliced layers compute only the first
+`ceil(r * slice_groups)` groups of their units at slice rate `r`, so a single
+set of weights serves any cost budget (Cai et al., PVLDB 13(2), 2020).
+"""
+
+from keras_slicing import layers
+from keras_slicing.calibration import calibrate_batchnorm
+from keras_slicing.cost import model_cost
+from keras_slicing.rates import rate_input
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "calibrate_batchnorm",
+    "layers",
+    "model_cost",
+    "rate_input",
+]

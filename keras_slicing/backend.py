@@ -1,0 +1,103 @@
+"""Backend-specific pieces of slicing (TensorFlow).
+
+Everything else in the package is written with `keras.ops`; a JAX backend
+needs only this module rewritten (there a traced rate cannot slice, so only
+static Python-float rates would be supported).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def concrete_rate(rate, owner):
+    """The rate as a Python float when it is known now, else None.
+
+    Python numbers, numpy values and eager tensors are concrete; a rate vector
+    must hold one repeated value.
+    """
+    if isinstance(rate, (bool, np.bool_)):
+        raise ValueError(
+            f"{owner}: the slice rate must be a number in (0, 1]. "
+            f"Received: rate={rate!r}"
+        )
+    if isinstance(rate, (int, float, np.number)):
+        return float(rate)
+    if isinstance(rate, np.ndarray) or (
+        tf.is_tensor(rate) and hasattr(rate, "numpy") and tf.executing_eagerly()
+    ):
+        values = np.asarray(rate, dtype=np.float64).reshape(-1)
+        if values.size == 0:
+            raise ValueError(f"{owner}: received an empty slice-rate tensor.")
+        if not np.all(values == values[0]):
+            raise ValueError(
+                f"{owner}: all entries of a slice-rate tensor must be equal "
+                "(one width per batch). Received rates "
+                f"{sorted(set(values.tolist()))}"
+            )
+        return float(values[0])
+    return None
+
+
+def checked_rate_scalar(rate, owner):
+    """Reduces a symbolic rate tensor to a scalar and checks it in the graph."""
+    values = tf.reshape(tf.cast(rate, tf.float32), [-1])
+    high = tf.reduce_max(values)
+    low = tf.reduce_min(values)
+    checks = [
+        tf.debugging.Assert(
+            tf.logical_and(tf.size(values) > 0, tf.equal(low, high)),
+            [
+                f"{owner}: all entries of a slice-rate tensor must be equal "
+                "(one width per batch). Received min/max:",
+                low,
+                high,
+            ],
+        ),
+        tf.debugging.Assert(
+            tf.logical_and(low > 0.0, high <= 1.0),  # NaN compares false
+            [f"{owner}: the slice rate must be in (0, 1]. Received rate:", high],
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(high)
+
+
+def groups_from_rate_scalar(rate, slice_groups):
+    """`ceil(round(rate * G, 6))` in float64 so that k/G gives exactly k."""
+    scaled = tf.cast(rate, tf.float64) * float(slice_groups)
+    rounded = tf.round(scaled * 1e6) / 1e6
+    return tf.cast(tf.math.ceil(rounded), tf.int32)
+
+
+def _in_xla_context():
+    graph = tf.compat.v1.get_default_graph()
+    while graph is not None:
+        if getattr(graph, "_xla_compile", False):
+            return True
+        attrs = getattr(graph, "_attributes", None) or {}
+        if "_XlaMustCompile" in attrs:
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
+
+
+def ensure_dynamic_shapes_allowed(owner):
+    """A tensor rate gives dynamic shapes, which XLA cannot compile."""
+    if not tf.executing_eagerly() and _in_xla_context():
+        raise ValueError(
+            f"{owner}: a slice rate given as a tensor makes kernel shapes "
+            "dynamic, which XLA (jit_compile=True) cannot compile. Call the "
+            "layer with a Python float rate (one compiled function per "
+            "width), or compile with jit_compile=False."
+        )
+
+
+def dim(x, axis):
+    """Size of `x` along `axis`: a Python int when static, else a tensor."""
+    static = x.shape[axis]
+    return static if static is not None else tf.shape(x)[axis]
+
+
+def assert_true(condition, message):
+    """A graph-mode check whose failure carries `message`."""
+    return tf.debugging.Assert(condition, [message])

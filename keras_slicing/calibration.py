@@ -1,0 +1,122 @@
+"""Exact batch-normalization statistics per rate, recomputed after training."""
+
+import keras
+import numpy as np
+
+from keras_slicing import graph
+from keras_slicing import rates as rates_lib
+from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+
+
+class _MomentAccumulator:
+    """Pools per-batch moments into population mean and variance (float64)."""
+
+    def __init__(self):
+        self.totals = {}
+
+    def add(self, layer, row, shape, mean, variance):
+        count = int(np.prod(shape[:-1]))
+        mean = np.asarray(mean, np.float64)
+        square = np.asarray(variance, np.float64) + mean**2
+        key = (id(layer), int(row))
+        old_count, old_sum, old_square = self.totals.get(key, (0, 0.0, 0.0))
+        self.totals[key] = (
+            old_count + count,
+            old_sum + count * mean,
+            old_square + count * square,
+        )
+
+    def finish(self, layer, row):
+        count, total, square = self.totals[(id(layer), int(row))]
+        mean = total / count
+        return mean, np.maximum(square / count - mean**2, 0.0)
+
+
+def calibrate_batchnorm(model, data, rates=None, batch_size=256):
+    """Recomputes every `SlicedBatchNormalization`'s statistics per rate.
+
+    Moving averages learned while the widths were sampled are noisy; this
+    runs the calibration data through the model at each rate, normalizing
+    with batch statistics as in training, and stores the exact (pooled over
+    all examples, not exponentially averaged) mean and variance of each
+    layer's input as that rate's statistics.
+
+    Args:
+        model: A functional model with a rate input.
+        data: Calibration inputs: an array, or an iterable of batches (a
+            `tf.data` dataset of `(x, y)` is fine; `y` is ignored).
+        rates: Rates to calibrate; each must be declared by every sliced
+            batch-norm layer. Defaults to the rates declared by the layers.
+        batch_size: Batch size for array data. Defaults to `256`.
+
+    Returns:
+        The tuple of calibrated rates.
+    """
+    layers = [
+        layer for layer in _all_layers(model)
+        if isinstance(layer, SlicedBatchNormalization)
+    ]
+    if not layers:
+        raise ValueError(
+            "calibrate_batchnorm: the model has no SlicedBatchNormalization "
+            "layer."
+        )
+    if rates is None:
+        rates = sorted({r for layer in layers for r in layer.declared_rates})
+        rates = tuple(reversed(rates))
+    rates = rates_lib.validate_rates(rates, "calibrate_batchnorm: rates")
+    rows = {rate: [layer.row_of(rate) for layer in layers] for rate in rates}
+    graph.rate_inputs(model)  # fails early on a non-functional model
+
+    accumulator = _MomentAccumulator()
+    for layer in layers:
+        layer._calibration = accumulator
+    try:
+        for rate in rates:
+            for batch in _batches(data, batch_size):
+                size = len(keras.tree.flatten(batch)[0])
+                model(
+                    _feed(model, batch, np.full((size,), rate, "float32")),
+                    training=False,
+                )
+    finally:
+        for layer in layers:
+            layer._calibration = None
+
+    for rate in rates:
+        for layer, row in zip(layers, rows[rate]):
+            if (id(layer), row) not in accumulator.totals:
+                continue  # the layer is not on the path at this rate
+            mean, variance = accumulator.finish(layer, row)
+            _write_row(layer.moving_mean, row, mean)
+            _write_row(layer.moving_variance, row, variance)
+    return rates
+
+
+def _write_row(variable, row, values):
+    table = np.array(keras.ops.convert_to_numpy(variable))
+    table[row, : len(values)] = values
+    variable.assign(table)
+
+
+def _all_layers(model):
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def _batches(data, batch_size):
+    if hasattr(data, "shape"):
+        for start in range(0, len(data), batch_size):
+            yield data[start : start + batch_size]
+        return
+    for batch in data:
+        if isinstance(batch, tuple):
+            batch = batch[0]  # (x, y) or (x, y, sample_weight)
+        yield batch
+
+
+def _feed(model, batch, rate_values):
+    rate_ids = {id(x) for x in graph.rate_inputs(model)}
+    data = iter(keras.tree.flatten(batch))
+    return [
+        rate_values if id(x) in rate_ids else next(data) for x in model.inputs
+    ]

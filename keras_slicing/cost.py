@@ -1,0 +1,68 @@
+"""Parameters and multiply-accumulates of a sliced model at a given rate."""
+
+import math
+
+import keras
+
+from keras_slicing import graph
+from keras_slicing import rates as rates_lib
+
+
+def model_cost(model, rate=1.0):
+    """Active parameters and MACs per example of `model` at `rate`.
+
+    Counts only the weights a rate actually uses and the multiply-accumulates
+    of one example: `Dense` `n_in * n_out`, `Conv2D` `H' * W' * kh * kw *
+    c_in * c_out`, `DepthwiseConv2D` `H' * W' * kh * kw * c_out`, and one MAC
+    per element for a normalization's scale-and-shift. Parameters are those a
+    standalone model of that width holds (a batch normalization keeps its two
+    moving statistics of the rate). Layers without weights cost nothing.
+
+    Args:
+        model: A functional `keras.Model` whose inputs include the rate.
+        rate: The slice rate in (0, 1]. Defaults to `1.0`.
+
+    Returns:
+        `{"params": int, "macs": int}`.
+    """
+    rate = rates_lib.validate_rate(rate, "model_cost")
+    params = 0
+    macs = 0
+    for layer, input_shapes, output_shapes in graph.layer_shapes(model, rate):
+        p, m = _layer_cost(layer, input_shapes[0], output_shapes[0])
+        params += p
+        macs += m
+    return {"params": int(params), "macs": int(macs)}
+
+
+def _layer_cost(layer, input_shape, output_shape):
+    n_in = input_shape[-1]
+    n_out = output_shape[-1]
+    positions = math.prod(output_shape[1:-1])
+    L = keras.layers
+    if isinstance(layer, L.Dense):
+        bias = n_out if layer.use_bias else 0
+        return n_in * n_out + bias, positions * n_in * n_out
+    if isinstance(layer, L.DepthwiseConv2D):
+        window = math.prod(layer.kernel_size)
+        bias = n_out if layer.use_bias else 0
+        return window * n_out + bias, positions * window * n_out
+    if isinstance(layer, L.Conv2D):
+        window = math.prod(layer.kernel_size)
+        fan_in = n_in // layer.groups
+        bias = n_out if layer.use_bias else 0
+        return window * fan_in * n_out + bias, positions * window * fan_in * n_out
+    if isinstance(layer, (L.GroupNormalization, L.LayerNormalization)):
+        affine = int(bool(layer.scale)) + int(bool(layer.center))
+        return affine * n_in, math.prod(input_shape[1:])
+    if isinstance(layer, L.BatchNormalization):
+        affine = int(bool(layer.scale)) + int(bool(layer.center))
+        return (affine + 2) * n_in, math.prod(input_shape[1:])
+    if not layer.weights:
+        return 0, 0
+    raise ValueError(
+        f"model_cost: cannot count the cost of layer '{layer.name}' "
+        f"({type(layer).__name__}). Supported layers with weights: Dense, "
+        "Conv2D, DepthwiseConv2D, GroupNormalization, BatchNormalization, "
+        "LayerNormalization and their sliced versions."
+    )

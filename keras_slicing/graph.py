@@ -1,0 +1,82 @@
+"""Walking a functional model with a rate input at a fixed rate.
+
+The one place that touches Keras' functional-graph internals: cost counting
+and sub-model extraction replay the model's graph with the rate input bound
+to a Python float, so every sliced layer sees a static width.
+"""
+
+import keras
+
+from keras_slicing.layers.base import SlicedLayerMixin
+
+
+def rate_inputs(model):
+    """The model inputs that feed the `rate` of a sliced layer."""
+    _check_functional(model)
+    used = set()
+    for layer in model.layers:
+        for node in layer._inbound_nodes:
+            rate = node.arguments.kwargs.get("rate")
+            if isinstance(rate, keras.KerasTensor):
+                used.add(id(rate))
+    return [x for x in model.inputs if id(x) in used]
+
+
+def data_inputs(model):
+    """The model inputs that are not slice rates."""
+    rate_ids = {id(x) for x in rate_inputs(model)}
+    return [x for x in model.inputs if id(x) not in rate_ids]
+
+
+def replay(model, rate, call_fn, inputs=None):
+    """Runs `model`'s graph with every rate input replaced by `rate`.
+
+    `call_fn(layer, *args, **kwargs)` computes each node's outputs; `inputs`
+    maps to the data inputs (defaults to the model's own symbolic inputs).
+    Returns the model outputs in `model.outputs` order.
+    """
+    rate_ids = {id(x) for x in rate_inputs(model)}
+    data = list(inputs) if inputs is not None else data_inputs(model)
+    feed = []
+    data_iter = iter(data)
+    for x in model.inputs:
+        feed.append(rate if id(x) in rate_ids else next(data_iter))
+    outputs = model._run_through_graph(
+        feed, operation_fn=lambda op: op, call_fn=call_fn
+    )
+    return outputs
+
+
+def layer_shapes(model, rate):
+    """`[(layer, input_shapes, output_shapes)]` of every node at `rate`."""
+    records = []
+
+    def record(layer, *args, **kwargs):
+        outputs = layer.compute_output_spec(*args, **kwargs)
+        tensors = [
+            a for a in keras.tree.flatten((args, kwargs))
+            if isinstance(a, keras.KerasTensor)
+        ]
+        records.append(
+            (
+                layer,
+                [tuple(t.shape) for t in tensors],
+                [tuple(t.shape) for t in keras.tree.flatten(outputs)],
+            )
+        )
+        return outputs
+
+    replay(model, rate, record)
+    return records
+
+
+def is_sliced(layer):
+    return isinstance(layer, SlicedLayerMixin)
+
+
+def _check_functional(model):
+    if not hasattr(model, "_run_through_graph") or not hasattr(model, "inputs"):
+        raise ValueError(
+            "Expected a functional keras.Model built from keras.Input "
+            f"tensors. Received: {type(model).__name__}"
+        )

@@ -1,0 +1,15 @@
+from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.layers.conv2d import SlicedConv2D
+from keras_slicing.layers.dense import SlicedDense
+from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
+from keras_slicing.layers.flatten import SlicedFlatten
+from keras_slicing.layers.group_normalization import SlicedGroupNormalization
+
+__all__ = [
+    "SlicedBatchNormalization",
+    "SlicedConv2D",
+    "SlicedDense",
+    "SlicedDepthwiseConv2D",
+    "SlicedFlatten",
+    "SlicedGroupNormalization",
+]

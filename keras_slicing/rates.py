@@ -1,0 +1,103 @@
+"""The slice-rate contract: the one place where a rate becomes a width.
+
+A layer's width is split into `slice_groups` contiguous groups. A rate `r` in
+(0, 1] activates the first `ceil(round(r * slice_groups, 6))` groups; the
+rounding makes `r = k / slice_groups` give exactly `k` groups despite floating
+point error, and any rate in (0, 1] is valid.
+"""
+
+import math
+
+import keras
+import numpy as np
+
+from keras_slicing import backend
+
+DEFAULT_SLICE_GROUPS = 8
+DEFAULT_RATES = (1.0, 0.75, 0.5, 0.25)
+
+
+def validate_slice_groups(slice_groups, owner):
+    if (
+        isinstance(slice_groups, bool)
+        or not isinstance(slice_groups, (int, np.integer))
+        or slice_groups < 1
+    ):
+        raise ValueError(
+            f"{owner}: slice_groups must be a positive integer. "
+            f"Received: slice_groups={slice_groups!r}"
+        )
+    return int(slice_groups)
+
+
+def validate_rate(rate, owner="rate"):
+    """Returns `rate` as a Python float, or raises a `ValueError`."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{owner}: the slice rate must be a number in (0, 1]. "
+            f"Received: rate={rate!r}"
+        ) from None
+    if not (0.0 < value <= 1.0):  # also rejects NaN
+        raise ValueError(
+            f"{owner}: the slice rate must be in (0, 1]. Received: rate={rate!r}"
+        )
+    return value
+
+
+def validate_rates(rates, owner="rates"):
+    """Validates a non-empty sequence of rates; returns a tuple of floats."""
+    if isinstance(rates, (int, float)) or rates is None:
+        raise ValueError(
+            f"{owner}: expected a non-empty list of slice rates in (0, 1]. "
+            f"Received: rates={rates!r}"
+        )
+    rates = tuple(validate_rate(r, owner) for r in rates)
+    if not rates:
+        raise ValueError(
+            f"{owner}: expected a non-empty list of slice rates in (0, 1]. "
+            "Received: rates=()"
+        )
+    return rates
+
+
+def active_groups(rate, slice_groups):
+    """Number of active groups at `rate`: a Python int for a Python rate."""
+    return math.ceil(round(float(rate) * slice_groups, 6))
+
+
+def active_width(width, rate, slice_groups):
+    """Active units/channels of a layer of `width` at a Python `rate`."""
+    return active_groups(rate, slice_groups) * (width // slice_groups)
+
+
+def format_rate(rate):
+    """The canonical text of a rate, as used in metric names and files."""
+    return format(float(rate), "g")
+
+
+def rate_input(name="slice_rate"):
+    """The model input that carries the slice rate: one value per example.
+
+    All entries of a batch must be equal; `SlicingModel` and the helpers of
+    this package fill it for you.
+    """
+    return keras.Input(shape=(), name=name, dtype="float32")
+
+
+def resolve_groups(rate, slice_groups, owner):
+    """Active groups for a call-time rate.
+
+    A Python number or a concrete (eager) tensor gives a Python int, so shapes
+    stay static; a symbolic tensor gives an int32 scalar tensor, checked in
+    the graph, so one traced function serves every rate.
+    """
+    if rate is None:
+        return slice_groups
+    value = backend.concrete_rate(rate, owner)
+    if value is not None:
+        return active_groups(validate_rate(value, owner), slice_groups)
+    backend.ensure_dynamic_shapes_allowed(owner)
+    scalar = backend.checked_rate_scalar(rate, owner)
+    return backend.groups_from_rate_scalar(scalar, slice_groups)

@@ -1,0 +1,41 @@
+"""keras-slicing: model slicing (dynamic-width networks) for Keras 3."""
+
+import pathlib
+import re
+
+from setuptools import find_packages
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "keras_slicing" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="keras-slicing",
+    version=VERSION,
+    description=(
+        "Model slicing for Keras 3: one network, every width, and a TFLite "
+        "bundle per width for phones."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_slicing", "keras_slicing.*"]),
+    # TensorFlow comes through an extra: `tensorflow-cpu` and the CUDA build
+    # are different distributions, and a plain `tensorflow` requirement would
+    # pull the large wheel on top of a CPU install.
+    install_requires=["keras>=3.5", "absl-py>=2.0", "numpy>=1.26"],
+    extras_require={
+        "cpu": ["tensorflow-cpu>=2.16"],
+        "cuda": ["tensorflow[and-cuda]>=2.16"],
+        "lite": ["ai-edge-litert>=1.2"],
+        "dev": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
