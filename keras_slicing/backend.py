@@ -66,28 +66,30 @@ def groups_from_rate_scalar(rate, slice_groups):
     """`ceil(round(rate * G, 6))` in float64 so that k/G gives exactly k."""
     scaled = tf.cast(rate, tf.float64) * float(slice_groups)
     rounded = tf.round(scaled * 1e6) / 1e6
-    return tf.cast(tf.math.ceil(rounded), tf.int32)
+    return tf.maximum(tf.cast(tf.math.ceil(rounded), tf.int32), 1)
 
 
 def _in_xla_context():
-    graph = tf.compat.v1.get_default_graph()
-    while graph is not None:
-        if getattr(graph, "_xla_compile", False):
-            return True
-        attrs = getattr(graph, "_attributes", None) or {}
-        if "_XlaMustCompile" in attrs:
-            return True
-        graph = getattr(graph, "outer_graph", None)
-    return False
+    try:
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # private module moved: assume no XLA
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
 
 
 def ensure_dynamic_shapes_allowed(owner):
-    """A tensor rate gives dynamic shapes, which XLA cannot compile."""
+    """Refuses a tensor rate inside an XLA-compiled function.
+
+    XLA drops the rate checks (assertions) and, on GPUs, rejects convolutions
+    with a dynamic feature dimension; a static rate compiles everywhere.
+    """
     if not tf.executing_eagerly() and _in_xla_context():
         raise ValueError(
             f"{owner}: a slice rate given as a tensor makes kernel shapes "
-            "dynamic, which XLA (jit_compile=True) cannot compile. Call the "
-            "layer with a Python float rate (one compiled function per "
+            "dynamic, which XLA (jit_compile=True) does not support. Call "
+            "the layer with a Python float rate (one compiled function per "
             "width), or compile with jit_compile=False."
         )
 

@@ -117,6 +117,5 @@ def _batches(data, batch_size):
 def _feed(model, batch, rate_values):
     rate_ids = {id(x) for x in graph.rate_inputs(model)}
     data = iter(keras.tree.flatten(batch))
-    return [
-        rate_values if id(x) in rate_ids else next(data) for x in model.inputs
-    ]
+    feed = [rate_values if id(x) in rate_ids else next(data) for x in model.inputs]
+    return [keras.ops.convert_to_tensor(value) for value in feed]

@@ -1,8 +1,8 @@
 """The slice-rate contract: the one place where a rate becomes a width.
 
 A layer's width is split into `slice_groups` contiguous groups. A rate `r` in
-(0, 1] activates the first `ceil(round(r * slice_groups, 6))` groups; the
-rounding makes `r = k / slice_groups` give exactly `k` groups despite floating
+(0, 1] activates the first `ceil(round(r * slice_groups, 6))` groups (at least
+one); the rounding makes `r = k / slice_groups` give exactly `k` groups despite floating
 point error, and any rate in (0, 1] is valid.
 """
 
@@ -63,8 +63,8 @@ def validate_rates(rates, owner="rates"):
 
 
 def active_groups(rate, slice_groups):
-    """Number of active groups at `rate`: a Python int for a Python rate."""
-    return math.ceil(round(float(rate) * slice_groups, 6))
+    """Number of active groups at `rate` (at least one)."""
+    return max(1, math.ceil(round(float(rate) * slice_groups, 6)))
 
 
 def active_width(width, rate, slice_groups):

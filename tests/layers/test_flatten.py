@@ -1,0 +1,33 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_slicing import rate_input
+from keras_slicing.layers import SlicedConv2D
+from keras_slicing.layers import SlicedDense
+from keras_slicing.layers import SlicedFlatten
+
+
+def test_active_channels_form_a_prefix_of_the_flattened_vector():
+    x = np.random.default_rng(0).normal(size=(2, 3, 3, 8)).astype("float32")
+    full = keras.ops.convert_to_numpy(SlicedFlatten()(x))
+    half = keras.ops.convert_to_numpy(SlicedFlatten()(x[..., :4]))
+    np.testing.assert_array_equal(half, full[:, : 4 * 9])
+
+
+def test_plain_flatten_of_sliced_conv_into_sliced_dense_is_rejected():
+    x = keras.Input((6, 6, 3))
+    rate = rate_input()
+    h = SlicedConv2D(16, 3, slice_input=False)(x, rate)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Flatten()(h)
+    with pytest.raises(ValueError, match="SlicedFlatten"):
+        SlicedDense(16)(h, rate)
+
+
+def test_plain_flatten_of_unsliced_conv_is_accepted():
+    x = keras.Input((6, 6, 3))
+    rate = rate_input()
+    h = SlicedConv2D(16, 3, slice_input=False, slice_output=False)(x, rate)
+    h = keras.layers.Flatten()(h)
+    assert SlicedDense(16)(h, rate).shape == (None, 16)

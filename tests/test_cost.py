@@ -1,0 +1,59 @@
+import keras
+import pytest
+
+from keras_slicing import layers
+from keras_slicing import model_cost
+from keras_slicing import rate_input
+from tests.sliced_models import small_cnn
+from tests.sliced_models import small_mlp
+
+
+@pytest.mark.parametrize("rate, h1, h2", [(1.0, 64, 32), (0.5, 32, 16), (0.25, 16, 8)])
+def test_mlp_counts_only_active_weights(rate, h1, h2):
+    cost = model_cost(small_mlp(features=64, classes=10), rate)
+    assert cost["params"] == (64 * h1 + h1) + (h1 * h2 + h2) + (h2 * 10 + 10)
+    assert cost["macs"] == 64 * h1 + h1 * h2 + h2 * 10
+
+
+def test_conv_counts_positions_window_and_channels():
+    x = keras.Input((10, 10, 3))
+    rate = rate_input()
+    h = layers.SlicedConv2D(16, 3, strides=2, padding="same", slice_input=False)(x, rate)
+    h = layers.SlicedDepthwiseConv2D(3, padding="valid")(h, rate)
+    h = layers.SlicedGroupNormalization(groups=8)(h, rate)
+    h = layers.SlicedBatchNormalization()(h, rate)
+    model = keras.Model([x, rate], h)
+    c = 8  # active channels at 0.5
+    cost = model_cost(model, 0.5)
+    conv = (9 * 3 * c + c, 5 * 5 * 9 * 3 * c)
+    depthwise = (9 * c + c, 3 * 3 * 9 * c)
+    group_norm = (2 * c, 3 * 3 * c)
+    batch_norm = (4 * c, 3 * 3 * c)
+    parts = [conv, depthwise, group_norm, batch_norm]
+    assert cost == {"params": sum(p for p, _ in parts), "macs": sum(m for _, m in parts)}
+
+
+def test_full_rate_params_match_keras_count_of_trainable_weights():
+    model = small_mlp()
+    assert model_cost(model, 1.0)["params"] == model.count_params()
+
+
+def test_cost_falls_with_the_square_of_the_rate():
+    model = small_cnn()
+    full = model_cost(model, 1.0)["macs"]
+    half = model_cost(model, 0.5)["macs"]
+    assert 0.2 < half / full < 0.35
+
+
+def test_unknown_weighted_layer_is_named_in_the_error():
+    x = keras.Input((8,))
+    rate = rate_input()
+    h = layers.SlicedDense(8, slice_input=False)(x, rate)
+    h = keras.layers.PReLU(name="learned_slope")(h)
+    with pytest.raises(ValueError, match="learned_slope.*PReLU"):
+        model_cost(keras.Model([x, rate], h), 0.5)
+
+
+def test_invalid_rate_is_rejected():
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        model_cost(small_mlp(), 0.0)
