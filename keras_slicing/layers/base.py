@@ -1,6 +1,7 @@
 """What all sliced layers share: the `layer(x, rate)` call contract."""
 
 import keras
+from keras import ops
 
 from keras_slicing import rates as rates_lib
 
@@ -8,6 +9,19 @@ from keras_slicing import rates as rates_lib
 def is_static_int(value, expected):
     """Whether a width or group count is known now and equals `expected`."""
     return isinstance(value, int) and value == expected
+
+
+def leading_block(tensor, sizes):
+    """`tensor[:sizes[0], :sizes[1], ...]`; `None` keeps a whole axis.
+
+    A single slice op (not strided slicing): its gradient is a pad, and a
+    block that covers the whole tensor is forwarded without a copy.
+    """
+    shape = [
+        tensor.shape[axis] if size is None else size
+        for axis, size in enumerate(sizes)
+    ]
+    return ops.slice(tensor, [0] * len(shape), shape)
 
 
 class SlicedLayerMixin:

@@ -4,6 +4,7 @@ from keras import ops
 from keras_slicing import backend
 from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import is_static_int
+from keras_slicing.layers.base import leading_block
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -79,16 +80,18 @@ class SlicedDense(SlicedLayerMixin, keras.layers.Dense):
     def call(self, inputs, rate=None, training=None):
         kernel = self.kernel
         bias = self.bias
+        n_in = n_out = None
         if self.slice_input:
             n_in = backend.dim(inputs, -1)
-            if not is_static_int(n_in, kernel.shape[0]):
-                kernel = kernel[:n_in]
+            if is_static_int(n_in, kernel.shape[0]):
+                n_in = None
         groups = self._groups(rate)
         if self.slice_output and not is_static_int(groups, self.slice_groups):
             n_out = groups * (self.units // self.slice_groups)
-            kernel = kernel[:, :n_out]
             if bias is not None:
-                bias = bias[:n_out]
+                bias = leading_block(bias, [n_out])
+        if n_in is not None or n_out is not None:
+            kernel = leading_block(kernel, [n_in, n_out])
         x = ops.matmul(inputs, kernel)
         if bias is not None:
             x = ops.add(x, bias)

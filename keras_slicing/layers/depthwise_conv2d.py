@@ -4,6 +4,7 @@ from keras import ops
 from keras_slicing import backend
 from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import is_static_int
+from keras_slicing.layers.base import leading_block
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -63,9 +64,9 @@ class SlicedDepthwiseConv2D(SlicedLayerMixin, keras.layers.DepthwiseConv2D):
         bias = self.bias if self.use_bias else None
         n_in = backend.dim(inputs, -1)
         if not is_static_int(n_in, kernel.shape[2]):
-            kernel = kernel[:, :, :n_in, :]
+            kernel = leading_block(kernel, [None, None, n_in, None])
             if bias is not None:
-                bias = bias[: n_in * self.depth_multiplier]
+                bias = leading_block(bias, [n_in * self.depth_multiplier])
         outputs = ops.depthwise_conv(
             inputs,
             kernel,
