@@ -33,7 +33,7 @@ setup(
         "lite": ["ai-edge-litert>=1.2"],
         "dev": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["keras-slicing=keras_slicing.cli:run"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

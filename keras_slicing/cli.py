@@ -1,0 +1,195 @@
+"""The `keras-slicing` command: export, inspect and time TFLite bundles.
+
+    keras-slicing export MODEL.keras OUT_DIR [--rates=1,0.5]
+        [--quantization=float32|float16|dynamic|int8]
+        [--representative_data=FILE.npy] [--int8_io]
+        [--evaluation_data=FILE.npz]
+    keras-slicing info BUNDLE
+    keras-slicing bench BUNDLE [--num_threads=1] [--batch_size=1]
+"""
+
+import os
+import sys
+
+import keras
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+import keras_slicing  # noqa: F401 (registers the sliced layers for loading)
+from keras_slicing import interpreter as interpreter_lib
+from keras_slicing.export import export_tflite
+from keras_slicing.export import read_manifest
+from keras_slicing.rates import format_rate
+
+_RATES = flags.DEFINE_list(
+    "rates", None, "export: comma-separated slice rates (default: the model's)."
+)
+_QUANTIZATION = flags.DEFINE_enum(
+    "quantization",
+    "float32",
+    ["float32", "float16", "dynamic", "int8"],
+    "export: weight/activation types of the files.",
+)
+_REPRESENTATIVE_DATA = flags.DEFINE_string(
+    "representative_data",
+    None,
+    "export: .npy array of example inputs that calibrates int8.",
+)
+_INT8_IO = flags.DEFINE_bool(
+    "int8_io", False, "export: with int8, int8 input and output tensors too."
+)
+_EVALUATION_DATA = flags.DEFINE_string(
+    "evaluation_data",
+    None,
+    "export: .npz with arrays `x` and `y`; each file's accuracy is measured.",
+)
+_NUM_THREADS = flags.DEFINE_integer(
+    "num_threads", 1, "bench: interpreter threads.", lower_bound=1
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 1, "bench: examples per invoke.", lower_bound=1
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 15, "bench: interleaved timing rounds.", lower_bound=1
+)
+
+_USAGE = (
+    "usage: keras-slicing export MODEL.keras OUT_DIR [flags] | "
+    "info BUNDLE | bench BUNDLE [flags]"
+)
+
+
+def main(argv):
+    """Runs a command on `argv` left after absl flag parsing."""
+    args = list(argv[1:])
+    commands = {"export": (_export, 2), "info": (_info, 1), "bench": (_bench, 1)}
+    if not args or args[0] not in commands:
+        raise app.UsageError(
+            f"expected a command: export, info or bench. Received: "
+            f"{args[0] if args else None!r}\n{_USAGE}"
+        )
+    if not flags.FLAGS["verbosity"].present:
+        # The converter logs every temporary SavedModel it writes.
+        logging.set_verbosity(logging.WARNING)
+    command, arity = commands[args[0]]
+    if len(args) - 1 != arity:
+        raise app.UsageError(
+            f"'{args[0]}' takes {arity} argument(s). Received: {args[1:]}\n{_USAGE}"
+        )
+    try:
+        command(*args[1:])
+    except (ValueError, OSError) as error:
+        print(f"keras-slicing {args[0]}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    """Entry point of the `keras-slicing` console script."""
+    app.run(main)
+
+
+def _export(model_path, output_dir):
+    representative = None
+    if _REPRESENTATIVE_DATA.value:
+        representative = np.load(_REPRESENTATIVE_DATA.value)
+    evaluation = None
+    if _EVALUATION_DATA.value:
+        with np.load(_EVALUATION_DATA.value) as arrays:
+            if not {"x", "y"} <= set(arrays.files):
+                raise ValueError(
+                    "--evaluation_data must be an .npz with arrays 'x' and "
+                    f"'y'. Received arrays: {arrays.files}"
+                )
+            evaluation = (arrays["x"], arrays["y"])
+    model = keras.saving.load_model(model_path, compile=False)
+    manifest = export_tflite(
+        model,
+        output_dir,
+        rates=_RATES.value,
+        quantization=_QUANTIZATION.value,
+        representative_data=representative,
+        evaluation_data=evaluation,
+        int8_io=_INT8_IO.value,
+    )
+    print(f"Wrote {len(manifest['rates'])} files to {output_dir}")
+    _print_manifest(manifest)
+
+
+def _info(bundle_dir):
+    _print_manifest(read_manifest(bundle_dir))
+
+
+def _bench(bundle_dir):
+    manifest = read_manifest(bundle_dir)
+    interpreters = []
+    for entry in manifest["rates"]:
+        interpreter = interpreter_lib.load_interpreter(
+            os.path.join(bundle_dir, entry["file"]),
+            num_threads=_NUM_THREADS.value,
+        )
+        interpreter_lib.set_random_input(interpreter, _BATCH_SIZE.value)
+        interpreters.append(interpreter)
+    seconds = interpreter_lib.measure_latencies(interpreters, _REPEATS.value)
+    print(
+        f"{manifest['model_name']}: {manifest['quantization']}, batch "
+        f"{_BATCH_SIZE.value}, {_NUM_THREADS.value} thread(s), median of "
+        f"{_REPEATS.value} interleaved rounds"
+    )
+    rows = [("rate", "ms", "vs widest", "MACs", "vs widest")]
+    for entry, s in zip(manifest["rates"], seconds):
+        rows.append(
+            (
+                format_rate(entry["rate"]),
+                f"{s * 1e3:.4f}",
+                f"{s / seconds[0]:.3f}",
+                f"{entry['macs']:,}",
+                f"{entry['macs'] / manifest['rates'][0]['macs']:.3f}",
+            )
+        )
+    _print_table(rows)
+
+
+def _print_manifest(manifest):
+    print(
+        f"{manifest['model_name']}: {manifest['format']} "
+        f"v{manifest['format_version']}, {manifest['quantization']}, "
+        f"created by {manifest['created_by']}"
+    )
+    for role in ("input", "output"):
+        tensor = manifest[role]
+        shape = ", ".join("None" if d is None else str(d) for d in tensor["shape"])
+        quantization = tensor["quantization"]
+        extra = ""
+        if quantization:
+            extra = (
+                f" (scale {quantization['scale']:.6g}, zero point "
+                f"{quantization['zero_point']})"
+            )
+        print(f"  {role:<6} {tensor['name']}: [{shape}] {tensor['dtype']}{extra}")
+    rows = [("rate", "file", "bytes", "params", "MACs", "accuracy")]
+    for entry in manifest["rates"]:
+        accuracy = entry.get("accuracy")
+        rows.append(
+            (
+                format_rate(entry["rate"]),
+                entry["file"],
+                f"{entry['bytes']:,}",
+                f"{entry['params']:,}",
+                f"{entry['macs']:,}",
+                "-" if accuracy is None else f"{accuracy:.4f}",
+            )
+        )
+    _print_table(rows)
+
+
+def _print_table(rows):
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  " + "  ".join(str(c).rjust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,323 @@
+"""Cutting one width out of a sliced model as a plain Keras model."""
+
+import keras
+import numpy as np
+
+from keras_slicing import graph
+from keras_slicing import rates as rates_lib
+from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.layers.conv2d import SlicedConv2D
+from keras_slicing.layers.dense import SlicedDense
+from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
+from keras_slicing.layers.flatten import SlicedFlatten
+from keras_slicing.layers.group_normalization import SlicedGroupNormalization
+
+_SLICING_KEYS = ("slice_groups", "slice_input", "slice_output", "rates")
+
+
+def extract_submodel(model, rate):
+    """Builds the plain Keras model that `model` computes at `rate`.
+
+    The functional graph of `model` is replayed with the rate bound to a
+    Python float. Every sliced layer becomes the standard Keras layer of its
+    active width (`Dense`, `Conv2D`, `DepthwiseConv2D`, `GroupNormalization`
+    with `active_channels / channels_per_group` groups, `BatchNormalization`
+    holding that rate's moving statistics) with copies of exactly the active
+    weights; `SlicedFlatten` becomes `Permute` + `Flatten`; every other layer
+    is cloned from its config with copied weights. The result takes the data
+    inputs alone, computes the same outputs as `model` at `rate`, and shares
+    no variable with it: it can be saved, fine-tuned or converted without
+    `keras_slicing`.
+
+    A `Concatenate` on the channel axis whose inputs other than the last are
+    narrower than at full width is refused: its active channels are then not
+    a prefix of the full-width concatenation, so the sliced layers after it
+    would read weights that belong to other channels.
+
+    Args:
+        model: A functional `keras.Model` whose inputs include the rate
+            (`keras_slicing.rate_input()`), e.g. a `SlicingModel` or
+            `keras.Model([x, rate], y)` built from sliced layers.
+        rate: The slice rate in (0, 1].
+
+    Returns:
+        A functional `keras.Model` of the data inputs, named
+        `"{model.name}_rate_{rate}"`.
+
+    Example:
+
+    >>> x = keras.Input((8,))
+    >>> r = keras_slicing.rate_input()
+    >>> h = keras_slicing.layers.SlicedDense(16, slice_input=False)(x, r)
+    >>> y = keras_slicing.layers.SlicedDense(2, slice_output=False)(h, r)
+    >>> half = extract_submodel(keras.Model([x, r], y), 0.5)
+    >>> [layer.units for layer in half.layers[1:]]
+    [8, 2]
+
+    Reference:
+    - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
+    """
+    rate = rates_lib.validate_rate(rate, "extract_submodel")
+    data = graph.data_inputs(model)  # also rejects a non-functional model
+    if not data:
+        raise ValueError(
+            f"extract_submodel: model '{model.name}' has no data input besides "
+            "the slice rate."
+        )
+    inputs = [
+        keras.Input(
+            shape=tuple(x.shape[1:]),
+            batch_size=x.shape[0],
+            dtype=x.dtype,
+            sparse=x.sparse,
+            name=x.name,
+        )
+        for x in data
+    ]
+    builder = _Builder(rate)
+    outputs = graph.replay(model, rate, builder, inputs=inputs)
+    return keras.Model(
+        inputs[0] if len(inputs) == 1 else inputs,
+        outputs,
+        name=f"{model.name}_rate_{rates_lib.format_rate(rate)}",
+    )
+
+
+class _Builder:
+    """The `call_fn` of `graph.replay`: one standard layer per sliced node."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.clones = {}
+        self.uses = {}
+
+    def __call__(self, layer, *args, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer(*args, **kwargs)  # a stateless keras.ops operation
+        try:
+            if isinstance(layer, keras.Model):
+                return self._nested(layer, args, kwargs)
+            if graph.is_sliced(layer):
+                return self._sliced(layer, args, kwargs)
+            if isinstance(layer, SlicedFlatten):
+                return self._flatten(layer, args[0])
+            if isinstance(layer, keras.layers.Concatenate):
+                _check_concatenation(layer, args[0], self.rate)
+            return self._plain(layer, args, kwargs)
+        except _CarryError:
+            raise
+        except Exception as error:
+            raise _CarryError(
+                f"extract_submodel: cannot carry layer '{layer.name}' "
+                f"({type(layer).__name__}) at rate "
+                f"{rates_lib.format_rate(self.rate)}: {error}"
+            ) from error
+
+    def _sliced(self, layer, args, kwargs):
+        kwargs = dict(kwargs)
+        rate = kwargs.pop("rate", None)
+        if rate is None:
+            rate = 1.0
+        if isinstance(rate, (int, float, np.floating)) and not isinstance(rate, bool):
+            rate = float(rate)
+        else:
+            raise _CarryError(
+                f"extract_submodel: the rate of layer '{layer.name}' "
+                f"({type(layer).__name__}) is computed inside the model "
+                "rather than taken from a rate input, so it has no fixed "
+                f"value. Received: rate={rate!r}"
+            )
+        x = args[0]
+        key = (id(layer), tuple(x.shape))
+        if key not in self.clones:
+            self.clones[key] = self._standard_layer(layer, x, rate)
+        standard, weights = self.clones[key]
+        outputs = standard(x, *args[1:], **kwargs)
+        if weights is not None:  # the first call built the variables
+            for name, value in weights.items():
+                getattr(standard, name).assign(value)
+            self.clones[key] = (standard, None)
+        return outputs
+
+    def _standard_layer(self, layer, x, rate):
+        """A standard layer for `layer` at `rate` and its weights by name."""
+        n_in = x.shape[-1]
+        config = {
+            k: v for k, v in layer.get_config().items() if k not in _SLICING_KEYS
+        }
+        config["name"] = self._name(layer)
+        weights = {}
+        if isinstance(layer, SlicedDense):
+            n_out = _output_width(layer, layer.units, rate)
+            config["units"] = n_out
+            standard = keras.layers.Dense.from_config(config)
+            weights["kernel"] = _value(layer.kernel)[:n_in, :n_out]
+            if layer.use_bias:
+                weights["bias"] = _value(layer.bias)[:n_out]
+        elif isinstance(layer, SlicedConv2D):
+            n_out = _output_width(layer, layer.filters, rate)
+            config["filters"] = n_out
+            standard = keras.layers.Conv2D.from_config(config)
+            weights["kernel"] = _value(layer.kernel)[:, :, :n_in, :n_out]
+            if layer.use_bias:
+                weights["bias"] = _value(layer.bias)[:n_out]
+        elif isinstance(layer, SlicedDepthwiseConv2D):
+            standard = keras.layers.DepthwiseConv2D.from_config(config)
+            weights["kernel"] = _value(layer.kernel)[:, :, :n_in, :]
+            if layer.use_bias:
+                weights["bias"] = _value(layer.bias)[: n_in * layer.depth_multiplier]
+        elif isinstance(layer, SlicedGroupNormalization):
+            config["groups"] = n_in // layer._channels_per_group
+            standard = keras.layers.GroupNormalization.from_config(config)
+            weights.update(_affine(layer, n_in))
+        elif isinstance(layer, SlicedBatchNormalization):
+            row = layer.row_of(rate)
+            standard = keras.layers.BatchNormalization.from_config(config)
+            weights.update(_affine(layer, n_in))
+            weights["moving_mean"] = _value(layer.moving_mean)[row, :n_in]
+            weights["moving_variance"] = _value(layer.moving_variance)[row, :n_in]
+        else:
+            raise _CarryError(
+                f"extract_submodel: no standard layer is known for sliced "
+                f"layer '{layer.name}' ({type(layer).__name__}). Supported: "
+                "SlicedDense, SlicedConv2D, SlicedDepthwiseConv2D, "
+                "SlicedGroupNormalization, SlicedBatchNormalization, "
+                "SlicedFlatten."
+            )
+        return standard, weights
+
+    def _flatten(self, layer, x):
+        key = (id(layer), tuple(x.shape))
+        if key not in self.clones:
+            rank = len(x.shape)
+            name = self._name(layer)
+            steps = []
+            if rank > 2:
+                # Channels first, as SlicedFlatten orders its features.
+                steps.append(
+                    keras.layers.Permute(
+                        (rank - 1, *range(1, rank - 1)),
+                        name=f"{name}_channels_first",
+                    )
+                )
+            steps.append(
+                keras.layers.Flatten(data_format="channels_last", name=name)
+            )
+            self.clones[key] = (steps, None)
+        for step in self.clones[key][0]:
+            x = step(x)
+        return x
+
+    def _plain(self, layer, args, kwargs):
+        key = id(layer)
+        if key in self.clones:
+            return self.clones[key][0](*args, **kwargs)
+        if isinstance(layer, keras.layers.Lambda):
+            # A Lambda holds code, not weights; re-creating it from its config
+            # would need unsafe deserialization.
+            clone = layer
+        else:
+            clone = type(layer).from_config(layer.get_config())
+        outputs = clone(*args, **kwargs)
+        if clone is not layer:
+            _copy_weights(layer, clone, self.rate)
+        self.clones[key] = (clone, None)
+        return outputs
+
+    def _nested(self, layer, args, kwargs):
+        if not any(
+            graph.is_sliced(inner)
+            for inner in layer._flatten_layers(include_self=False, recursive=True)
+        ):
+            key = id(layer)
+            if key not in self.clones:
+                clone = keras.models.clone_model(layer)
+                clone.set_weights(layer.get_weights())
+                self.clones[key] = (clone, None)
+            return self.clones[key][0](*args, **kwargs)
+        if not hasattr(layer, "_run_through_graph"):
+            raise _CarryError(
+                f"extract_submodel: nested model '{layer.name}' "
+                f"({type(layer).__name__}) holds sliced layers but is not "
+                "functional, so its graph cannot be replayed. Build it with "
+                "the functional API."
+            )
+        tensors = [
+            t for t in keras.tree.flatten((args, kwargs))
+            if isinstance(t, keras.KerasTensor)
+        ]
+        return graph.replay(layer, self.rate, self, inputs=tensors)
+
+    def _name(self, layer):
+        count = self.uses.get(id(layer), 0)
+        self.uses[id(layer)] = count + 1
+        return layer.name if count == 0 else f"{layer.name}_{count}"
+
+
+class _CarryError(ValueError):
+    pass
+
+
+def _output_width(layer, width, rate):
+    if not layer.slice_output:
+        return width
+    return rates_lib.active_width(width, rate, layer.slice_groups)
+
+
+def _value(variable):
+    return np.asarray(keras.ops.convert_to_numpy(variable))
+
+
+def _affine(layer, n):
+    weights = {}
+    if layer.scale:
+        weights["gamma"] = _value(layer.gamma)[:n]
+    if layer.center:
+        weights["beta"] = _value(layer.beta)[:n]
+    return weights
+
+
+def _copy_weights(layer, clone, rate):
+    source = layer.get_weights()
+    target = clone.get_weights()
+    for have, want in zip(source, target):
+        if have.shape != want.shape:
+            raise _CarryError(
+                f"extract_submodel: layer '{layer.name}' "
+                f"({type(layer).__name__}) holds weights of shape "
+                f"{have.shape} but at rate {rates_lib.format_rate(rate)} its "
+                f"input gives shape {want.shape}: a plain layer with weights "
+                "cannot read a sliced tensor. Use its sliced version from "
+                "keras_slicing.layers, or set slice_output=False on the "
+                "sliced layer before it."
+            )
+    clone.set_weights(source)
+
+
+def _check_concatenation(layer, inputs, rate):
+    """Refuses a channel concatenation whose active part is not a prefix."""
+    rank = len(inputs[0].shape)
+    if layer.axis not in (-1, rank - 1):
+        return
+    narrowed = []
+    for node in layer._inbound_nodes:
+        full = node.input_tensors
+        if len(full) != len(inputs):
+            continue
+        narrowed = [
+            i for i, (a, b) in enumerate(zip(inputs[:-1], full[:-1]))
+            if a.shape[-1] != b.shape[-1]
+        ]
+        if not narrowed:
+            return
+    if narrowed:
+        raise _CarryError(
+            f"extract_submodel: Concatenate '{layer.name}' joins channels "
+            f"along the last axis, and at rate {rates_lib.format_rate(rate)} "
+            f"its input(s) {narrowed} other than the last are narrower than "
+            "at full width. Its active channels are then not a prefix of the "
+            "full-width concatenation, so the sliced layers after it would "
+            "read weights of other channels and the narrow widths would not "
+            "be sub-networks of the full one. Concatenate a sliced tensor "
+            "only as the last input, or add the branches instead."
+        )

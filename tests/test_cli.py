@@ -1,0 +1,157 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import app
+from absl import flags
+
+import keras_slicing
+from keras_slicing import cli
+
+L = keras_slicing.layers
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _invoke(*argv):
+    """Runs the console script in-process, as absl's `app.run` would."""
+    try:
+        return cli.main(flags.FLAGS(["keras-slicing", *argv]))
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    x = keras.Input((6, 6, 1), name="image")
+    r = keras_slicing.rate_input()
+    h = L.SlicedConv2D(8, 3, slice_input=False, activation="relu")(x, r)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    y = L.SlicedDense(3, slice_output=False, name="scores")(h, r)
+    keras.Model([x, r], y, name="tiny").save(root / "tiny.keras")
+    data = np.random.default_rng(0).random((40, 6, 6, 1)).astype("float32")
+    np.save(root / "inputs.npy", data)
+    np.savez(root / "eval.npz", x=data, y=np.arange(40) % 3)
+    return root
+
+
+def _manifest(path):
+    return json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_export_writes_a_bundle_of_the_requested_rates(files, tmp_path):
+    out = tmp_path / "bundle"
+    assert _invoke("export", str(files / "tiny.keras"), str(out), "--rates=1,0.5") == 0
+    manifest = _manifest(out)
+    assert manifest["model_name"] == "tiny"
+    assert [e["rate"] for e in manifest["rates"]] == [1.0, 0.5]
+    assert sorted(os.listdir(out)) == [
+        "manifest.json",
+        "rate_0.5.tflite",
+        "rate_1.tflite",
+    ]
+
+
+def test_export_int8_reads_representative_data_from_npy(files, tmp_path):
+    out = tmp_path / "bundle"
+    code = _invoke(
+        "export",
+        str(files / "tiny.keras"),
+        str(out),
+        "--rates=0.25",
+        "--quantization=int8",
+        f"--representative_data={files / 'inputs.npy'}",
+        "--int8_io",
+    )
+    assert code == 0
+    manifest = _manifest(out)
+    assert manifest["quantization"] == "int8"
+    assert manifest["input"]["dtype"] == "int8"
+
+
+def test_export_records_accuracy_from_evaluation_npz(files, tmp_path):
+    out = tmp_path / "bundle"
+    code = _invoke(
+        "export",
+        str(files / "tiny.keras"),
+        str(out),
+        "--rates=1",
+        f"--evaluation_data={files / 'eval.npz'}",
+    )
+    assert code == 0
+    accuracy = _manifest(out)["rates"][0]["accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_export_int8_without_representative_data_fails_clearly(
+    files, tmp_path, capsys
+):
+    out = tmp_path / "bundle"
+    code = _invoke(
+        "export", str(files / "tiny.keras"), str(out), "--quantization=int8"
+    )
+    assert code == 1
+    assert "representative_data" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_info_prints_one_row_per_rate(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    _invoke("export", str(files / "tiny.keras"), str(out), "--rates=1,0.5,0.25")
+    capsys.readouterr()
+    assert _invoke("info", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert "tiny: keras-slicing-bundle v1, float32" in printed
+    assert "image: [None, 6, 6, 1] float32" in printed
+    for name in ("rate_1.tflite", "rate_0.5.tflite", "rate_0.25.tflite"):
+        assert name in printed
+
+
+def test_info_refuses_a_bundle_with_a_changed_file(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    _invoke("export", str(files / "tiny.keras"), str(out), "--rates=1")
+    with open(out / "rate_1.tflite", "ab") as handle:
+        handle.write(b"\0")
+    assert _invoke("info", str(out)) == 1
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_bench_prints_a_latency_per_rate(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    _invoke("export", str(files / "tiny.keras"), str(out), "--rates=1,0.5")
+    capsys.readouterr()
+    assert _invoke("bench", str(out), "--repeats=2", "--batch_size=3") == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert "batch 3, 1 thread(s)" in rows[0]
+    latencies = {row.split()[0]: float(row.split()[1]) for row in rows[2:]}
+    assert set(latencies) == {"1", "0.5"}
+    assert all(ms > 0 for ms in latencies.values())
+
+
+def test_unknown_command_is_a_usage_error():
+    with pytest.raises(app.UsageError, match="export, info or bench"):
+        _invoke("convert", "model.keras")
+
+
+def test_wrong_number_of_arguments_is_a_usage_error():
+    with pytest.raises(app.UsageError, match="'export' takes 2"):
+        _invoke("export", "model.keras")
+
+
+def test_module_runs_as_a_console_script(files, tmp_path):
+    out = tmp_path / "bundle"
+    _invoke("export", str(files / "tiny.keras"), str(out), "--rates=0.5")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_slicing.cli", "info", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "rate_0.5.tflite" in result.stdout
