@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 
 venv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,lite,dev]"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,lite,dev]" -e ./tflite
 
 demo: venv
 	$(BIN)/python examples/digits.py

@@ -1,0 +1,33 @@
+"""keras-slicing-lite: run a keras-slicing TFLite bundle without TensorFlow.
+
+A bundle holds one TFLite model per width of a sliced network. This package
+verifies and loads it with LiteRT (or the legacy `tflite_runtime`), measures
+each width's latency on the device, and chooses the width per call or per
+batch to fit a latency or MAC budget (Cai et al., PVLDB 13(2), 2020).
+"""
+
+from keras_slicing_lite.bundle import Bundle
+from keras_slicing_lite.bundle import CascadeResult
+from keras_slicing_lite.bundle import load_bundle
+from keras_slicing_lite.elastic_server import ElasticServer
+from keras_slicing_lite.latency_profile import LatencyProfile
+from keras_slicing_lite.manifest import BundleError
+from keras_slicing_lite.manifest import read_manifest
+from keras_slicing_lite.request import Request
+from keras_slicing_lite.request import Response
+from keras_slicing_lite.runtime import runtime_name
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "CascadeResult",
+    "ElasticServer",
+    "LatencyProfile",
+    "Request",
+    "Response",
+    "load_bundle",
+    "read_manifest",
+    "runtime_name",
+]

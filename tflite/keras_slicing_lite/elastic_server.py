@@ -1,0 +1,442 @@
+"""Serving requests with deadlines by choosing the width per batch."""
+
+import bisect
+import concurrent.futures
+import math
+import numbers
+import threading
+import time
+
+import numpy as np
+
+from keras_slicing_lite.latency_profile import STATISTICS
+from keras_slicing_lite.request import Request
+from keras_slicing_lite.request import Response
+
+CLOCKS = ("simulated", "real")
+# Weight of the newest batch in the moving average of the real-clock
+# overhead: about the last 20 batches count.
+OVERHEAD_SMOOTHING = 0.05
+
+
+class ElasticServer:
+    """Answers queued requests, choosing the width of each batch to meet deadlines.
+
+    Requests wait in a queue ordered by deadline. Whenever the model is
+    free, the server takes up to `max_batch_size` of them and picks the
+    widest rate at which (a) this batch finishes before its earliest deadline
+    and (b) everything still queued behind it would meet its deadline if
+    served at the narrowest rate afterwards. When no rate passes, the system
+    is overloaded and the narrowest rate answers, draining the queue fastest.
+    Nothing is dropped: a request that cannot be answered in time is
+    answered late and counted in `stats["late"]`. Planning uses the latency
+    profile (`plan_statistic`, times `headroom`); batches are padded to the
+    profiled batch sizes so that every call has a measured cost and a cached
+    interpreter.
+
+    Two clocks:
+    - `"simulated"`: `replay()` advances a virtual clock by the profiled
+      median latency of each batch instead of waiting. Outputs are computed
+      for real, but timing is exactly reproducible: for tests, and for
+      replaying a trace of an hour in seconds.
+    - `"real"`: `replay()` sleeps until each arrival and times each batch on
+      the wall clock; `start()`/`submit()`/`stop()` serve live requests from
+      other threads. Planning then adds the measured overhead of a batch
+      beyond its profiled median (queueing, stacking, a busy machine): a
+      moving average of the excess, updated after every batch.
+
+    Args:
+        bundle: A `Bundle` from `load_bundle`.
+        profile: A `LatencyProfile` of the bundle on this device. `None`
+            uses `bundle.profile()` (cached measurement or a new one).
+        rates: The rates the server may use. Defaults to every rate of the
+            bundle; a single rate gives a fixed-width server (a baseline).
+        max_batch_size: Most requests per call. Defaults to the largest
+            profiled batch size.
+        clock: `"simulated"` or `"real"`. Defaults to `"simulated"`.
+        plan_statistic: Profile statistic used for planning, `"p50"`,
+            `"p90"` or `"mean"`. Defaults to `"p90"`.
+        headroom: Factor (>= 1 is safer) on planned latencies. Defaults to 1.
+        reserve_ms: Milliseconds to plan to finish before each deadline,
+            absorbing stalls the profile cannot foresee (preemption by other
+            processes on the real clock). Defaults to 0.
+
+    Example:
+
+    >>> server = ElasticServer(bundle, clock="simulated")
+    >>> responses = server.replay(
+    ...     Request(x, arrival_s=t, deadline_s=t + 0.02) for x, t in trace)
+    >>> server.stats["late"], server.stats["by_rate"]
+
+    Reference:
+    - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
+    """
+
+    def __init__(
+        self,
+        bundle,
+        profile=None,
+        rates=None,
+        max_batch_size=None,
+        clock="simulated",
+        plan_statistic="p90",
+        headroom=1.0,
+        reserve_ms=0.0,
+    ):
+        if clock not in CLOCKS:
+            raise ValueError(
+                f"ElasticServer: clock must be one of {', '.join(CLOCKS)}. "
+                f"Received: clock={clock!r}"
+            )
+        if plan_statistic not in STATISTICS:
+            raise ValueError(
+                "ElasticServer: plan_statistic must be one of "
+                f"{', '.join(STATISTICS)}. Received: plan_statistic={plan_statistic!r}"
+            )
+        if (
+            isinstance(headroom, bool)
+            or not isinstance(headroom, numbers.Real)
+            or not headroom > 0
+            or not math.isfinite(headroom)
+        ):
+            raise ValueError(
+                "ElasticServer: headroom must be a positive number. "
+                f"Received: headroom={headroom!r}"
+            )
+        if (
+            isinstance(reserve_ms, bool)
+            or not isinstance(reserve_ms, numbers.Real)
+            or not reserve_ms >= 0
+            or not math.isfinite(reserve_ms)
+        ):
+            raise ValueError(
+                "ElasticServer: reserve_ms must be a number >= 0. "
+                f"Received: reserve_ms={reserve_ms!r}"
+            )
+        self.bundle = bundle
+        if rates is None:
+            chosen = bundle.rates
+        else:
+            if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
+                raise ValueError(
+                    "ElasticServer: rates must be a list of the bundle's rates. "
+                    f"Received: rates={rates!r}"
+                )
+            chosen = {bundle._rate(r, "ElasticServer") for r in rates}
+            if not chosen:
+                raise ValueError("ElasticServer: rates must not be empty.")
+        self.rates = tuple(sorted(chosen, reverse=True))
+        self.profile = profile if profile is not None else bundle.profile()
+        measured = None
+        for rate in self.rates:
+            sizes = set(self.profile.batch_sizes(rate))  # raises for unprofiled
+            measured = sizes if measured is None else measured & sizes
+        if not measured:
+            raise ValueError(
+                "ElasticServer: the profile has no batch size measured for "
+                "every rate; profile all rates at the same batch sizes."
+            )
+        measured = sorted(measured)
+        if max_batch_size is None:
+            max_batch_size = measured[-1]
+        if (
+            isinstance(max_batch_size, bool)
+            or not isinstance(max_batch_size, numbers.Integral)
+            or max_batch_size < 1
+        ):
+            raise ValueError(
+                "ElasticServer: max_batch_size must be a positive integer. "
+                f"Received: max_batch_size={max_batch_size!r}"
+            )
+        self.max_batch_size = int(max_batch_size)
+        # An unmeasured maximum is interpolated by the profile.
+        self._buckets = [s for s in measured if s < self.max_batch_size]
+        self._buckets.append(self.max_batch_size)
+        self.clock = clock
+        self.plan_statistic = plan_statistic
+        self.headroom = float(headroom)
+        self.reserve_ms = float(reserve_ms)
+        self._plan_s = {
+            (r, b): self.profile.latency_ms(r, b, plan_statistic) * self.headroom / 1e3
+            for r in self.rates
+            for b in self._buckets
+        }
+        self._service_s = {
+            (r, b): self.profile.latency_ms(r, b, "p50") / 1e3
+            for r in self.rates
+            for b in self._buckets
+        }
+        self._lock = threading.Lock()
+        self._reset_stats()
+        self._thread = None
+        self._overhead_s = 0.0
+
+    @property
+    def stats(self):
+        """Counters since construction: `served`, `late`, `batches`, `by_rate`."""
+        with self._lock:
+            return {
+                "served": self._stats["served"],
+                "late": self._stats["late"],
+                "batches": self._stats["batches"],
+                "by_rate": dict(self._stats["by_rate"]),
+            }
+
+    def plan(self, deadlines_s, now_s=0.0):
+        """The rate and batch size the server would choose now.
+
+        Args:
+            deadlines_s: Deadlines of the queued requests (any order).
+            now_s: The current time on the same clock.
+
+        Returns:
+            `(rate, batch_size)`.
+        """
+        queue = sorted((float(d), i) for i, d in enumerate(deadlines_s))
+        if not queue:
+            raise ValueError("ElasticServer.plan: the queue is empty.")
+        return self._plan(float(now_s), queue)
+
+    def replay(self, requests):
+        """Serves a recorded stream of requests; returns the responses.
+
+        Args:
+            requests: Iterable of `Request`, arrival times in seconds from
+                the start of the replay.
+
+        Returns:
+            A list of `Response`, one per request, in the order given.
+        """
+        if self._thread is not None:
+            raise RuntimeError(
+                "ElasticServer.replay: the server is serving live requests; "
+                "call stop() first."
+            )
+        items = []
+        for position, request in enumerate(requests):
+            if not isinstance(request, Request):
+                raise ValueError(
+                    "ElasticServer.replay: expected Request objects. "
+                    f"Received: {type(request).__name__} at position {position}"
+                )
+            arrival = _time(request.arrival_s, "arrival_s", position)
+            deadline = _time(request.deadline_s, "deadline_s", position, inf_ok=True)
+            if deadline < arrival:
+                raise ValueError(
+                    f"ElasticServer.replay: request {position} is due before "
+                    f"it arrives. Received: arrival_s={arrival}, "
+                    f"deadline_s={deadline}"
+                )
+            x = self._example(request.x, f"request {position}")
+            rid = position if request.id is None else request.id
+            items.append((arrival, deadline, position, rid, x))
+        items.sort(key=lambda item: (item[0], item[2]))
+        responses = [None] * len(items)
+        queue = []
+        if self.clock == "simulated":
+            now = 0.0
+        else:
+            origin = time.perf_counter()
+        nxt = 0
+        while nxt < len(items) or queue:
+            if self.clock == "real":
+                now = time.perf_counter() - origin
+            while nxt < len(items) and items[nxt][0] <= now:
+                arrival, deadline, position, rid, x = items[nxt]
+                bisect.insort(queue, (deadline, position, rid, arrival, x))
+                nxt += 1
+            if not queue:
+                wake = items[nxt][0]
+                if self.clock == "simulated":
+                    now = wake
+                else:
+                    time.sleep(max(0.0, wake - (time.perf_counter() - origin)))
+                continue
+            rate, count = self._plan(now, queue)
+            batch = queue[:count]
+            del queue[:count]
+            outputs, bucket = self._run(rate, [entry[4] for entry in batch])
+            if self.clock == "simulated":
+                finish = now + self._service_s[(rate, bucket)]
+            else:
+                finish = time.perf_counter() - origin
+                self._observe(rate, bucket, finish - now)
+            answered = []
+            for (deadline, position, rid, arrival, _), out in zip(batch, outputs):
+                response = Response(rid, out, rate, count, arrival, now, finish, deadline)
+                responses[position] = response
+                answered.append(response)
+            self._count(rate, answered)
+            now = finish
+        return responses
+
+    def start(self):
+        """Starts serving live requests (real clock only) on a worker thread."""
+        if self.clock != "real":
+            raise ValueError(
+                "ElasticServer.start: live serving runs on the wall clock; "
+                "create the server with clock='real'. Received: "
+                f"clock={self.clock!r}"
+            )
+        if self._thread is not None:
+            raise RuntimeError("ElasticServer.start: the server is already running.")
+        self._origin = time.perf_counter()
+        self._live = []
+        self._sequence = 0
+        self._stopping = False
+        self._wakeup = threading.Condition()
+        self._thread = threading.Thread(
+            target=self._serve_live, name="ElasticServer", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def submit(self, x, deadline_ms=None):
+        """Queues one example; returns a `concurrent.futures.Future` of its `Response`.
+
+        Args:
+            x: A single example (no batch axis).
+            deadline_ms: Milliseconds from now until the answer is due;
+                `None` means no deadline.
+        """
+        if self._thread is None:
+            raise RuntimeError(
+                "ElasticServer.submit: call start() first (or use the server "
+                "as a context manager)."
+            )
+        example = self._example(x, "submit")
+        if deadline_ms is not None and (
+            isinstance(deadline_ms, bool)
+            or not isinstance(deadline_ms, numbers.Real)
+            or not deadline_ms >= 0
+        ):
+            raise ValueError(
+                "ElasticServer.submit: deadline_ms must be a number >= 0 or "
+                f"None. Received: deadline_ms={deadline_ms!r}"
+            )
+        future = concurrent.futures.Future()
+        with self._wakeup:
+            if self._stopping:
+                raise RuntimeError("ElasticServer.submit: the server is stopping.")
+            arrival = time.perf_counter() - self._origin
+            deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1e3
+            self._sequence += 1
+            bisect.insort(
+                self._live,
+                (deadline, self._sequence, self._sequence, arrival, example, future),
+            )
+            self._wakeup.notify()
+        return future
+
+    def stop(self):
+        """Answers everything still queued, then stops the worker thread."""
+        if self._thread is None:
+            return
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify()
+        self._thread.join()
+        self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _serve_live(self):
+        while True:
+            with self._wakeup:
+                while not self._live and not self._stopping:
+                    self._wakeup.wait()
+                if not self._live:
+                    return
+                now = time.perf_counter() - self._origin
+                rate, count = self._plan(now, self._live)
+                batch = self._live[:count]
+                del self._live[:count]
+            try:
+                outputs, bucket = self._run(rate, [entry[4] for entry in batch])
+            except Exception as error:  # every waiting caller must hear of it
+                for entry in batch:
+                    entry[5].set_exception(error)
+                continue
+            finish = time.perf_counter() - self._origin
+            self._observe(rate, bucket, finish - now)
+            answered = []
+            for (deadline, _, rid, arrival, _, future), out in zip(batch, outputs):
+                response = Response(rid, out, rate, count, arrival, now, finish, deadline)
+                answered.append(response)
+                future.set_result(response)
+            self._count(rate, answered)
+
+    def _plan(self, now, queue):
+        """Chooses `(rate, batch_size)` for a queue sorted by deadline."""
+        count = min(len(queue), self.max_batch_size)
+        narrowest = self.rates[-1]
+        if len(self.rates) == 1:
+            return narrowest, count
+        # Latest finish of this batch that still lets the rest of the queue
+        # meet its deadlines at the narrowest rate: each later chunk starts
+        # with its earliest deadline, so only chunk heads constrain.
+        latest = queue[0][0] - self.reserve_ms / 1e3
+        backlog = 0.0
+        start = count
+        while start < len(queue):
+            size = min(self.max_batch_size, len(queue) - start)
+            backlog += self._plan_s[(narrowest, self._bucket(size))] + self._overhead_s
+            latest = min(latest, queue[start][0] - self.reserve_ms / 1e3 - backlog)
+            start += size
+        bucket = self._bucket(count)
+        for rate in self.rates:
+            if now + self._plan_s[(rate, bucket)] + self._overhead_s <= latest:
+                return rate, count
+        return narrowest, count
+
+    def _observe(self, rate, bucket, seconds):
+        excess = max(0.0, seconds - self._service_s[(rate, bucket)])
+        self._overhead_s += OVERHEAD_SMOOTHING * (excess - self._overhead_s)
+
+    def _bucket(self, count):
+        return self._buckets[bisect.bisect_left(self._buckets, count)]
+
+    def _run(self, rate, examples):
+        count = len(examples)
+        bucket = self._bucket(count)
+        batch = np.stack(examples)
+        if bucket > count:
+            # Padding to a profiled size reuses a cached interpreter and
+            # keeps the cost the profile measured; padded rows are dropped.
+            pad = np.repeat(batch[-1:], bucket - count, axis=0)
+            batch = np.concatenate([batch, pad])
+        return self.bundle._run(rate, batch)[:count], bucket
+
+    def _example(self, x, owner):
+        prepared = self.bundle._prepare(np.asarray(x)[None], f"ElasticServer ({owner})")
+        return prepared[0]
+
+    def _count(self, rate, responses):
+        with self._lock:
+            self._stats["served"] += len(responses)
+            self._stats["late"] += sum(r.late for r in responses)
+            self._stats["batches"] += 1
+            by_rate = self._stats["by_rate"]
+            by_rate[rate] = by_rate.get(rate, 0) + len(responses)
+
+    def _reset_stats(self):
+        self._stats = {"served": 0, "late": 0, "batches": 0, "by_rate": {}}
+
+
+def _time(value, name, position, inf_ok=False):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or math.isnan(value)
+        or value < 0
+        or (math.isinf(value) and not inf_ok)
+    ):
+        raise ValueError(
+            f"ElasticServer.replay: request {position} needs {name} as a "
+            f"number of seconds >= 0. Received: {name}={value!r}"
+        )
+    return float(value)

@@ -1,0 +1,67 @@
+"""A request to an `ElasticServer` and its response."""
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Request:
+    """One example to answer before a deadline.
+
+    Args:
+        x: A single example, shaped like the bundle input without the batch
+            axis.
+        arrival_s: When the request arrives, in seconds on the server's
+            clock (from the start of `ElasticServer.replay`). Defaults to 0.
+        deadline_s: When the answer is due, on the same clock. Defaults to
+            never.
+        id: Any identifier; `replay` numbers requests when it is `None`.
+
+    Example:
+
+    >>> Request(image, arrival_s=0.010, deadline_s=0.030)
+    """
+
+    x: np.ndarray
+    arrival_s: float = 0.0
+    deadline_s: float = math.inf
+    id: object = None
+
+
+@dataclasses.dataclass
+class Response:
+    """The answer to a `Request`; a late answer is still an answer.
+
+    Attributes:
+        id: The request's id.
+        output: The float32 output row of the model.
+        rate: The width that answered.
+        batch_size: Requests answered by the same call (before padding).
+        arrival_s, start_s, finish_s, deadline_s: Times on the server clock.
+    """
+
+    id: object
+    output: np.ndarray
+    rate: float
+    batch_size: int
+    arrival_s: float
+    start_s: float
+    finish_s: float
+    deadline_s: float
+
+    @property
+    def latency_ms(self):
+        """Milliseconds from arrival to answer, queueing included."""
+        return (self.finish_s - self.arrival_s) * 1e3
+
+    @property
+    def late(self):
+        """Whether the answer came after the deadline."""
+        return self.finish_s > self.deadline_s
+
+    @property
+    def prediction(self):
+        """Arg-max class of `output`."""
+        return int(np.argmax(self.output))
