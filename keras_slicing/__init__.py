@@ -5,16 +5,26 @@ One network, every width: sliced layers compute only the first
 set of weights serves any cost budget (Cai et al., PVLDB 13(2), 2020).
 """
 
+from keras_slicing import callbacks
 from keras_slicing import layers
+from keras_slicing import schedulers
 from keras_slicing.calibration import calibrate_batchnorm
 from keras_slicing.cost import model_cost
+from keras_slicing.export import export_tflite
+from keras_slicing.extract import extract_submodel
+from keras_slicing.model import SlicingModel
 from keras_slicing.rates import rate_input
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SlicingModel",
     "calibrate_batchnorm",
+    "callbacks",
+    "export_tflite",
+    "extract_submodel",
     "layers",
     "model_cost",
     "rate_input",
+    "schedulers",
 ]
