@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_slicing import backend
 from keras_slicing import rates as rates_lib
 
 
@@ -76,7 +77,63 @@ class SlicedLayerMixin:
                 "a multiple of slice_groups."
             )
 
-    def _output_spec_with_width(self, spec, width):
-        shape = list(spec.shape)
-        shape[-1] = width
-        return keras.KerasTensor(tuple(shape), dtype=spec.dtype)
+
+
+class SlicedProjectionMixin(SlicedLayerMixin):
+    """Dense and convolution layers: they choose their output width.
+
+    The kernel's last two axes are (input features, output units); the
+    layer reads as many input features as its input has and, when
+    `slice_output`, produces the active groups of its `_full_width()` units.
+    """
+
+    def _init_projection(self, slice_groups, slice_input, slice_output, arg_name):
+        self._init_slicing(slice_groups)
+        self.slice_input = bool(slice_input)
+        self.slice_output = bool(slice_output)
+        if self.slice_output:
+            self._check_divisible(self._full_width(), arg_name)
+
+    def _full_width(self):
+        raise NotImplementedError
+
+    def _relax_input_spec(self, **rank):
+        if self.slice_input:
+            # A sliced predecessor hands over fewer features than the kernel
+            # expects, so only the rank is checked.
+            self.input_spec = keras.layers.InputSpec(**rank)
+
+    def _active_kernel_and_bias(self, inputs, rate):
+        kernel, bias = self.kernel, self.bias
+        n_in = n_out = None
+        if self.slice_input:
+            n_in = backend.dim(inputs, -1)
+            if is_static_int(n_in, kernel.shape[-2]):
+                n_in = None
+        groups = self._groups(rate)
+        if self.slice_output and not is_static_int(groups, self.slice_groups):
+            n_out = groups * (self._full_width() // self.slice_groups)
+            if bias is not None:
+                bias = leading_block(bias, [n_out])
+        if n_in is not None or n_out is not None:
+            sizes = [None] * (len(kernel.shape) - 2) + [n_in, n_out]
+            kernel = leading_block(kernel, sizes)
+        return kernel, bias
+
+    def compute_output_spec(self, inputs, rate=None, **kwargs):
+        spec = super().compute_output_spec(inputs, rate=rate, **kwargs)
+        static = self._static_rate(rate)
+        if self.slice_output and static is not None:
+            groups = self._groups(static)
+            width = groups * (self._full_width() // self.slice_groups)
+            shape = (*spec.shape[:-1], width)
+            spec = keras.KerasTensor(shape, dtype=spec.dtype)
+        return spec
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "slice_groups": self.slice_groups,
+            "slice_input": self.slice_input,
+            "slice_output": self.slice_output,
+        }

@@ -1,14 +1,11 @@
 import keras
 from keras import ops
 
-from keras_slicing import backend
-from keras_slicing.layers.base import SlicedLayerMixin
-from keras_slicing.layers.base import is_static_int
-from keras_slicing.layers.base import leading_block
+from keras_slicing.layers.base import SlicedProjectionMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
-class SlicedConv2D(SlicedLayerMixin, keras.layers.Conv2D):
+class SlicedConv2D(SlicedProjectionMixin, keras.layers.Conv2D):
     """A `Conv2D` layer that convolves only the active slice of its filters.
 
     The filters are split into `slice_groups` contiguous groups; at rate `r`
@@ -72,56 +69,20 @@ class SlicedConv2D(SlicedLayerMixin, keras.layers.Conv2D):
                 "SlicedConv2D supports only data_format='channels_last'. "
                 f"Received: data_format={self.data_format!r}"
             )
-        self._init_slicing(slice_groups)
-        self.slice_input = bool(slice_input)
-        self.slice_output = bool(slice_output)
-        if self.slice_output:
-            self._check_divisible(filters, "filters")
+        self._init_projection(slice_groups, slice_input, slice_output, "filters")
+
+    def _full_width(self):
+        return self.filters
 
     def build(self, input_shape):
         super().build(input_shape)
-        if self.slice_input:
-            # A sliced predecessor hands over fewer channels than the kernel
-            # expects, so only the rank is checked.
-            self.input_spec = keras.layers.InputSpec(ndim=4)
+        self._relax_input_spec(ndim=4)
 
     def call(self, inputs, rate=None):
-        kernel = self.kernel
-        bias = self.bias if self.use_bias else None
-        n_in = n_out = None
-        if self.slice_input:
-            n_in = backend.dim(inputs, -1)
-            if is_static_int(n_in, kernel.shape[2]):
-                n_in = None
-        groups = self._groups(rate)
-        if self.slice_output and not is_static_int(groups, self.slice_groups):
-            n_out = groups * (self.filters // self.slice_groups)
-            if bias is not None:
-                bias = leading_block(bias, [n_out])
-        if n_in is not None or n_out is not None:
-            kernel = leading_block(kernel, [None, None, n_in, n_out])
+        kernel, bias = self._active_kernel_and_bias(inputs, rate)
         outputs = self.convolution_op(inputs, kernel)
         if bias is not None:
             outputs = ops.add(outputs, bias)
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
-
-    def compute_output_spec(self, inputs, rate=None, **kwargs):
-        spec = super().compute_output_spec(inputs, rate=rate, **kwargs)
-        static = self._static_rate(rate)
-        if self.slice_output and static is not None:
-            width = self._groups(static) * (self.filters // self.slice_groups)
-            spec = self._output_spec_with_width(spec, width)
-        return spec
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "slice_groups": self.slice_groups,
-                "slice_input": self.slice_input,
-                "slice_output": self.slice_output,
-            }
-        )
-        return config

@@ -1,14 +1,12 @@
 import keras
 from keras import ops
 
-from keras_slicing import backend
 from keras_slicing.layers.base import SlicedLayerMixin
-from keras_slicing.layers.base import is_static_int
-from keras_slicing.layers.base import leading_block
+from keras_slicing.layers.base import SlicedProjectionMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
-class SlicedDense(SlicedLayerMixin, keras.layers.Dense):
+class SlicedDense(SlicedProjectionMixin, keras.layers.Dense):
     """A `Dense` layer that computes only the active slice of its units.
 
     The units are split into `slice_groups` contiguous groups; at rate `r` the
@@ -59,18 +57,14 @@ class SlicedDense(SlicedLayerMixin, keras.layers.Dense):
                 f"lora_rank={kwargs['lora_rank']}"
             )
         super().__init__(units, **kwargs)
-        self._init_slicing(slice_groups)
-        self.slice_input = bool(slice_input)
-        self.slice_output = bool(slice_output)
-        if self.slice_output:
-            self._check_divisible(units, "units")
+        self._init_projection(slice_groups, slice_input, slice_output, "units")
+
+    def _full_width(self):
+        return self.units
 
     def build(self, input_shape):
         super().build(input_shape)
-        if self.slice_input:
-            # A sliced predecessor hands over fewer features than the kernel
-            # has rows, so only the rank is checked.
-            self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._relax_input_spec(min_ndim=2)
 
     def __call__(self, inputs, rate=None, *args, **kwargs):
         if self.slice_input:
@@ -78,45 +72,13 @@ class SlicedDense(SlicedLayerMixin, keras.layers.Dense):
         return super().__call__(inputs, rate, *args, **kwargs)
 
     def call(self, inputs, rate=None, training=None):
-        kernel = self.kernel
-        bias = self.bias
-        n_in = n_out = None
-        if self.slice_input:
-            n_in = backend.dim(inputs, -1)
-            if is_static_int(n_in, kernel.shape[0]):
-                n_in = None
-        groups = self._groups(rate)
-        if self.slice_output and not is_static_int(groups, self.slice_groups):
-            n_out = groups * (self.units // self.slice_groups)
-            if bias is not None:
-                bias = leading_block(bias, [n_out])
-        if n_in is not None or n_out is not None:
-            kernel = leading_block(kernel, [n_in, n_out])
+        kernel, bias = self._active_kernel_and_bias(inputs, rate)
         x = ops.matmul(inputs, kernel)
         if bias is not None:
             x = ops.add(x, bias)
         if self.activation is not None:
             x = self.activation(x)
         return x
-
-    def compute_output_spec(self, inputs, rate=None, **kwargs):
-        spec = super().compute_output_spec(inputs, rate=rate, **kwargs)
-        static = self._static_rate(rate)
-        if self.slice_output and static is not None:
-            width = self._groups(static) * (self.units // self.slice_groups)
-            spec = self._output_spec_with_width(spec, width)
-        return spec
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "slice_groups": self.slice_groups,
-                "slice_input": self.slice_input,
-                "slice_output": self.slice_output,
-            }
-        )
-        return config
 
 
 def _check_prefix_layout(inputs, owner):
