@@ -104,7 +104,7 @@ def datasets(x_train, y_train, x_test, y_test, batch_size, seed):
     return train, test
 
 
-def preact_resnet(depth=20, base_width=16, classes=10, weight_decay=1e-4):
+def preact_resnet(depth=20, base_width=16, classes=10, weight_decay=1e-4, seed=None):
     """A sliced pre-activation ResNet for 32x32 images."""
     if (depth - 2) % 6:
         raise ValueError(f"depth must be 6n+2 (20, 32, 56, ...). Received: depth={depth}")
@@ -152,6 +152,7 @@ def preact_resnet(depth=20, base_width=16, classes=10, weight_decay=1e-4):
         rates=DEFAULT_RATES,
         scheduler="random_min_max",
         num_random=1,
+        seed=seed,
         name=f"preact_resnet{depth}",
     )
 
@@ -163,7 +164,7 @@ def train(data_dir, depth=20, base_width=16, epochs=160, batch_size=128,
     keras.utils.set_random_seed(seed)
     x_train, y_train, x_test, y_test = load_cifar10(data_dir)
     train_data, test_data = datasets(x_train, y_train, x_test, y_test, batch_size, seed)
-    model = preact_resnet(depth, base_width, weight_decay=weight_decay)
+    model = preact_resnet(depth, base_width, weight_decay=weight_decay, seed=seed)
     steps = steps_per_epoch or -(-len(x_train) // batch_size)
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
         [int(steps * epochs * 0.5), int(steps * epochs * 0.75)],

@@ -27,7 +27,8 @@ def concrete_rate(rate, owner):
     ):
         values = np.asarray(rate, dtype=np.float64).reshape(-1)
         if values.size == 0:
-            raise ValueError(f"{owner}: received an empty slice-rate tensor.")
+            return 1.0  # an empty batch (e.g. one replica's share): any width
+
         if not np.all(values == values[0]):
             raise ValueError(
                 f"{owner}: all entries of a slice-rate tensor must be equal "
@@ -39,13 +40,18 @@ def concrete_rate(rate, owner):
 
 
 def checked_rate_scalar(rate, owner):
-    """Reduces a symbolic rate tensor to a scalar and checks it in the graph."""
+    """Reduces a symbolic rate tensor to a scalar and checks it in the graph.
+
+    An empty batch (a replica's share of a short last batch) has no rate:
+    it runs at full width, which computes nothing for zero examples.
+    """
     values = tf.reshape(tf.cast(rate, tf.float32), [-1])
-    high = tf.reduce_max(values)
-    low = tf.reduce_min(values)
+    empty = tf.equal(tf.size(values), 0)
+    high = tf.where(empty, 1.0, tf.reduce_max(values))
+    low = tf.where(empty, 1.0, tf.reduce_min(values))
     checks = [
         tf.debugging.Assert(
-            tf.logical_and(tf.size(values) > 0, tf.equal(low, high)),
+            tf.equal(low, high),
             [
                 f"{owner}: all entries of a slice-rate tensor must be equal "
                 "(one width per batch). Received min/max:",

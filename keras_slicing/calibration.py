@@ -73,11 +73,17 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
         layer._calibration = accumulator
     try:
         for rate in rates:
+            seen = 0
             for batch in _batches(data, batch_size):
+                seen += 1
                 size = len(keras.tree.flatten(batch)[0])
                 model(
                     _feed(model, batch, np.full((size,), rate, "float32")),
                     training=False,
+                )
+            if not seen:
+                raise ValueError(
+                    "calibrate_batchnorm: the calibration data holds no batch."
                 )
     finally:
         for layer in layers:

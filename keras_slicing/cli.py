@@ -80,7 +80,7 @@ def main(argv):
         )
     try:
         command(*args[1:])
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, KeyError, TypeError) as error:
         print(f"keras-slicing {args[0]}: error: {error}", file=sys.stderr)
         return 1
     return 0

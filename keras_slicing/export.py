@@ -465,8 +465,10 @@ def _check_evaluation(evaluation_data, data_input):
         )
     x = _check_examples(evaluation_data[0], data_input, "evaluation_data x")
     y = np.asarray(evaluation_data[1])
-    if y.ndim > 1:
-        y = np.argmax(y, axis=-1)
+    if y.ndim > 1 and y.shape[-1] == 1:
+        y = y[..., 0]  # class indices shaped (N, 1)
+    elif y.ndim > 1:
+        y = np.argmax(y, axis=-1)  # one-hot
     if len(y) != len(x):
         raise ValueError(
             "export_tflite: evaluation_data x and y differ in length. "

@@ -118,7 +118,7 @@ class _Builder:
         rate = kwargs.pop("rate", None)
         if rate is None:
             rate = 1.0
-        if isinstance(rate, (int, float, np.floating)) and not isinstance(rate, bool):
+        if rates_lib.static_rate(rate) is not None:
             rate = float(rate)
         else:
             raise _CarryError(

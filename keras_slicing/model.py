@@ -94,7 +94,8 @@ class SlicingModel(keras.Model):
     h = keras.layers.GlobalAveragePooling2D()(h)
     y = SlicedDense(10, slice_output=False)(h, rate)
     model = SlicingModel([x, rate], y, rates=(1.0, 0.5, 0.25))
-    model.compile("adam", "sparse_categorical_crossentropy",
+    model.compile("adam",
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     model.fit(images, labels, epochs=2)  # logs accuracy@0.25, ...
     model.at_rate(0.5).predict(images)

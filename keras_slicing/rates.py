@@ -7,6 +7,7 @@ point error, and any rate in (0, 1] is valid.
 """
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -30,8 +31,22 @@ def validate_slice_groups(slice_groups, owner):
     return int(slice_groups)
 
 
+def static_rate(rate):
+    """A Python or numpy scalar rate as a float; None for tensors and None."""
+    if isinstance(rate, (bool, np.bool_)):
+        return None
+    if isinstance(rate, (numbers.Real, np.number)):
+        return float(rate)
+    return None
+
+
 def validate_rate(rate, owner="rate"):
     """Returns `rate` as a Python float, or raises a `ValueError`."""
+    if isinstance(rate, (bool, np.bool_)):
+        raise ValueError(
+            f"{owner}: the slice rate must be a number in (0, 1]. "
+            f"Received: rate={rate!r}"
+        )
     try:
         value = float(rate)
     except (TypeError, ValueError):

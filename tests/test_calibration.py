@@ -63,3 +63,9 @@ def test_model_without_batchnorm_is_rejected():
     model = keras.Model([x, rate], layers.SlicedDense(8, slice_input=False)(x, rate))
     with pytest.raises(ValueError, match="no SlicedBatchNormalization"):
         calibrate_batchnorm(model, np.ones((2, 4)))
+
+
+def test_empty_calibration_data_is_rejected():
+    model, _ = _conv_bn_model()
+    with pytest.raises(ValueError, match="no batch"):
+        calibrate_batchnorm(model, np.zeros((0, 5, 5, 2), "float32"))

@@ -470,3 +470,14 @@ def test_files_run_in_litert_without_tensorflow(bundles, digits):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_column_labels_give_the_same_accuracy_as_flat_labels(model, bundles, digits, tmp_path):
+    _, _, x_test, y_test = digits
+    manifest = keras_slicing.export_tflite(
+        model, tmp_path / "column", rates=[0.5],
+        evaluation_data=(x_test, y_test.reshape(-1, 1)),
+    )
+    flat = json.loads((bundles["float32"][0] / "manifest.json").read_text())
+    expected = next(e["accuracy"] for e in flat["rates"] if e["rate"] == 0.5)
+    assert manifest["rates"][0]["accuracy"] == pytest.approx(expected)

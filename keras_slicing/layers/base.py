@@ -1,6 +1,7 @@
 """What all sliced layers share: the `layer(x, rate)` call contract."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_slicing import backend
@@ -56,7 +57,7 @@ class SlicedLayerMixin:
         return type(self).__name__
 
     def __call__(self, inputs, rate=None, *args, **kwargs):
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        if isinstance(rate, (bool, np.bool_)) or rates_lib.static_rate(rate) is not None:
             rate = rates_lib.validate_rate(rate, self._owner())
         return super().__call__(inputs, *args, rate=rate, **kwargs)
 
@@ -65,9 +66,7 @@ class SlicedLayerMixin:
 
     @staticmethod
     def _static_rate(rate):
-        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
-            return float(rate)
-        return None
+        return rates_lib.static_rate(rate)
 
     def _check_divisible(self, width, arg_name):
         if width % self.slice_groups:

@@ -30,7 +30,8 @@ class SlicedFlatten(keras.layers.Flatten):
     """
 
     def __init__(self, **kwargs):
-        kwargs.pop("data_format", None)
+        # Its input is channels-last by contract, whatever the global default.
+        kwargs["data_format"] = "channels_last"
         super().__init__(**kwargs)
 
     def call(self, inputs):

@@ -112,3 +112,22 @@ def test_symbolic_call_with_python_rate_has_active_width():
 def test_lora_is_rejected():
     with pytest.raises(ValueError, match="lora_rank"):
         SlicedDense(16, lora_rank=2)
+
+
+def test_numpy_scalar_rate_is_static_like_a_python_float():
+    x = keras.Input((32,))
+    assert SlicedDense(64)(x, np.float32(0.25)).shape == (None, 16)
+
+
+def test_bool_rate_is_rejected():
+    layer = _built_layer()
+    with pytest.raises(ValueError, match="rate=True"):
+        layer(np.ones((2, 32), "float32"), True)
+
+
+def test_empty_batch_runs_in_graph_and_eagerly():
+    layer = _built_layer()
+    run = tf.function(lambda x, r: layer(x, r))
+    empty = tf.zeros((0, 32))
+    assert run(empty, tf.zeros((0,))).shape[0] == 0
+    assert layer(empty, tf.zeros((0,))).shape[0] == 0

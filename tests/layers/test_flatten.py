@@ -31,3 +31,13 @@ def test_plain_flatten_of_unsliced_conv_is_accepted():
     h = SlicedConv2D(16, 3, slice_input=False, slice_output=False)(x, rate)
     h = keras.layers.Flatten()(h)
     assert SlicedDense(16)(h, rate).shape == (None, 16)
+
+
+def test_order_does_not_depend_on_the_global_image_data_format():
+    previous = keras.config.image_data_format()
+    keras.config.set_image_data_format("channels_first")
+    try:
+        flat = SlicedFlatten()(np.arange(8.0).reshape(1, 2, 2, 2))
+    finally:
+        keras.config.set_image_data_format(previous)
+    np.testing.assert_array_equal(flat[0], [0, 2, 4, 6, 1, 3, 5, 7])
