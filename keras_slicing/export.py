@@ -356,7 +356,9 @@ def read_manifest(bundle_dir, verify=True):
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"read_manifest: {path} is not valid JSON: {error}")
+        raise ValueError(
+            f"read_manifest: {path} is not valid JSON: {error}"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ValueError(
@@ -369,22 +371,37 @@ def read_manifest(bundle_dir, verify=True):
             f"{FORMAT_VERSION}. Received: "
             f"format_version={manifest.get('format_version')!r}"
         )
-    if verify:
-        for entry in manifest["rates"]:
-            file = bundle_dir / entry["file"]
-            if not file.is_file():
-                raise ValueError(
-                    f"read_manifest: {entry['file']} is listed in {path} but "
-                    "missing."
-                )
-            content = file.read_bytes()
-            digest = hashlib.sha256(content).hexdigest()
-            if digest != entry["sha256"] or len(content) != entry["bytes"]:
-                raise ValueError(
-                    f"read_manifest: {file} does not match its manifest entry "
-                    f"(sha256 {digest}, {len(content)} bytes; expected "
-                    f"{entry['sha256']}, {entry['bytes']} bytes)."
-                )
+    entries = manifest.get("rates")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"read_manifest: {path} lists no rates.")
+    for entry in entries:
+        file_name = entry.get("file") if isinstance(entry, dict) else None
+        if (
+            not isinstance(file_name, str)
+            or pathlib.PurePath(file_name).name != file_name
+            or not isinstance(entry.get("sha256"), str)
+        ):
+            raise ValueError(
+                f"read_manifest: {path} has a malformed rate entry (each needs "
+                f"a plain file name and a sha256). Received: {entry!r}"
+            )
+        if not verify:
+            continue
+        file = bundle_dir / file_name
+        if not file.is_file():
+            raise ValueError(
+                f"read_manifest: {file_name} is listed in {path} but missing."
+            )
+        content = file.read_bytes()
+        digest = hashlib.sha256(content).hexdigest()
+        if digest != entry["sha256"].lower() or len(content) != entry.get(
+            "bytes", len(content)
+        ):
+            raise ValueError(
+                f"read_manifest: {file} does not match its manifest entry "
+                f"(sha256 {digest}, {len(content)} bytes; expected "
+                f"{entry['sha256']}, {entry.get('bytes')} bytes)."
+            )
     return manifest
 
 

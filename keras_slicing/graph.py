@@ -52,11 +52,15 @@ def layer_shapes(model, rate):
     records = []
 
     def record(layer, *args, **kwargs):
-        outputs = layer.compute_output_spec(*args, **kwargs)
         tensors = [
             a for a in keras.tree.flatten((args, kwargs))
             if isinstance(a, keras.KerasTensor)
         ]
+        if is_functional(layer):
+            # A nested model is walked layer by layer: its own input specs
+            # hold full widths, which a sliced tensor would not match.
+            return replay(layer, rate, record, inputs=tensors)
+        outputs = layer.compute_output_spec(*args, **kwargs)
         records.append(
             (
                 layer,
@@ -68,6 +72,13 @@ def layer_shapes(model, rate):
 
     replay(model, rate, record)
     return records
+
+
+def is_functional(layer):
+    """Whether `layer` is a functional model whose graph can be replayed."""
+    return isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph") and (
+        getattr(layer, "_nodes_by_depth", None) is not None
+    )
 
 
 def is_sliced(layer):

@@ -57,3 +57,23 @@ def test_unknown_weighted_layer_is_named_in_the_error():
 def test_invalid_rate_is_rejected():
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         model_cost(small_mlp(), 0.0)
+
+
+def test_nested_model_is_costed_layer_by_layer():
+    inner_x = keras.Input((16,))
+    inner_rate = rate_input()
+    inner = keras.Model(
+        [inner_x, inner_rate],
+        layers.SlicedDense(16, activation="relu")(inner_x, inner_rate),
+        name="inner",
+    )
+    x = keras.Input((8,))
+    rate = rate_input()
+    h = layers.SlicedDense(16, slice_input=False)(x, rate)
+    h = inner([h, rate])
+    y = layers.SlicedDense(4, slice_output=False)(h, rate)
+    cost = model_cost(keras.Model([x, rate], y), 0.5)
+    assert cost == {
+        "params": (8 * 8 + 8) + (8 * 8 + 8) + (8 * 4 + 4),
+        "macs": 8 * 8 + 8 * 8 + 8 * 4,
+    }

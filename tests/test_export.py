@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -481,3 +482,26 @@ def test_column_labels_give_the_same_accuracy_as_flat_labels(model, bundles, dig
     flat = json.loads((bundles["float32"][0] / "manifest.json").read_text())
     expected = next(e["accuracy"] for e in flat["rates"] if e["rate"] == 0.5)
     assert manifest["rates"][0]["accuracy"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "entry_change",
+    [{"file": "../rate_1.tflite"}, {"sha256": None}, {"file": None}],
+)
+def test_malformed_manifest_entries_are_rejected(bundles, tmp_path, entry_change):
+    source, _ = bundles["float32"]
+    copy = tmp_path / "bundle"
+    shutil.copytree(source, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["rates"][0].update(entry_change)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="malformed rate entry"):
+        read_manifest(copy)
+
+
+def test_host_and_edge_readers_agree_on_the_format_constants():
+    from keras_slicing_lite import manifest as lite_manifest
+
+    names = ("FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "QUANTIZATIONS")
+    for name in names:
+        assert getattr(export_lib, name) == getattr(lite_manifest, name), name
