@@ -11,6 +11,13 @@ import keras
 from keras_slicing import rates as rates_lib
 
 
+__all__ = [
+    "MinRateScheduler",
+    "SlicedValidation",
+    "shrinking_schedule",
+]
+
+
 def _require_slicing_model(callback, model):
     if not hasattr(model, "evaluate_rates") or not hasattr(model, "min_rate"):
         raise ValueError(

@@ -14,6 +14,14 @@ from keras import ops
 SCHEDULER_NAMES = ("random", "random_min", "random_max", "random_min_max", "all")
 
 
+__all__ = [
+    "AllScheduler",
+    "RandomScheduler",
+    "RateScheduler",
+    "get",
+]
+
+
 class RateScheduler:
     """Base class of rate schedulers: chooses the rates of each training step.
 
