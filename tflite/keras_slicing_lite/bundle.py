@@ -164,6 +164,20 @@ class Bundle:
         rate = self._rate(rate, "predict")
         return self._run(rate, self._prepare(x, "predict"))
 
+    def _rates_arg(self, rates, owner):
+        """The bundle rates named by a `rates=` argument (`None`: all)."""
+        if rates is None:
+            return set(self.rates)
+        if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
+            raise ValueError(
+                f"{owner}: rates must be a list of the bundle's rates. "
+                f"Received: rates={rates!r}"
+            )
+        chosen = {self._rate(r, owner) for r in rates}
+        if not chosen:
+            raise ValueError(f"{owner}: rates must not be empty.")
+        return chosen
+
     def predict_cascade(self, x, threshold=0.9, rates=None, from_logits=None):
         """Answers each example with the narrowest width that is confident.
 
@@ -201,18 +215,7 @@ class Bundle:
                 "predict_cascade: threshold must be a number >= 0 (a "
                 f"probability). Received: threshold={threshold!r}"
             )
-        if rates is None:
-            chosen = self.rates
-        else:
-            if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
-                raise ValueError(
-                    "predict_cascade: rates must be a list of rates of the "
-                    f"bundle. Received: rates={rates!r}"
-                )
-            chosen = tuple({self._rate(r, "predict_cascade") for r in rates})
-            if not chosen:
-                raise ValueError("predict_cascade: rates must not be empty.")
-        order = sorted(chosen)
+        order = sorted(self._rates_arg(rates, "predict_cascade"))
         batch = self._prepare(x, "predict_cascade")
         n = batch.shape[0]
         outputs = np.zeros((n, *self._output_dims(n)[1:]), np.float32)

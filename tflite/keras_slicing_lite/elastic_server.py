@@ -114,17 +114,7 @@ class ElasticServer:
                 f"Received: reserve_ms={reserve_ms!r}"
             )
         self.bundle = bundle
-        if rates is None:
-            chosen = bundle.rates
-        else:
-            if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
-                raise ValueError(
-                    "ElasticServer: rates must be a list of the bundle's rates. "
-                    f"Received: rates={rates!r}"
-                )
-            chosen = {bundle._rate(r, "ElasticServer") for r in rates}
-            if not chosen:
-                raise ValueError("ElasticServer: rates must not be empty.")
+        chosen = bundle._rates_arg(rates, "ElasticServer")
         self.rates = tuple(sorted(chosen, reverse=True))
         self.profile = profile if profile is not None else bundle.profile()
         measured = None
