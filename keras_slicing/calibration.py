@@ -66,7 +66,7 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
         rates = tuple(reversed(rates))
     rates = rates_lib.validate_rates(rates, "calibrate_batchnorm: rates")
     rows = {rate: [layer.row_of(rate) for layer in layers] for rate in rates}
-    graph.rate_inputs(model)  # fails early on a non-functional model
+    rate_ids = {id(x) for x in graph.rate_inputs(model)}
 
     accumulator = _MomentAccumulator()
     for layer in layers:
@@ -78,7 +78,7 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
                 seen += 1
                 size = len(keras.tree.flatten(batch)[0])
                 model(
-                    _feed(model, batch, np.full((size,), rate, "float32")),
+                    _feed(model, rate_ids, batch, np.full((size,), rate, "float32")),
                     training=False,
                 )
             if not seen:
@@ -120,8 +120,7 @@ def _batches(data, batch_size):
         yield batch
 
 
-def _feed(model, batch, rate_values):
-    rate_ids = {id(x) for x in graph.rate_inputs(model)}
+def _feed(model, rate_ids, batch, rate_values):
     data = iter(keras.tree.flatten(batch))
     feed = [rate_values if id(x) in rate_ids else next(data) for x in model.inputs]
     return [keras.ops.convert_to_tensor(value) for value in feed]

@@ -18,6 +18,14 @@ __all__ = [
 ]
 
 
+def _check_positive_int(value, owner, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{owner}: {name} must be a positive integer. "
+            f"Received: {name}={value!r}"
+        )
+
+
 def _require_slicing_model(callback, model):
     if not hasattr(model, "evaluate_rates") or not hasattr(model, "min_rate"):
         raise ValueError(
@@ -82,11 +90,7 @@ class SlicedValidation(keras.callbacks.Callback):
             self._data = {"x": validation_data}
         if rates is not None:
             rates = rates_lib.validate_rates(rates, "SlicedValidation: rates")
-        if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
-            raise ValueError(
-                "SlicedValidation: freq must be a positive integer. "
-                f"Received: freq={freq!r}"
-            )
+        _check_positive_int(freq, "SlicedValidation", "freq")
         self.rates = rates
         self.freq = freq
 
@@ -176,15 +180,7 @@ def shrinking_schedule(rates, epochs_per_rate):
     ordered = sorted(
         rates_lib.validate_rates(rates, "shrinking_schedule"), reverse=True
     )
-    if (
-        isinstance(epochs_per_rate, bool)
-        or not isinstance(epochs_per_rate, int)
-        or epochs_per_rate < 1
-    ):
-        raise ValueError(
-            "shrinking_schedule: epochs_per_rate must be a positive integer. "
-            f"Received: epochs_per_rate={epochs_per_rate!r}"
-        )
+    _check_positive_int(epochs_per_rate, "shrinking_schedule", "epochs_per_rate")
 
     def schedule(epoch):
         return ordered[min(epoch // epochs_per_rate, len(ordered) - 1)]

@@ -41,3 +41,12 @@ def randomize_weights(model, seed=0):
         if "variance" in variable.path:
             values = np.abs(values) + 0.5
         variable.assign(values.astype(variable.dtype))
+
+
+def digits_split():
+    """scikit-learn's digits as 8x8x1 images: the first 1,437 train, the rest test."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.images / 16.0).astype("float32")[..., None]
+    return x[:1437], data.target[:1437], x[1437:], data.target[1437:]

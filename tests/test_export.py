@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 from ai_edge_litert import schema_py_generated as litert_schema
 from ai_edge_litert.interpreter import Interpreter
-from sklearn.datasets import load_digits
 
 import keras_slicing
 from keras_slicing import export as export_lib
@@ -19,6 +18,7 @@ from keras_slicing.export import export_tflite
 from keras_slicing.export import read_manifest
 from keras_slicing.extract import extract_submodel
 from keras_slicing.model import SlicingModel
+from tests.sliced_models import digits_split
 
 L = keras_slicing.layers
 K = keras.layers
@@ -55,10 +55,7 @@ def _digits_macs(rate):
 
 @pytest.fixture(scope="module")
 def digits():
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    y = data.target
-    return x[:1437], y[:1437], x[1437:], y[1437:]
+    return digits_split()
 
 
 @pytest.fixture(scope="module")

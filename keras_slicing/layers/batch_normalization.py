@@ -152,9 +152,7 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
         )
 
     def _row(self, rate):
-        static = None if rate is None else backend.concrete_rate(rate, self._owner())
-        if rate is None:
-            static = 1.0
+        static = 1.0 if rate is None else backend.concrete_rate(rate, self._owner())
         if static is not None:
             return self.row_of(static)
         groups = self._groups(rate)

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import SlicedProjectionMixin
+from keras_slicing.layers.flatten import SlicedFlatten
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -92,8 +93,6 @@ def _check_prefix_layout(inputs, owner):
     if history is None:
         return
     operation = history.operation
-    from keras_slicing.layers.flatten import SlicedFlatten
-
     if isinstance(operation, SlicedFlatten) or not isinstance(
         operation, (keras.layers.Flatten, keras.layers.Reshape)
     ):

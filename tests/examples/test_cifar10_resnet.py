@@ -1,21 +1,13 @@
-import functools
-import importlib.util
-import pathlib
 import pickle
 
 import numpy as np
 import pytest
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "cifar10_resnet.py"
+from tests.examples.loader import load_example
 
 
-@functools.cache
 def _load_example():
-    # absl flags may be defined once per process: load the script once.
-    spec = importlib.util.spec_from_file_location("cifar10_resnet", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("cifar10_resnet")
 
 
 def _write_batches(directory, per_batch=4):

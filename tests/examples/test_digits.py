@@ -1,19 +1,12 @@
-import functools
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 
-EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "examples" / "digits.py"
+from tests.examples.loader import load_example
 
 
-@functools.cache
 def _load_example():
-    spec = importlib.util.spec_from_file_location("digits_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("digits")
 
 
 def test_demo_writes_model_bundle_results_and_plot(tmp_path):

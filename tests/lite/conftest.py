@@ -11,10 +11,9 @@ import sys
 import keras
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-
 import keras_slicing
 from keras_slicing.model import SlicingModel
+from tests.sliced_models import digits_split
 
 try:
     import keras_slicing_lite  # noqa: F401
@@ -22,12 +21,6 @@ except ImportError:  # not installed: test the source tree
     sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "tflite"))
 
 RATES = (1.0, 0.75, 0.5, 0.25)
-
-
-def _digits():
-    data = load_digits()
-    x = (data.images / 16.0).astype("float32")[..., None]
-    return x[:1437], data.target[:1437], x[1437:], data.target[1437:]
 
 
 def _sliced_cnn():
@@ -44,7 +37,7 @@ def _sliced_cnn():
 
 @pytest.fixture(scope="session")
 def digits():
-    return _digits()
+    return digits_split()
 
 
 @pytest.fixture(scope="session")
