@@ -40,6 +40,9 @@ import http.client
 import json
 import os
 import pathlib
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -296,20 +299,35 @@ def live_api_run(bundle, profile, rates, arrivals, x, seed):
 
 
 def live_http_run(bundle, profile, rates, arrivals, x, seed):
-    """Open-loop HTTP clients: each request sent at its arrival time."""
-    server = lite.ElasticServer(
-        bundle, profile, rates=rates, max_batch_size=FLAGS.live_max_batch,
-        clock="real", reserve_ms=FLAGS.reserve_ms, max_queue=4096,
-    ).start()
-    front = lite.HTTPFrontEnd(server, host="127.0.0.1", port=0).start()
-    host, port = front.address
+    """Open-loop HTTP clients: each request sent at its arrival time.
+
+    The server is `keras-slicing-lite serve` in its own process (as
+    deployed), reusing the profile cached beside the bundle; only the
+    clients run here.
+    """
+    command = [
+        sys.executable, "-m", "keras_slicing_lite", "serve", str(bundle.path),
+        "--port", "0", "--rates", ",".join(f"{r:g}" for r in rates),
+        "--max_batch_size", str(FLAGS.live_max_batch), "--max_queue", "4096",
+        "--reserve_ms", str(FLAGS.reserve_ms), "--num_threads", str(FLAGS.threads),
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    line = process.stdout.readline()
+    if "serving" not in line:
+        process.kill()
+        raise RuntimeError(f"keras-slicing-lite serve did not start: {line!r}")
+    host, port = line.rsplit("http://", 1)[1].strip().split(":")
+    port = int(port)
     local = threading.local()
     rng = np.random.default_rng(seed)
     cancel = rng.random(len(arrivals)) < FLAGS.cancel_fraction
     records = [None] * len(arrivals)
+    client_errors = []
 
     def call(i, sent):
-        body = json.dumps({"input": x[i].tolist(), "deadline_ms": FLAGS.live_slo_ms})
+        # Bytes, so that http.client sends headers and body in one write.
+        body = json.dumps({"input": x[i].tolist(), "deadline_ms": FLAGS.live_slo_ms}).encode()
         if cancel[i]:
             # A client that gives up: sends, then closes without reading.
             connection = http.client.HTTPConnection(host, port, timeout=30)
@@ -323,9 +341,10 @@ def live_http_run(bundle, profile, rates, arrivals, x, seed):
             local.connection.request("POST", "/predict", body)
             response = local.connection.getresponse()
             answer = json.loads(response.read())
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as error:
             local.connection = None
             records[i] = "dropped"
+            client_errors.append(repr(error))
             return
         if response.status == 503 and "queue is full" in answer.get("error", ""):
             records[i] = "rejected"
@@ -344,8 +363,10 @@ def live_http_run(bundle, profile, rates, arrivals, x, seed):
             # for a free client connection is waiting for the service.
             pool.submit(call, i, origin + at)
     seconds = time.perf_counter() - origin
-    front.shutdown()
-    server.stop(timeout=10)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    if client_errors:
+        print(f"  HTTP client errors ({len(client_errors)}): {client_errors[:3]}")
     return [r if r is not None else "dropped" for r in records], seconds
 
 
@@ -467,13 +488,14 @@ def main(_):
     model.fit(x_train, y_train, epochs=FLAGS.epochs, batch_size=64, verbose=0)
     trained = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle_dir = pathlib.Path(tmp) / "digits_bundle"
-        keras_slicing.export_tflite(
-            model, bundle_dir, rates=RATES, evaluation_data=(x_test, y_test)
-        )
-        bundle = lite.load_bundle(bundle_dir, num_threads=FLAGS.threads)
-        profile = bundle.profile(batch_sizes=BATCH_SIZES, repeats=30, cache=False)
+    tmp = tempfile.mkdtemp()
+    bundle_dir = pathlib.Path(tmp) / "digits_bundle"
+    keras_slicing.export_tflite(
+        model, bundle_dir, rates=RATES, evaluation_data=(x_test, y_test)
+    )
+    bundle = lite.load_bundle(bundle_dir, num_threads=FLAGS.threads)
+    # Cached beside the bundle, where the HTTP server process finds it.
+    profile = bundle.profile(batch_sizes=BATCH_SIZES, repeats=30, cache=True)
     macs = {r: bundle.rate_entry(r)["macs"] for r in RATES}
     accuracy = {r: bundle.rate_entry(r)["accuracy"] for r in RATES}
     rows = []
@@ -549,6 +571,7 @@ def main(_):
     )
     if FLAGS.live_s > 0:
         live_tests(bundle, profile, x_test, y_test, results)
+    shutil.rmtree(tmp, ignore_errors=True)
     full = results["bursty/full"]
     elastic = results["bursty/elastic"]
     targets = {

@@ -33,7 +33,7 @@ def _call(front, method, path, body=None, headers=None):
     connection = http.client.HTTPConnection(*front.address, timeout=30)
     try:
         if body is not None and not isinstance(body, (bytes, str)):
-            body = json.dumps(body)
+            body = json.dumps(body).encode()
         connection.request(method, path, body=body, headers=headers or {})
         response = connection.getresponse()
         return response.status, json.loads(response.read() or b"null")

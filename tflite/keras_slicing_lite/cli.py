@@ -1,7 +1,7 @@
 """The `keras-slicing-lite` command: serve a bundle over HTTP.
 
     keras-slicing-lite serve BUNDLE [--port 8000] [--host 127.0.0.1]
-        [--deadline_ms MS] [--max_queue 1024] [--max_batch_size N]
+        [--rates 1,0.5] [--deadline_ms MS] [--max_queue 1024] [--max_batch_size N]
         [--num_threads 1] [--reserve_ms 0] [--max_body_bytes 4194304]
         [--request_timeout_s 30] [--drain_s 5] [--verbose]
 
@@ -35,6 +35,9 @@ def build_parser():
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    serve.add_argument("--rates", default=None,
+                       help="comma-separated rates the server may use "
+                       "(default: all; one rate gives a fixed-width server)")
     serve.add_argument("--deadline_ms", type=float, default=None,
                        help="deadline of requests that name none (default: none)")
     serve.add_argument("--max_queue", type=int, default=1024,
@@ -60,8 +63,17 @@ def main(argv=None):
     try:
         bundle = load_bundle(args.bundle, num_threads=args.num_threads)
         print(f"profiling {bundle} on this device...", file=sys.stderr, flush=True)
+        rates = None
+        if args.rates:
+            try:
+                rates = [float(r) for r in args.rates.split(",")]
+            except ValueError:
+                raise ValueError(
+                    f"--rates must be comma-separated numbers. Received: {args.rates!r}"
+                ) from None
         server = ElasticServer(
             bundle,
+            rates=rates,
             clock="real",
             max_batch_size=args.max_batch_size,
             max_queue=args.max_queue,
