@@ -26,6 +26,7 @@ import http.server
 import json
 import math
 import numbers
+import sys
 import threading
 import time
 
@@ -91,8 +92,7 @@ class HTTPFrontEnd:
         self._counts = {"requests": 0, "examples": 0, "client_errors": 0,
                         "rejected": 0, "timeouts": 0, "server_errors": 0}
         self._lock = threading.Lock()
-        self._httpd = http.server.ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), _handler(self))
 
     @property
     def address(self):
@@ -236,6 +236,20 @@ class HTTPFrontEnd:
     def _count(self, key):
         with self._lock:
             self._counts[key] += 1
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog: the default of 5 resets connections that arrive
+    # together in a burst before the accept loop takes them.
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up (one that gave up waiting) is routine, not
+        # an error worth a traceback.
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
 
 
 class _ClientError(ValueError):
