@@ -22,7 +22,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_slicing", "keras_slicing.*"]),
+    # The host reads bundle manifests and output kinds with the edge
+    # package's own TensorFlow-free modules, so it ships that package from
+    # ./tflite (the one copy; `pip install ./tflite` alone gives the edge
+    # runtime without TensorFlow). Requiring it by name instead would make
+    # `pip install .` look for it on an index, where it is not published.
+    packages=find_packages(include=["keras_slicing", "keras_slicing.*"])
+    + ["keras_slicing_lite"],
+    package_dir={"keras_slicing_lite": "tflite/keras_slicing_lite"},
     # TensorFlow comes through an extra: `tensorflow-cpu` and the CUDA build
     # are different distributions, and a plain `tensorflow` requirement would
     # pull the large wheel on top of a CPU install.
@@ -33,7 +40,12 @@ setup(
         "lite": ["ai-edge-litert>=1.2"],
         "dev": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["keras-slicing=keras_slicing.cli:run"]},
+    entry_points={
+        "console_scripts": [
+            "keras-slicing=keras_slicing.cli:run",
+            "keras-slicing-lite=keras_slicing_lite.cli:main",
+        ]
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -9,26 +9,44 @@ queue and dynamic batching:
   (short bursts on a low base), every request due `slo_ms` after arrival.
 - "steady": Poisson arrivals at the same average rate, no bursts: accuracy
   "at average load".
-Replays run on the simulated clock (each batch costs its profiled median
-latency), so the numbers are reproducible; `--real_time_s` also replays the
-start of the bursty trace on the wall clock as a check.
+Replays run on the simulated clock, each batch costing a latency drawn
+(seeded) from the calls measured by the profile, so a batch can overrun its
+plan and the numbers are reproducible; `--real_time_s` also replays the start
+of the bursty trace on the wall clock as a check.
+
+Then the live load test (`--live_s` seconds per server, 0 to skip): a
+wall-clock bursty trace (`--live_base_rate` per second, bursts of `--peak`x
+for 0.4 s every 2.5 s; the full width's profiled capacity is printed beside) sent by `--clients` client threads
+through `ElasticServer.submit` and through HTTP (`HTTPFrontEnd` on
+127.0.0.1), with `--cancel_fraction` of the clients giving up at once
+(cancelling the future; closing the connection unread). Reported per server:
+p50/p99 latency, missed deadlines, rejected (full queue), dropped (never
+answered nor failed within the timeout), accuracy.
 
 Targets: elastic deadline misses <= 1% where full width misses > 20% on the
-bursty trace; elastic accuracy within 1 point of full width on the steady
-trace; no request dropped. Prints a table, writes
-benchmarks/results/elastic_serving.json, the trace, and a PNG of width and
-latency over time.
+bursty trace (simulated and live API); elastic accuracy within 1 point of
+full width on the steady trace; no request dropped, no hang. Prints tables,
+writes benchmarks/results/elastic_serving.json, the trace, and a PNG of
+width and latency over time.
 
     python benchmarks/elastic_serving.py [--epochs 40] [--load 0.4]
         [--slo_ms 20] [--reserve_ms 5] [--duration_s 20] [--threads 1]
-        [--real_time_s 6] [--trace PATH] [--output PATH]
+        [--real_time_s 6] [--live_s 6] [--live_base_rate 250] [--clients 4]
+        [--cancel_fraction 0.05]
+        [--trace PATH] [--output PATH]
 """
 
+import concurrent.futures
+import http.client
 import json
 import os
 import pathlib
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -61,6 +79,22 @@ flags.DEFINE_float("reserve_ms", 5.0, "Slack the elastic server keeps before "
 flags.DEFINE_float("duration_s", 20.0, "Length of each trace (simulated s).")
 flags.DEFINE_float("real_time_s", 6.0, "Seconds of the bursty trace also "
                    "replayed on the wall clock (0 to skip).")
+flags.DEFINE_float("live_s", 6.0, "Seconds of wall-clock load per server in "
+                   "the live API and HTTP tests (0 to skip).")
+flags.DEFINE_float("live_base_rate", 250.0, "Live API base arrival rate per "
+                   "second (bursts at --peak x). Absolute, not a fraction of the "
+                   "profiled capacity: on a shared machine that estimate moves "
+                   "2-3x between runs, and in-process Python clients submit a "
+                   "few thousand requests per second at most.")
+flags.DEFINE_float("live_slo_ms", 50.0, "Deadline of live requests.")
+flags.DEFINE_integer("live_max_batch", 32, "Largest batch of the live servers.")
+flags.DEFINE_integer("http_clients", 32, "Concurrent HTTP connections.")
+flags.DEFINE_integer("clients", 4, "Client threads of the live tests.")
+flags.DEFINE_float("cancel_fraction", 0.05, "Fraction of live requests whose "
+                   "client gives up right after sending.")
+flags.DEFINE_float("http_load_scale", 0.1, "HTTP trace rate relative to the "
+                   "live API trace (an HTTP request costs far more CPU: about "
+                   "10 ms of a shared core here, client and server together).")
 flags.DEFINE_integer("threads", 1, "LiteRT interpreter threads.")
 flags.DEFINE_integer("max_batch", 32, "Largest batch a server forms.")
 flags.DEFINE_string("trace", None, "Replay this recorded trace JSON instead "
@@ -189,10 +223,219 @@ def replay(name, bundle, profile, rates, requests, clock="simulated"):
         max_batch_size=FLAGS.max_batch,
         clock=clock,
         reserve_ms=FLAGS.reserve_ms,
+        simulated_latency="sampled",
+        seed=FLAGS.seed,
     )
     start = time.perf_counter()
     responses = server.replay(requests)
     return responses, time.perf_counter() - start
+
+
+def live_arrivals(base_rate, seconds, seed):
+    """Poisson arrivals at `base_rate`/s with `peak`x bursts of 0.4 s every 2.5 s."""
+    rng = np.random.default_rng(seed)
+    segments, t = [], 0.0
+    while t < seconds:
+        burst = t + 1.05
+        segments += [(t, burst, base_rate), (burst, burst + 0.4, FLAGS.peak * base_rate),
+                     (burst + 0.4, t + 2.5, base_rate)]
+        t += 2.5
+    times, in_burst = [], []
+    for start, end, rate in segments:
+        end = min(end, seconds)
+        if end <= start:
+            continue
+        count = rng.poisson(rate * (end - start))
+        times.append(np.sort(rng.uniform(start, end, count)))
+        in_burst.append(np.full(count, rate > base_rate))
+    order = np.argsort(np.concatenate(times), kind="stable")
+    return np.concatenate(times)[order], np.concatenate(in_burst)[order]
+
+
+def _pace(origin, at):
+    wait = at - (time.perf_counter() - origin)
+    if wait > 0:
+        time.sleep(wait)
+
+
+def live_api_run(bundle, profile, rates, arrivals, x, seed):
+    """Clients submit through `ElasticServer.submit` on the wall clock."""
+    server = lite.ElasticServer(
+        bundle, profile, rates=rates, max_batch_size=FLAGS.live_max_batch,
+        clock="real", reserve_ms=FLAGS.reserve_ms, max_queue=4096,
+    ).start()
+    outcome = [None] * len(arrivals)
+    origin = time.perf_counter()
+
+    def client(k):
+        rng = np.random.default_rng(seed + k)
+        for i in range(k, len(arrivals), FLAGS.clients):
+            _pace(origin, arrivals[i])
+            try:
+                future = server.submit(x[i], deadline_ms=FLAGS.live_slo_ms)
+            except lite.QueueFullError:
+                outcome[i] = "rejected"
+                continue
+            if rng.random() < FLAGS.cancel_fraction and future.cancel():
+                outcome[i] = "cancelled"
+            else:
+                outcome[i] = future
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(FLAGS.clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    futures = [o for o in outcome if isinstance(o, concurrent.futures.Future)]
+    concurrent.futures.wait(futures, timeout=30)
+    server.stop(timeout=10)
+    records = []
+    for o in outcome:
+        if isinstance(o, str):
+            records.append(o)
+        elif not o.done():
+            records.append("dropped")
+        elif o.exception() is not None:
+            records.append("failed")
+        else:
+            r = o.result()
+            records.append((r.latency_ms, r.late, r.prediction, r.rate))
+    return records, time.perf_counter() - origin
+
+
+def live_http_run(bundle, profile, rates, arrivals, x, seed):
+    """Open-loop HTTP clients: each request sent at its arrival time.
+
+    The server is `keras-slicing-lite serve` in its own process (as
+    deployed), reusing the profile cached beside the bundle; only the
+    clients run here.
+    """
+    command = [
+        sys.executable, "-m", "keras_slicing_lite", "serve", str(bundle.path),
+        "--port", "0", "--rates", ",".join(f"{r:g}" for r in rates),
+        "--max_batch_size", str(FLAGS.live_max_batch), "--max_queue", "4096",
+        "--reserve_ms", str(FLAGS.reserve_ms), "--num_threads", str(FLAGS.threads),
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    line = process.stdout.readline()
+    if "serving" not in line:
+        process.kill()
+        raise RuntimeError(f"keras-slicing-lite serve did not start: {line!r}")
+    host, port = line.rsplit("http://", 1)[1].strip().split(":")
+    port = int(port)
+    local = threading.local()
+    rng = np.random.default_rng(seed)
+    cancel = rng.random(len(arrivals)) < FLAGS.cancel_fraction
+    records = [None] * len(arrivals)
+    client_errors = []
+
+    def call(i, sent):
+        # Bytes, so that http.client sends headers and body in one write.
+        body = json.dumps({"input": x[i].tolist(), "deadline_ms": FLAGS.live_slo_ms}).encode()
+        if cancel[i]:
+            # A client that gives up: sends, then closes without reading.
+            connection = http.client.HTTPConnection(host, port, timeout=30)
+            connection.request("POST", "/predict", body)
+            connection.close()
+            records[i] = "cancelled"
+            return
+        if getattr(local, "connection", None) is None:
+            local.connection = http.client.HTTPConnection(host, port, timeout=30)
+        try:
+            local.connection.request("POST", "/predict", body)
+            response = local.connection.getresponse()
+            answer = json.loads(response.read())
+        except (OSError, http.client.HTTPException) as error:
+            local.connection = None
+            records[i] = "dropped"
+            client_errors.append(repr(error))
+            return
+        if response.status == 503 and "queue is full" in answer.get("error", ""):
+            records[i] = "rejected"
+        elif response.status != 200:
+            records[i] = "failed"
+        else:
+            latency = (time.perf_counter() - sent) * 1e3
+            late = answer["late"] or latency > FLAGS.live_slo_ms
+            records[i] = (latency, late, answer["prediction"], answer["rate"])
+
+    origin = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(FLAGS.http_clients) as pool:
+        for i, at in enumerate(arrivals):
+            _pace(origin, at)
+            # Latency counts from the scheduled arrival: a request waiting
+            # for a free client connection is waiting for the service.
+            pool.submit(call, i, origin + at)
+    seconds = time.perf_counter() - origin
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    if client_errors:
+        print(f"  HTTP client errors ({len(client_errors)}): {client_errors[:3]}")
+    return [r if r is not None else "dropped" for r in records], seconds
+
+
+def summarize_live(records, labels, in_burst, seconds):
+    answered = [(i, r) for i, r in enumerate(records) if isinstance(r, tuple)]
+    counts = {k: sum(r == k for r in records) for k in
+              ("cancelled", "rejected", "failed", "dropped")}
+    latency = np.array([r[0] for _, r in answered])
+    late = np.array([r[1] for _, r in answered])
+    correct = np.array([r[2] == labels[i] for i, r in answered])
+    burst = np.array([in_burst[i] for i, _ in answered], bool)
+    rates = np.array([r[3] for _, r in answered])
+    return {
+        "requests": len(records),
+        "answered": len(answered),
+        **counts,
+        "wall_s": seconds,
+        "p50_ms": float(np.percentile(latency, 50)),
+        "p99_ms": float(np.percentile(latency, 99)),
+        # Missed among requests that were to be answered (not cancelled).
+        "miss_rate": float((late.sum() + counts["rejected"] + counts["failed"]
+                            + counts["dropped"]) / max(1, len(records) - counts["cancelled"])),
+        "miss_rate_in_bursts": float(late[burst].mean()) if burst.any() else None,
+        "accuracy": float(correct.mean()),
+        "width_mix": {f"{r:g}": float(np.mean(rates == r)) for r in RATES},
+    }
+
+
+def live_tests(bundle, profile, x_test, y_test, results):
+    capacity = FLAGS.live_max_batch / (
+        profile.latency_ms(1.0, FLAGS.live_max_batch) / 1e3
+    )
+    base = FLAGS.live_base_rate
+    servers = {"full": [1.0], "narrowest": [RATES[-1]], "elastic": list(RATES)}
+    rows = []
+    for path, scale, runner in (("live API", 1.0, live_api_run),
+                                ("HTTP", FLAGS.http_load_scale, live_http_run)):
+        arrivals, in_burst = live_arrivals(base * scale, FLAGS.live_s, FLAGS.seed + 7)
+        pick = np.random.default_rng(FLAGS.seed).integers(0, len(x_test), len(arrivals))
+        x, labels = x_test[pick], y_test[pick]
+        print(f"\n{path}: {len(arrivals):,} requests in {FLAGS.live_s:g} s, base "
+              f"{base * scale:,.0f}/s, bursts {FLAGS.peak * base * scale:,.0f}/s "
+              f"(full width capacity {capacity:,.0f}/s at batch "
+              f"{FLAGS.live_max_batch}), deadline {FLAGS.live_slo_ms:g} ms")
+        for name, rates in servers.items():
+            records, seconds = runner(bundle, profile, rates, arrivals, x, FLAGS.seed)
+            summary = summarize_live(records, labels, in_burst, seconds)
+            summary["base_rate_per_s"] = base * scale
+            results[f"live-{path}/{name}"] = summary
+            rows.append((
+                path, name, summary["requests"], f"{summary['p50_ms']:.2f}",
+                f"{summary['p99_ms']:.2f}", f"{100 * summary['miss_rate']:.2f}%",
+                summary["cancelled"], summary["rejected"], summary["dropped"],
+                summary["failed"], f"{summary['accuracy']:.4f}",
+                "/".join(f"{100 * summary['width_mix'][f'{r:g}']:.0f}" for r in RATES),
+            ))
+    common.print_table(
+        f"live, wall clock: {FLAGS.clients} API client threads / "
+        f"{FLAGS.http_clients} HTTP connections, {100 * FLAGS.cancel_fraction:g}% "
+        "of clients cancel",
+        ["path", "server", "requests", "p50 ms", "p99 ms", "missed", "cancelled",
+         "rejected", "dropped", "failed", "accuracy", "width mix 1/.75/.5/.25"],
+        rows,
+    )
 
 
 def plot(path, trace, runs, slo_ms):
@@ -250,13 +493,14 @@ def main(_):
     model.fit(x_train, y_train, epochs=FLAGS.epochs, batch_size=64, verbose=0)
     trained = time.perf_counter()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle_dir = pathlib.Path(tmp) / "digits_bundle"
-        keras_slicing.export_tflite(
-            model, bundle_dir, rates=RATES, evaluation_data=(x_test, y_test)
-        )
-        bundle = lite.load_bundle(bundle_dir, num_threads=FLAGS.threads)
-        profile = bundle.profile(batch_sizes=BATCH_SIZES, repeats=30, cache=False)
+    tmp = tempfile.mkdtemp()
+    bundle_dir = pathlib.Path(tmp) / "digits_bundle"
+    keras_slicing.export_tflite(
+        model, bundle_dir, rates=RATES, evaluation_data=(x_test, y_test)
+    )
+    bundle = lite.load_bundle(bundle_dir, num_threads=FLAGS.threads)
+    # Cached beside the bundle, where the HTTP server process finds it.
+    profile = bundle.profile(batch_sizes=BATCH_SIZES, repeats=30, cache=True)
     macs = {r: bundle.rate_entry(r)["macs"] for r in RATES}
     accuracy = {r: bundle.rate_entry(r)["accuracy"] for r in RATES}
     rows = []
@@ -330,6 +574,9 @@ def main(_):
          "dropped", "accuracy", "acc. off-burst", "MMACs/req", "width mix 1/.75/.5/.25"],
         rows,
     )
+    if FLAGS.live_s > 0:
+        live_tests(bundle, profile, x_test, y_test, results)
+    shutil.rmtree(tmp, ignore_errors=True)
     full = results["bursty/full"]
     elastic = results["bursty/elastic"]
     targets = {
@@ -341,6 +588,13 @@ def main(_):
         ),
         "nothing_dropped": all(r["dropped"] == 0 for r in results.values()),
     }
+    if FLAGS.live_s > 0:
+        targets["live_api_elastic_miss_rate_le_1pct"] = (
+            results["live-live API/elastic"]["miss_rate"] <= 0.01)
+        targets["live_api_full_miss_rate_gt_20pct"] = (
+            results["live-live API/full"]["miss_rate"] > 0.20)
+        targets["live_nothing_failed"] = all(
+            r.get("failed", 0) == 0 for r in results.values())
     print("\ntargets met:", targets)
     png = results_dir / "elastic_serving.png"
     plot(png, traces["bursty"], bursty_runs, traces["bursty"]["slo_ms"])
@@ -353,7 +607,9 @@ def main(_):
                 name: FLAGS[name].value
                 for name in ("epochs", "seed", "load", "peak", "burst_fraction",
                              "burst_s", "slo_ms", "reserve_ms", "duration_s", "real_time_s",
-                             "threads", "max_batch", "trace")
+                             "threads", "max_batch", "trace", "live_s", "live_base_rate",
+                             "live_slo_ms", "live_max_batch", "clients", "http_clients",
+                             "cancel_fraction", "http_load_scale")
             },
             "bundle": {
                 f"{r:g}": {"macs": macs[r], "accuracy": accuracy[r]} for r in RATES

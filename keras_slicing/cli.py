@@ -3,7 +3,7 @@
     keras-slicing export MODEL.keras OUT_DIR [--rates=1,0.5]
         [--quantization=float32|float16|dynamic|int8]
         [--representative_data=FILE.npy] [--int8_io]
-        [--evaluation_data=FILE.npz]
+        [--evaluation_data=FILE.npz] [--output_kind=KIND]
     keras-slicing info BUNDLE
     keras-slicing bench BUNDLE [--num_threads=1] [--batch_size=1]
 """
@@ -44,6 +44,12 @@ _EVALUATION_DATA = flags.DEFINE_string(
     "evaluation_data",
     None,
     "export: .npz with arrays `x` and `y`; each file's accuracy is measured.",
+)
+_OUTPUT_KIND = flags.DEFINE_string(
+    "output_kind",
+    None,
+    "export: what the output means (multiclass_logits, binary_probability, "
+    "regression, ...); default: inferred from the model.",
 )
 _NUM_THREADS = flags.DEFINE_integer(
     "num_threads", 1, "bench: interpreter threads.", lower_bound=1
@@ -113,6 +119,7 @@ def _export(model_path, output_dir):
         representative_data=representative,
         evaluation_data=evaluation,
         int8_io=_INT8_IO.value,
+        output_kind=_OUTPUT_KIND.value,
     )
     print(f"Wrote {len(manifest['rates'])} files to {output_dir}")
     _print_manifest(manifest)
@@ -169,9 +176,12 @@ def _print_manifest(manifest):
                 f"{quantization['zero_point']})"
             )
         print(f"  {role:<6} {tensor['name']}: [{shape}] {tensor['dtype']}{extra}")
-    rows = [("rate", "file", "bytes", "params", "MACs", "accuracy")]
+    print(f"  output kind: {manifest.get('output_kind', 'multiclass')}")
+    # Which evaluation each entry holds (v2 names it; v1 means accuracy).
+    metric = manifest.get("metric") or "accuracy"
+    rows = [("rate", "file", "bytes", "params", "MACs", metric)]
     for entry in manifest["rates"]:
-        accuracy = entry.get("accuracy")
+        accuracy = entry.get(metric)
         rows.append(
             (
                 format_rate(entry["rate"]),

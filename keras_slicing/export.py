@@ -1,7 +1,10 @@
 """A TFLite bundle: one `.tflite` file per width plus `manifest.json`.
 
-Bundle format v1 (read by the edge runtime; documented in the README):
+Bundle format v2 (read by the edge runtime; documented in the README):
 `BUNDLE/manifest.json` and `BUNDLE/rate_{format_rate(r)}.tflite` per rate.
+The manifest is read back, here and on the edge, by the one reader of the
+TensorFlow-free `keras_slicing_lite.manifest`; what an output means and how
+it is scored comes from `keras_slicing_lite.outputs`.
 """
 
 import contextlib
@@ -15,8 +18,11 @@ import uuid
 import warnings
 
 import flatbuffers
+import keras
 import numpy as np
 import tensorflow as tf
+from keras_slicing_lite import manifest as manifest_lib
+from keras_slicing_lite import outputs as outputs_lib
 
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
@@ -25,10 +31,10 @@ from keras_slicing.extract import extract_submodel
 from keras_slicing.interpreter import load_interpreter
 from keras_slicing.interpreter import run_tflite
 
-FORMAT = "keras-slicing-bundle"
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+FORMAT = manifest_lib.FORMAT
+FORMAT_VERSION = manifest_lib.FORMAT_VERSION
+MANIFEST_NAME = manifest_lib.MANIFEST_NAME
+QUANTIZATIONS = manifest_lib.QUANTIZATIONS
 
 
 def export_tflite(
@@ -39,6 +45,7 @@ def export_tflite(
     representative_data=None,
     evaluation_data=None,
     int8_io=False,
+    output_kind=None,
 ):
     """Writes a TFLite bundle: one file per rate and `manifest.json`.
 
@@ -64,13 +71,22 @@ def export_tflite(
             activation ranges; required for, and only used by, `"int8"`.
             Cover the data well: on digits, the first 200 training images
             cost up to 2 points of accuracy, all 1,437 nothing measurable.
-        evaluation_data: Optional `(x, y)` with integer or one-hot labels;
-            the accuracy of each written file is measured on it.
+        evaluation_data: Optional `(x, y)`; each written file is scored on
+            it with the metric of the output kind (`manifest["metric"]`):
+            `accuracy` of class labels (integers or one-hot) for multiclass,
+            `binary_accuracy` of 0/1 labels for binary and multi-label (mean
+            over labels), `mean_absolute_error` for regression.
         int8_io: With `"int8"`, make the files' input and output int8 too.
             Every file then shares the manifest's scale and zero point: an
             output calibrated to a narrower range is requantized into the
             union of all widths' ranges by one final QUANTIZE op. Defaults
             to `False`: float input and output.
+        output_kind: What the output means, one of
+            `keras_slicing_lite.outputs.MANIFEST_KINDS`
+            (`"multiclass_logits"`, `"binary_probability"`, `"regression"`,
+            ...). `None` infers it from the last layer's activation and
+            units and the compiled loss, and raises when they leave it
+            ambiguous (a linear single unit is binary logits or regression).
 
     Returns:
         The manifest, as written to `manifest.json`.
@@ -90,7 +106,9 @@ def export_tflite(
         representative = _check_examples(
             representative_data, data_input, "representative_data"
         )
-    evaluation = _check_evaluation(evaluation_data, data_input)
+    kind = _output_kind(model, output, output_kind)
+    evaluation = _check_evaluation(evaluation_data, data_input, output, kind)
+    metric = outputs_lib.metric_name(kind)
     output_dir = pathlib.Path(output_dir).absolute()
     _check_replaceable(output_dir)
 
@@ -131,10 +149,10 @@ def export_tflite(
                 "bytes": len(content),
                 "params": cost["params"],
                 "macs": cost["macs"],
-                "accuracy": None,
+                metric: None,
             }
             if evaluation is not None:
-                entry["accuracy"] = _accuracy(interpreter, *evaluation)
+                entry[metric] = _score(interpreter, kind, *evaluation)
             entries.append(entry)
         manifest = {
             "format": FORMAT,
@@ -142,6 +160,8 @@ def export_tflite(
             "model_name": model.name,
             "created_by": f"keras-slicing {_version()}",
             "quantization": quantization,
+            "output_kind": kind,
+            "metric": metric,
             "input": tensors["input"],
             "output": tensors["output"],
             "rates": entries,
@@ -339,69 +359,24 @@ def tflite_file_name(rate):
 def read_manifest(bundle_dir, verify=True):
     """Reads and checks a bundle's `manifest.json`.
 
+    The same reader as the edge runtime's (`keras_slicing_lite.manifest`),
+    so that what the host accepts the edge accepts too.
+
     Args:
         bundle_dir: The bundle directory.
-        verify: Whether to check every file's size and sha256.
+        verify: Whether to check every file's size and sha256 (files must
+            be regular files; symlinks and FIFOs are refused).
 
     Returns:
         The manifest as a dict.
+
+    Raises:
+        keras_slicing_lite.BundleError: (a `ValueError`) naming the file or
+            key at fault.
     """
-    bundle_dir = pathlib.Path(bundle_dir)
-    path = bundle_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise ValueError(
-            f"read_manifest: no {MANIFEST_NAME} in {bundle_dir}; not a "
-            "keras-slicing bundle."
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"read_manifest: {path} is not valid JSON: {error}"
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise ValueError(
-            f"read_manifest: {path} is not a keras-slicing bundle manifest. "
-            f"Expected format={FORMAT!r}. Received: format={found!r}"
-        )
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"read_manifest: unsupported bundle format version. Supported: "
-            f"{FORMAT_VERSION}. Received: "
-            f"format_version={manifest.get('format_version')!r}"
-        )
-    entries = manifest.get("rates")
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"read_manifest: {path} lists no rates.")
-    for entry in entries:
-        file_name = entry.get("file") if isinstance(entry, dict) else None
-        if (
-            not isinstance(file_name, str)
-            or pathlib.PurePath(file_name).name != file_name
-            or not isinstance(entry.get("sha256"), str)
-        ):
-            raise ValueError(
-                f"read_manifest: {path} has a malformed rate entry (each needs "
-                f"a plain file name and a sha256). Received: {entry!r}"
-            )
-        if not verify:
-            continue
-        file = bundle_dir / file_name
-        if not file.is_file():
-            raise ValueError(
-                f"read_manifest: {file_name} is listed in {path} but missing."
-            )
-        content = file.read_bytes()
-        digest = hashlib.sha256(content).hexdigest()
-        if digest != entry["sha256"].lower() or len(content) != entry.get(
-            "bytes", len(content)
-        ):
-            raise ValueError(
-                f"read_manifest: {file} does not match its manifest entry "
-                f"(sha256 {digest}, {len(content)} bytes; expected "
-                f"{entry['sha256']}, {entry.get('bytes')} bytes)."
-            )
+    manifest = manifest_lib.read_manifest(bundle_dir, owner="read_manifest")
+    if verify:
+        manifest_lib.verify_files(bundle_dir, manifest, owner="read_manifest")
     return manifest
 
 
@@ -472,7 +447,7 @@ def _check_examples(data, data_input, argument):
     return data
 
 
-def _check_evaluation(evaluation_data, data_input):
+def _check_evaluation(evaluation_data, data_input, output, kind):
     if evaluation_data is None:
         return None
     if not isinstance(evaluation_data, (tuple, list)) or len(evaluation_data) != 2:
@@ -481,11 +456,9 @@ def _check_evaluation(evaluation_data, data_input):
             f"{type(evaluation_data).__name__}"
         )
     x = _check_examples(evaluation_data[0], data_input, "evaluation_data x")
-    y = np.asarray(evaluation_data[1])
-    if y.ndim > 1 and y.shape[-1] == 1:
-        y = y[..., 0]  # class indices shaped (N, 1)
-    elif y.ndim > 1:
-        y = np.argmax(y, axis=-1)  # one-hot
+    y = outputs_lib.targets(
+        kind, evaluation_data[1], tuple(output.shape), "export_tflite: evaluation_data y"
+    )
     if len(y) != len(x):
         raise ValueError(
             "export_tflite: evaluation_data x and y differ in length. "
@@ -494,12 +467,95 @@ def _check_evaluation(evaluation_data, data_input):
     return x, y
 
 
-def _accuracy(interpreter, x, y, batch_size=256):
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        logits = run_tflite(interpreter, x[start : start + batch_size])
-        correct += int(np.sum(np.argmax(logits, -1) == y[start : start + batch_size]))
-    return correct / len(x)
+def _score(interpreter, kind, x, y, batch_size=256):
+    outputs = np.concatenate(
+        [
+            run_tflite(interpreter, x[start : start + batch_size])
+            for start in range(0, len(x), batch_size)
+        ]
+    )
+    return outputs_lib.score(kind, outputs, y)
+
+
+_CATEGORICAL_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
+                       "categorical_focal_crossentropy", "categorical_hinge")
+_BINARY_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy", "hinge",
+                  "squared_hinge")
+_REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error", "huber",
+                      "log_cosh", "mean_squared_logarithmic_error",
+                      "mean_absolute_percentage_error", "mse", "mae", "msle",
+                      "mape", "logcosh", "huber_loss")
+
+
+def _output_kind(model, output, output_kind):
+    """The kind of the model's output: given, or inferred (see export_tflite)."""
+    if output_kind is not None:
+        if output_kind not in outputs_lib.MANIFEST_KINDS:
+            raise ValueError(
+                "export_tflite: output_kind must be one of "
+                f"{', '.join(outputs_lib.MANIFEST_KINDS)}. Received: "
+                f"output_kind={output_kind!r}"
+            )
+        return output_kind
+    units = output.shape[-1] if len(output.shape) > 1 else None
+    activation = _final_activation(output)
+    loss = _loss_family(model)
+    if activation == "softmax" and loss in (None, "categorical"):
+        return "multiclass_probabilities"
+    if activation == "sigmoid" and loss in (None, "binary"):
+        return "binary_probability" if units == 1 else "multilabel_probabilities"
+    if activation == "linear":
+        if loss == "categorical" and units != 1:
+            return "multiclass_logits"
+        if loss == "binary":
+            return "binary_logit" if units == 1 else "multilabel_logits"
+        if loss == "regression":
+            return "regression"
+        if loss is None and units is not None and units > 1:
+            # A bundle's long-standing meaning (format v1): class logits.
+            return "multiclass_logits"
+    elif activation not in ("softmax", "sigmoid") and loss in (None, "regression"):
+        return "regression"
+    raise ValueError(
+        f"export_tflite: cannot tell what the output of model '{model.name}' "
+        f"means: a {activation} output of {units} unit(s) with "
+        f"{'no compiled loss' if loss is None else f'a {loss} loss'}. "
+        "Pass output_kind, one of "
+        f"{', '.join(outputs_lib.MANIFEST_KINDS)} (a linear single unit is "
+        "'binary_logit' or 'regression')."
+    )
+
+
+def _final_activation(output):
+    """`"softmax"`, `"sigmoid"`, `"linear"` or another name: the last layer's."""
+    layer = output._keras_history.operation
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return "linear"
+    name = getattr(activation, "__name__", str(activation))
+    return "linear" if name in ("linear", "identity") else name
+
+
+def _loss_family(model):
+    """`"categorical"`, `"binary"`, `"regression"` or `None` (not compiled)."""
+    loss = getattr(model, "loss", None)
+    if loss is None or isinstance(loss, (list, tuple, dict)):
+        return None
+    if isinstance(loss, str):
+        name = loss
+    else:
+        name = getattr(loss, "name", None) or getattr(loss, "__name__", "")
+    name = name.lower()
+    for family, names in (
+        ("categorical", _CATEGORICAL_LOSSES),
+        ("binary", _BINARY_LOSSES),
+        ("regression", _REGRESSION_LOSSES),
+    ):
+        if name in names:
+            return family
+    return None
 
 
 def _describe_tensors(interpreter, data_input, output):

@@ -106,7 +106,7 @@ def test_info_prints_one_row_per_rate(files, tmp_path, capsys):
     capsys.readouterr()
     assert _invoke("info", str(out)) == 0
     printed = capsys.readouterr().out
-    assert "tiny: keras-slicing-bundle v1, float32" in printed
+    assert "tiny: keras-slicing-bundle v2, float32" in printed
     assert "image: [None, 6, 6, 1] float32" in printed
     for name in ("rate_1.tflite", "rate_0.5.tflite", "rate_0.25.tflite"):
         assert name in printed
@@ -118,7 +118,7 @@ def test_info_refuses_a_bundle_with_a_changed_file(files, tmp_path, capsys):
     with open(out / "rate_1.tflite", "ab") as handle:
         handle.write(b"\0")
     assert _invoke("info", str(out)) == 1
-    assert "does not match" in capsys.readouterr().err
+    assert "truncated or replaced" in capsys.readouterr().err
 
 
 def test_bench_prints_a_latency_per_rate(files, tmp_path, capsys):

@@ -258,7 +258,9 @@ def test_manifest_follows_the_bundle_format(bundles):
     on_disk = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
     assert on_disk == manifest
     assert manifest["format"] == "keras-slicing-bundle"
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
+    assert manifest["output_kind"] == "multiclass_logits"
+    assert manifest["metric"] == "accuracy"
     assert manifest["model_name"] == "digits_cnn"
     assert manifest["created_by"] == f"keras-slicing {keras_slicing.__version__}"
     assert manifest["quantization"] == "float32"
@@ -433,16 +435,16 @@ def test_read_manifest_rejects_a_modified_file(bundles, tmp_path):
     content = bytearray(target.read_bytes())
     content[-1] ^= 0xFF
     target.write_bytes(bytes(content))
-    with pytest.raises(ValueError, match="rate_0.75.tflite does not match"):
+    with pytest.raises(ValueError, match=r"sha256 mismatch for .*rate_0\.75\.tflite"):
         read_manifest(tmp_path)
 
 
 def test_read_manifest_rejects_another_format_version(bundles, tmp_path):
     _, manifest = bundles["float32"]
     (tmp_path / "manifest.json").write_text(
-        json.dumps({**manifest, "format_version": 2}), encoding="utf-8"
+        json.dumps({**manifest, "format_version": 3}), encoding="utf-8"
     )
-    with pytest.raises(ValueError, match="format_version=2"):
+    with pytest.raises(ValueError, match="format_version=3"):
         read_manifest(tmp_path, verify=False)
 
 
@@ -492,7 +494,7 @@ def test_malformed_manifest_entries_are_rejected(bundles, tmp_path, entry_change
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["rates"][0].update(entry_change)
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="malformed rate entry"):
+    with pytest.raises(ValueError, match="read_manifest: invalid manifest .*(file|sha256)"):
         read_manifest(copy)
 
 
@@ -502,3 +504,16 @@ def test_host_and_edge_readers_agree_on_the_format_constants():
     names = ("FORMAT", "FORMAT_VERSION", "MANIFEST_NAME", "QUANTIZATIONS")
     for name in names:
         assert getattr(export_lib, name) == getattr(lite_manifest, name), name
+
+
+@pytest.mark.parametrize("target", ["model", "manifest"])
+def test_host_reader_refuses_symlinked_bundle_files(bundles, tmp_path, target):
+    source, manifest = bundles["float32"]
+    copy = tmp_path / "bundle"
+    shutil.copytree(source, copy)
+    name = manifest["rates"][0]["file"] if target == "model" else "manifest.json"
+    real = tmp_path / "elsewhere"
+    (copy / name).rename(real)
+    (copy / name).symlink_to(real)
+    with pytest.raises(ValueError, match=f"read_manifest: .*{name} is a symbolic link"):
+        read_manifest(copy)

@@ -1,4 +1,6 @@
+import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -82,7 +84,7 @@ def test_wrong_format_is_rejected(bundle_copy):
         load_bundle(bundle_copy)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", True])
+@pytest.mark.parametrize("version", [3, 0, "1", True])
 def test_unsupported_format_version_is_rejected(bundle_copy, version):
     _edit_manifest(bundle_copy, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match="format_version"):
@@ -179,3 +181,44 @@ def test_wrong_integer_dtype_to_int8_model_is_rejected(int8_bundle_dir):
 def test_bad_thread_count_is_rejected(bundle_dir, num_threads):
     with pytest.raises(ValueError, match="num_threads"):
         load_bundle(bundle_dir, num_threads=num_threads)
+
+
+def test_symlinked_model_file_is_refused(bundle_copy, tmp_path):
+    target = bundle_copy / "rate_0.5.tflite"
+    outside = tmp_path / "outside.tflite"
+    target.rename(outside)
+    target.symlink_to(outside)
+    with pytest.raises(BundleError, match=r"rate_0\.5\.tflite is a symbolic link"):
+        load_bundle(bundle_copy)
+
+
+def test_symlinked_manifest_is_refused(bundle_copy, tmp_path):
+    manifest = bundle_copy / "manifest.json"
+    outside = tmp_path / "manifest.json"
+    manifest.rename(outside)
+    manifest.symlink_to(outside)
+    with pytest.raises(BundleError, match=r"manifest\.json is a symbolic link"):
+        load_bundle(bundle_copy)
+
+
+def test_fifo_in_place_of_a_model_file_is_refused_without_blocking(bundle_copy):
+    target = bundle_copy / "rate_0.25.tflite"
+    target.unlink()
+    os.mkfifo(target)
+    # Opening a FIFO for reading blocks until a writer comes: the reader
+    # must refuse it before that.
+    with pytest.raises(BundleError, match=r"rate_0\.25\.tflite is not a regular file"):
+        load_bundle(bundle_copy)
+
+
+def test_size_mismatch_is_found_before_hashing(bundle_copy, monkeypatch):
+    target = bundle_copy / "rate_1.tflite"
+    with open(target, "ab") as handle:
+        handle.write(b"\0" * 10)
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("hashed before the size was checked")
+
+    monkeypatch.setattr(hashlib, "sha256", no_read)
+    with pytest.raises(BundleError, match=r"rate_1\.tflite has \d+ bytes but the manifest"):
+        load_bundle(bundle_copy)

@@ -32,14 +32,24 @@ def test_threshold_zero_answers_everything_at_narrowest(bundle_dir, reference):
     np.testing.assert_allclose(result.outputs, expected[0.25], atol=1e-5)
 
 
-def test_threshold_above_one_escalates_everything(bundle_dir, reference):
+def test_cascade_over_the_widest_rate_alone_answers_everything_there(
+    bundle_dir, reference
+):
     x, expected = reference
     bundle = load_bundle(bundle_dir)
-    result = bundle.predict_cascade(x, threshold=1.01)
+    result = bundle.predict_cascade(x, threshold=1.0, rates=[1.0])
     assert np.all(result.rates == 1.0)
     np.testing.assert_allclose(result.outputs, expected[1.0], atol=1e-5)
-    every_width = sum(bundle.rate_entry(r)["macs"] for r in RATES)
-    assert result.mean_macs == pytest.approx(every_width)
+    assert result.mean_macs == pytest.approx(bundle.rate_entry(1.0)["macs"])
+
+
+def test_threshold_one_escalates_everything_not_certain(bundle_dir, reference):
+    x, expected = reference
+    bundle = load_bundle(bundle_dir)
+    result = bundle.predict_cascade(x, threshold=1.0)
+    outputs, answered = _reference_cascade(expected, RATES, 1.0)
+    np.testing.assert_array_equal(result.rates, answered)
+    assert np.mean(result.rates == 1.0) > 0.9
 
 
 @pytest.mark.parametrize("threshold", [0.6, 0.9])
@@ -73,8 +83,13 @@ def test_cascade_over_chosen_rates(bundle_dir, reference):
 def test_probability_outputs_are_not_softmaxed_again(bundle_dir, reference, monkeypatch):
     x, expected = reference
     bundle = load_bundle(bundle_dir)
-    real_run = bundle._run
-    monkeypatch.setattr(bundle, "_run", lambda rate, batch: _softmax(real_run(rate, batch)))
+    # A bundle read from a v1 manifest: multiclass, logits or probabilities
+    # told apart per call.
+    monkeypatch.setattr(type(bundle), "output_kind", "multiclass")
+    real_predict = bundle.predict
+    monkeypatch.setattr(
+        bundle, "predict", lambda batch, rate: _softmax(real_predict(batch, rate))
+    )
     result = bundle.predict_cascade(x, threshold=0.9)
     _, answered = _reference_cascade(expected, RATES, 0.9)
     np.testing.assert_array_equal(result.rates, answered)
@@ -87,9 +102,9 @@ def test_accuracy_compares_with_labels(bundle_dir, reference, digits):
     assert result.accuracy(labels) == np.mean(result.predictions == labels)
 
 
-@pytest.mark.parametrize("threshold", [-0.1, "high", None])
-def test_bad_threshold_is_rejected(bundle_dir, reference, threshold):
-    with pytest.raises(ValueError, match="threshold must be a number"):
+@pytest.mark.parametrize("threshold", [-0.1, "high", None, 1.5, float("nan")])
+def test_bad_threshold_is_rejected_naming_the_range(bundle_dir, reference, threshold):
+    with pytest.raises(ValueError, match=r"threshold must be a number in \[0, 1\]"):
         load_bundle(bundle_dir).predict_cascade(reference[0], threshold=threshold)
 
 

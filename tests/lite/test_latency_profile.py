@@ -6,7 +6,7 @@ import pytest
 from keras_slicing_lite import LatencyProfile
 from keras_slicing_lite import load_bundle
 from keras_slicing_lite import latency_profile as latency_profile_lib
-from keras_slicing_lite.bundle import Bundle
+from keras_slicing_lite import profiling
 from tests.lite.conftest import RATES
 from tests.lite.conftest import toy_latency_ms
 
@@ -67,7 +67,7 @@ def test_matching_cache_is_reused_without_measuring(bundle_dir, tmp_path, monkey
     def refuse(*args, **kwargs):
         raise AssertionError("measured although a matching cache exists")
 
-    monkeypatch.setattr(Bundle, "_measure", refuse)
+    monkeypatch.setattr(profiling, "_measure", refuse)
     again = load_bundle(bundle_dir).profile(batch_sizes=(1,), repeats=2, cache=cache)
     assert again.to_dict() == first.to_dict()
 

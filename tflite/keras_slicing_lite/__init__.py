@@ -3,14 +3,19 @@
 A bundle holds one TFLite model per width of a sliced network. This package
 verifies and loads it with LiteRT (or the legacy `tflite_runtime`), measures
 each width's latency on the device, and chooses the width per call or per
-batch to fit a latency or MAC budget (Cai et al., PVLDB 13(2), 2020).
+batch to fit a latency or MAC budget (Cai et al., PVLDB 13(2), 2020), and
+serves it over HTTP (`keras-slicing-lite serve BUNDLE`).
 """
 
 from keras_slicing_lite.bundle import Bundle
-from keras_slicing_lite.bundle import CascadeResult
+from keras_slicing_lite.cascade import CascadeResult
 from keras_slicing_lite.bundle import load_bundle
 from keras_slicing_lite.elastic_server import ElasticServer
+from keras_slicing_lite.http_server import HTTPFrontEnd
 from keras_slicing_lite.latency_profile import LatencyProfile
+from keras_slicing_lite.live import QueueFullError
+from keras_slicing_lite.live import ServerFailedError
+from keras_slicing_lite.live import ServerStoppedError
 from keras_slicing_lite.manifest import BundleError
 from keras_slicing_lite.manifest import read_manifest
 from keras_slicing_lite.request import Request
@@ -24,9 +29,13 @@ __all__ = [
     "BundleError",
     "CascadeResult",
     "ElasticServer",
+    "HTTPFrontEnd",
     "LatencyProfile",
+    "QueueFullError",
     "Request",
     "Response",
+    "ServerFailedError",
+    "ServerStoppedError",
     "load_bundle",
     "read_manifest",
     "runtime_name",

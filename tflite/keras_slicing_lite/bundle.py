@@ -4,20 +4,16 @@ import collections
 import copy
 import math
 import numbers
-import os
 import pathlib
-import platform
 import threading
-import time
-import warnings
 
 import numpy as np
 
+from keras_slicing_lite import cascade
 from keras_slicing_lite import manifest as manifest_lib
+from keras_slicing_lite import profiling
 from keras_slicing_lite import runtime
-from keras_slicing_lite.latency_profile import LatencyProfile
-
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+from keras_slicing_lite.profiling import DEFAULT_BATCH_SIZES
 
 
 def load_bundle(path, num_threads=None, max_cached_shapes=8):
@@ -142,8 +138,19 @@ class Bundle:
     def output_shape(self):
         return tuple(self._output_spec["shape"])
 
+    @property
+    def output_kind(self):
+        """What the output means (`outputs.KINDS`); `"multiclass"` for a v1 bundle."""
+        return manifest_lib.output_kind(self._manifest)
+
+    @property
+    def metric(self):
+        """The name of the evaluation each rate entry holds, e.g. `"accuracy"`."""
+        return manifest_lib.metric(self._manifest)
+
     def rate_entry(self, rate):
-        """The manifest entry of `rate`: file, sha256, bytes, params, macs, accuracy."""
+        """The manifest entry of `rate`: file, sha256, bytes, params, macs and
+        the evaluation under the key `metric`."""
         return dict(self._entries[self._rate(rate, "rate_entry")])
 
     def predict(self, x, rate=None):
@@ -162,10 +169,18 @@ class Bundle:
             outputs are dequantized.
         """
         rate = self._rate(rate, "predict")
-        return self._run(rate, self._prepare(x, "predict"))
+        return self._run(rate, self.prepare(x, "predict"))
 
-    def _rates_arg(self, rates, owner):
-        """The bundle rates named by a `rates=` argument (`None`: all)."""
+    def resolve_rates(self, rates=None, owner="Bundle"):
+        """The set of bundle rates named by a `rates=` argument.
+
+        Args:
+            rates: A list of the bundle's rates, or `None` for all of them.
+            owner: The name errors start with.
+
+        Raises:
+            ValueError: naming a rate that is not in the bundle.
+        """
         if rates is None:
             return set(self.rates)
         if isinstance(rates, (str, bytes)) or not hasattr(rates, "__iter__"):
@@ -190,14 +205,17 @@ class Bundle:
 
         Args:
             x: A batch, as for `predict`.
-            threshold: Confidence in [0, 1] needed to stop early. `0` answers
-                everything at the narrowest rate; above `1` sends everything
-                to the widest. Defaults to `0.9`.
+            threshold: Confidence in [0, 1] needed to stop early (see
+                `outputs.confidence`: the largest class probability, or
+                `max(p, 1 - p)` of a binary output). `0` answers everything
+                at the narrowest rate. Defaults to `0.9`.
             rates: The rates to use, in any order; run narrowest first.
                 Defaults to all rates of the bundle.
-            from_logits: Whether the outputs are logits (softmax is applied)
-                or already probabilities. `None` decides per call: outputs
-                whose rows are non-negative and sum to 1 are probabilities.
+            from_logits: Whether the outputs are logits (softmax or sigmoid
+                is applied) or already probabilities. `None` follows the
+                manifest's `output_kind`; for a v1 bundle it decides per
+                call (rows that are non-negative and sum to 1 are
+                probabilities).
 
         Returns:
             A `CascadeResult` with `outputs`, `predictions`, `rates` (the rate
@@ -206,48 +224,7 @@ class Bundle:
             manifest has no MACs) and `macs_fraction` (relative to the widest
             rate used).
         """
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, numbers.Real)
-            or not threshold >= 0.0
-        ):
-            raise ValueError(
-                "predict_cascade: threshold must be a number >= 0 (a "
-                f"probability). Received: threshold={threshold!r}"
-            )
-        order = sorted(self._rates_arg(rates, "predict_cascade"))
-        batch = self._prepare(x, "predict_cascade")
-        n = batch.shape[0]
-        outputs = np.zeros((n, *self._output_dims(n)[1:]), np.float32)
-        answered_by = np.full(n, np.nan)
-        spent = np.zeros(n)
-        macs = {r: self._entries[r].get("macs") for r in order}
-        count_macs = all(m is not None for m in macs.values())
-        pending = np.arange(n)
-        for position, rate in enumerate(order):
-            if pending.size == 0:
-                break
-            out = self._run(rate, batch[pending])
-            if count_macs:
-                spent[pending] += macs[rate]
-            if position == len(order) - 1:
-                accept = np.ones(pending.size, bool)
-            else:
-                confidence = _probabilities(out, from_logits).max(axis=-1)
-                accept = confidence >= threshold
-            outputs[pending[accept]] = out[accept]
-            answered_by[pending[accept]] = rate
-            pending = pending[~accept]
-        mean_macs = float(spent.mean()) if count_macs and n else None
-        widest = macs[order[-1]] if count_macs else None
-        return CascadeResult(
-            outputs=outputs,
-            rates=answered_by,
-            mean_macs=mean_macs,
-            macs_fraction=(
-                mean_macs / widest if mean_macs is not None and widest else None
-            ),
-        )
+        return cascade.predict_cascade(self, x, threshold, rates, from_logits)
 
     def profile(
         self,
@@ -281,38 +258,7 @@ class Bundle:
         Returns:
             A `LatencyProfile`.
         """
-        sizes = _check_batch_sizes(batch_sizes)
-        for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(
-                    f"profile: {name} must be an integer >= {low}. "
-                    f"Received: {name}={value!r}"
-                )
-        cache_path = self._cache_path(cache)
-        key = self._profile_key(sizes)
-        if cache_path is not None and not refresh and cache_path.exists():
-            try:
-                cached = LatencyProfile.load(cache_path)
-            except (OSError, ValueError) as error:
-                warnings.warn(
-                    f"profile: ignoring unreadable latency cache {cache_path} "
-                    f"({error}); measuring again.",
-                    stacklevel=2,
-                )
-            else:
-                if cached.key == key:
-                    return cached
-        result = self._measure(sizes, repeats, warmup, key)
-        if cache_path is not None:
-            try:
-                result.save(cache_path)
-            except OSError as error:
-                warnings.warn(
-                    f"profile: could not write the latency cache {cache_path}: "
-                    f"{error}. Pass cache=PATH to a writable file.",
-                    stacklevel=2,
-                )
-        return result
+        return profiling.profile(self, batch_sizes, repeats, warmup, cache, refresh)
 
     def select_rate(
         self,
@@ -343,54 +289,14 @@ class Bundle:
         Returns:
             A rate (float) from `rates`.
         """
-        if latency_budget_ms is None and macs_budget is None:
-            raise ValueError(
-                "select_rate: give latency_budget_ms, macs_budget or both. "
-                "Received: latency_budget_ms=None, macs_budget=None"
-            )
-        for name, value in (
-            ("latency_budget_ms", latency_budget_ms),
-            ("macs_budget", macs_budget),
-        ):
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, numbers.Real)
-                or not value >= 0
-            ):
-                raise ValueError(
-                    f"select_rate: {name} must be a number >= 0. "
-                    f"Received: {name}={value!r}"
-                )
-        if macs_budget is not None:
-            missing = [r for r in self.rates if self._entries[r].get("macs") is None]
-            if missing:
-                raise ValueError(
-                    "select_rate: the manifest has no MACs for rates "
-                    f"{_format_rates(missing)}, so macs_budget cannot be used."
-                )
-        if latency_budget_ms is not None and profile is None:
-            profile = self.profile()
-        costs = []
-        for rate in self.rates:
-            cost = {}
-            if latency_budget_ms is not None:
-                cost["latency_ms"] = profile.latency_ms(rate, batch_size, statistic)
-            if macs_budget is not None:
-                cost["macs"] = self._entries[rate]["macs"]
-            fits = (
-                latency_budget_ms is None or cost["latency_ms"] <= latency_budget_ms
-            ) and (macs_budget is None or cost["macs"] <= macs_budget)
-            if fits:
-                return rate
-            costs.append(cost)
-        if fallback_to_narrowest:
-            return self.rates[-1]
-        raise ValueError(
-            "select_rate: no rate fits the budget. Received: "
-            f"latency_budget_ms={latency_budget_ms}, macs_budget={macs_budget}"
-            f" (batch_size={batch_size}); the narrowest rate "
-            f"{self.rates[-1]:g} costs {costs[-1]}. Raise the budget or pass "
-            "fallback_to_narrowest=True."
+        return profiling.select_rate(
+            self,
+            latency_budget_ms,
+            macs_budget,
+            batch_size,
+            profile,
+            statistic,
+            fallback_to_narrowest,
         )
 
     def _rate(self, rate, owner):
@@ -413,8 +319,19 @@ class Bundle:
             f"rates: {_format_rates(self.rates)}"
         )
 
-    def _prepare(self, x, owner):
-        """Checks a batch against the input spec; returns it in the model dtype."""
+    def prepare(self, x, owner="predict"):
+        """Checks a batch against the input spec; returns it in the model dtype.
+
+        Floats are cast to a float model's dtype, or quantized for an integer
+        model; an array already in the model's dtype is not copied.
+
+        Args:
+            x: Array of shape `(batch, *input_shape[1:])`.
+            owner: The name errors start with.
+
+        Raises:
+            ValueError: naming the shape or dtype received and the expected.
+        """
         try:
             x = np.asarray(x)
         except (TypeError, ValueError) as error:
@@ -544,111 +461,11 @@ class Bundle:
         shape = tuple(int(d) for d in inputs[0]["shape"])
         return shape, (interpreter, inputs[0]["index"], outputs[0]["index"])
 
-    def _cache_path(self, cache):
-        if cache is True:
-            resolved = self.path.resolve()
-            return resolved.with_name(resolved.name + ".latency.json")
-        if cache is False or cache is None:
-            return None
-        if isinstance(cache, (str, os.PathLike)):
-            return pathlib.Path(cache)
-        raise ValueError(
-            "profile: cache must be True, False or a file path. "
-            f"Received: cache={cache!r}"
-        )
-
-    def _profile_key(self, sizes):
-        return {
-            "sha256": [self._entries[r]["sha256"].lower() for r in self.rates],
-            "runtime": runtime.runtime_name(),
-            "runtime_version": runtime.runtime_version(),
-            "num_threads": self.num_threads,
-            "machine": platform.machine(),
-            "system": platform.system(),
-            "cpu_count": os.cpu_count(),
-            "batch_sizes": list(sizes),
-        }
-
-    def _measure(self, sizes, repeats, warmup, key):
-        if any(d is None for d in self.input_shape[1:]):
-            raise ValueError(
-                "profile: the input shape has variable dimensions "
-                f"{_format_shape(self.input_shape)}; profiling needs a fixed "
-                "example shape."
-            )
-        self._capacity = max(self._capacity, len(sizes))
-        rng = np.random.default_rng(0)
-        batches = {}
-        for size in sizes:
-            shape = (size, *self.input_shape[1:])
-            if self._input_dtype.kind == "f":
-                batches[size] = rng.standard_normal(shape).astype(self._input_dtype)
-            else:
-                info = np.iinfo(self._input_dtype)
-                batches[size] = rng.integers(
-                    info.min, info.max, shape, endpoint=True
-                ).astype(self._input_dtype)
-        cells = [(r, s) for s in sizes for r in self.rates]
-        for rate, size in cells:
-            for _ in range(warmup + 1):
-                self._run(rate, batches[size])
-        samples = {cell: [] for cell in cells}
-        for _ in range(repeats):
-            for rate, size in cells:
-                start = time.perf_counter_ns()
-                self._run(rate, batches[size])
-                samples[(rate, size)].append((time.perf_counter_ns() - start) / 1e6)
-        table = {}
-        for (rate, size), values in samples.items():
-            values = np.asarray(values)
-            table.setdefault(rate, {})[size] = {
-                "p50": float(np.percentile(values, 50)),
-                "p90": float(np.percentile(values, 90)),
-                "mean": float(values.mean()),
-            }
-        return LatencyProfile(table, key=key)
-
     def __repr__(self):
         name = self._manifest.get("model_name", "?")
         return (
             f"Bundle({str(self.path)!r}, model_name={name!r}, "
             f"rates=[{_format_rates(self.rates)}])"
-        )
-
-
-class CascadeResult:
-    """The answer of `Bundle.predict_cascade`.
-
-    Attributes:
-        outputs: float32 outputs of the width that answered each example.
-        predictions: Arg-max class of each example.
-        rates: The rate that answered each example.
-        mean_macs: Average MACs per example over all widths it ran at, or
-            `None` when the manifest has no MACs.
-        macs_fraction: `mean_macs` relative to the widest rate used.
-    """
-
-    def __init__(self, outputs, rates, mean_macs, macs_fraction):
-        self.outputs = outputs
-        self.predictions = outputs.argmax(axis=-1)
-        self.rates = rates
-        self.mean_macs = mean_macs
-        self.macs_fraction = macs_fraction
-
-    def accuracy(self, labels):
-        """Fraction of `predictions` equal to integer `labels`."""
-        labels = np.asarray(labels).reshape(-1)
-        if labels.shape != self.predictions.shape:
-            raise ValueError(
-                f"CascadeResult.accuracy: expected {self.predictions.shape[0]} "
-                f"labels. Received: labels.shape={labels.shape}"
-            )
-        return float(np.mean(self.predictions == labels))
-
-    def __repr__(self):
-        return (
-            f"CascadeResult(n={self.predictions.shape[0]}, "
-            f"mean_macs={self.mean_macs}, macs_fraction={self.macs_fraction})"
         )
 
 
@@ -686,35 +503,6 @@ def _check_tensor(path, role, detail, spec):
             f"{role}.quantization={declared}."
         )
     return scale, zero_point
-
-
-def _check_batch_sizes(batch_sizes):
-    try:
-        sizes = sorted(set(batch_sizes))
-    except TypeError:
-        sizes = None
-    if not sizes or any(
-        isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-        for s in sizes
-    ):
-        raise ValueError(
-            "profile: batch_sizes must be a non-empty list of positive "
-            f"integers. Received: batch_sizes={batch_sizes!r}"
-        )
-    return tuple(int(s) for s in sizes)
-
-
-def _probabilities(outputs, from_logits):
-    if from_logits is None:
-        sums = outputs.sum(axis=-1)
-        from_logits = not (
-            np.all(outputs >= 0) and np.allclose(sums, 1.0, atol=1e-3)
-        )
-    if not from_logits:
-        return outputs
-    shifted = outputs - outputs.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _format_rates(rates):

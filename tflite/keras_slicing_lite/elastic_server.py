@@ -1,7 +1,6 @@
 """Serving requests with deadlines by choosing the width per batch."""
 
 import bisect
-import concurrent.futures
 import math
 import numbers
 import threading
@@ -10,16 +9,18 @@ import time
 import numpy as np
 
 from keras_slicing_lite.latency_profile import STATISTICS
+from keras_slicing_lite.live import LiveServing
 from keras_slicing_lite.request import Request
 from keras_slicing_lite.request import Response
 
 CLOCKS = ("simulated", "real")
+SIMULATED_LATENCIES = ("p50", "sampled")
 # Weight of the newest batch in the moving average of the real-clock
 # overhead: about the last 20 batches count.
 OVERHEAD_SMOOTHING = 0.05
 
 
-class ElasticServer:
+class ElasticServer(LiveServing):
     """Answers queued requests, choosing the width of each batch to meet deadlines.
 
     Requests wait in a queue ordered by deadline. Whenever the model is
@@ -35,15 +36,26 @@ class ElasticServer:
     interpreter.
 
     Two clocks:
-    - `"simulated"`: `replay()` advances a virtual clock by the profiled
-      median latency of each batch instead of waiting. Outputs are computed
-      for real, but timing is exactly reproducible: for tests, and for
-      replaying a trace of an hour in seconds.
+    - `"simulated"`: `replay()` advances a virtual clock by the cost of
+      each batch instead of waiting: its profiled median, or with
+      `simulated_latency="sampled"` a draw from the measured calls of the
+      profile (seeded), so that a batch can overrun its plan as on a real
+      device. Outputs are computed for real, but timing is reproducible:
+      for tests, and for replaying a trace of an hour in seconds.
     - `"real"`: `replay()` sleeps until each arrival and times each batch on
       the wall clock; `start()`/`submit()`/`stop()` serve live requests from
       other threads. Planning then adds the measured overhead of a batch
       beyond its profiled median (queueing, stacking, a busy machine): a
       moving average of the excess, updated after every batch.
+
+    Live serving cannot hang a caller: a future cancelled by its caller is
+    skipped; a request whose deadline has already passed is answered (late)
+    and counted; `max_queue` bounds the queue and `submit` beyond it raises
+    `QueueFullError` at once; an exception in the worker fails the requests
+    it holds and everything queued with that error, and every later
+    `submit` raises `ServerFailedError` (the thread never dies silently);
+    `stop(timeout)` drains the queue, failing with `ServerStoppedError`
+    whatever is left when the timeout expires.
 
     Args:
         bundle: A `Bundle` from `load_bundle`.
@@ -60,6 +72,12 @@ class ElasticServer:
         reserve_ms: Milliseconds to plan to finish before each deadline,
             absorbing stalls the profile cannot foresee (preemption by other
             processes on the real clock). Defaults to 0.
+        max_queue: Most live requests waiting at once; `None` (the default)
+            means no bound. Beyond it `submit` raises `QueueFullError`.
+        simulated_latency: Cost of a batch on the simulated clock: `"p50"`
+            (the profiled median, the default) or `"sampled"` (a draw from
+            the profile's measured calls).
+        seed: Seed of the `"sampled"` draws. Defaults to 0.
 
     Example:
 
@@ -82,6 +100,9 @@ class ElasticServer:
         plan_statistic="p90",
         headroom=1.0,
         reserve_ms=0.0,
+        max_queue=None,
+        simulated_latency="p50",
+        seed=0,
     ):
         if clock not in CLOCKS:
             raise ValueError(
@@ -113,8 +134,26 @@ class ElasticServer:
                 "ElasticServer: reserve_ms must be a number >= 0. "
                 f"Received: reserve_ms={reserve_ms!r}"
             )
+        if max_queue is not None and (
+            isinstance(max_queue, bool)
+            or not isinstance(max_queue, numbers.Integral)
+            or max_queue < 1
+        ):
+            raise ValueError(
+                "ElasticServer: max_queue must be a positive integer or None. "
+                f"Received: max_queue={max_queue!r}"
+            )
+        if simulated_latency not in SIMULATED_LATENCIES:
+            raise ValueError(
+                "ElasticServer: simulated_latency must be one of "
+                f"{', '.join(SIMULATED_LATENCIES)}. Received: "
+                f"simulated_latency={simulated_latency!r}"
+            )
         self.bundle = bundle
-        chosen = bundle._rates_arg(rates, "ElasticServer")
+        self.max_queue = None if max_queue is None else int(max_queue)
+        self.simulated_latency = simulated_latency
+        self._seed = seed
+        chosen = bundle.resolve_rates(rates, "ElasticServer")
         self.rates = tuple(sorted(chosen, reverse=True))
         self.profile = profile if profile is not None else bundle.profile()
         measured = None
@@ -156,21 +195,39 @@ class ElasticServer:
             for r in self.rates
             for b in self._buckets
         }
+        self._kind = bundle.output_kind
         self._lock = threading.Lock()
         self._reset_stats()
         self._thread = None
         self._overhead_s = 0.0
+        self._fault = None
 
     @property
     def stats(self):
-        """Counters since construction: `served`, `late`, `batches`, `by_rate`."""
+        """Counters since construction.
+
+        `served` (answered, late ones included), `late`, `batches`,
+        `by_rate` (answers per rate), and for live serving `cancelled`
+        (skipped because the caller cancelled), `rejected` (refused by a full
+        queue), `failed` (failed by a worker fault or a stop timeout) and
+        `queued` (waiting now).
+        """
         with self._lock:
-            return {
-                "served": self._stats["served"],
-                "late": self._stats["late"],
-                "batches": self._stats["batches"],
-                "by_rate": dict(self._stats["by_rate"]),
-            }
+            stats = dict(self._stats)
+            stats["by_rate"] = dict(self._stats["by_rate"])
+        live = getattr(self, "_live", None)
+        stats["queued"] = len(live) if live is not None and self._thread else 0
+        return stats
+
+    @property
+    def running(self):
+        """Whether live serving is on (started, not stopped, not failed)."""
+        return self._thread is not None and self._fault is None
+
+    @property
+    def fault(self):
+        """The exception that stopped the worker, or `None`."""
+        return self._fault
 
     def plan(self, deadlines_s, now_s=0.0):
         """The rate and batch size the server would choose now.
@@ -225,6 +282,7 @@ class ElasticServer:
         queue = []
         if self.clock == "simulated":
             now = 0.0
+            rng = np.random.default_rng(self._seed)
         else:
             origin = time.perf_counter()
         nxt = 0
@@ -246,119 +304,23 @@ class ElasticServer:
             batch = queue[:count]
             del queue[:count]
             outputs, bucket = self._run(rate, [entry[4] for entry in batch])
-            if self.clock == "simulated":
+            if self.clock == "simulated" and self.simulated_latency == "sampled":
+                finish = now + self.profile.sample_ms(rate, bucket, rng) / 1e3
+            elif self.clock == "simulated":
                 finish = now + self._service_s[(rate, bucket)]
             else:
                 finish = time.perf_counter() - origin
                 self._observe(rate, bucket, finish - now)
             answered = []
             for (deadline, position, rid, arrival, _), out in zip(batch, outputs):
-                response = Response(rid, out, rate, count, arrival, now, finish, deadline)
+                response = Response(
+                    rid, out, rate, count, arrival, now, finish, deadline, self._kind
+                )
                 responses[position] = response
                 answered.append(response)
             self._count(rate, answered)
             now = finish
         return responses
-
-    def start(self):
-        """Starts serving live requests (real clock only) on a worker thread."""
-        if self.clock != "real":
-            raise ValueError(
-                "ElasticServer.start: live serving runs on the wall clock; "
-                "create the server with clock='real'. Received: "
-                f"clock={self.clock!r}"
-            )
-        if self._thread is not None:
-            raise RuntimeError("ElasticServer.start: the server is already running.")
-        self._origin = time.perf_counter()
-        self._live = []
-        self._sequence = 0
-        self._stopping = False
-        self._wakeup = threading.Condition()
-        self._thread = threading.Thread(
-            target=self._serve_live, name="ElasticServer", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def submit(self, x, deadline_ms=None):
-        """Queues one example; returns a `concurrent.futures.Future` of its `Response`.
-
-        Args:
-            x: A single example (no batch axis).
-            deadline_ms: Milliseconds from now until the answer is due;
-                `None` means no deadline.
-        """
-        if self._thread is None:
-            raise RuntimeError(
-                "ElasticServer.submit: call start() first (or use the server "
-                "as a context manager)."
-            )
-        example = self._example(x, "submit")
-        if deadline_ms is not None and (
-            isinstance(deadline_ms, bool)
-            or not isinstance(deadline_ms, numbers.Real)
-            or not deadline_ms >= 0
-        ):
-            raise ValueError(
-                "ElasticServer.submit: deadline_ms must be a number >= 0 or "
-                f"None. Received: deadline_ms={deadline_ms!r}"
-            )
-        future = concurrent.futures.Future()
-        with self._wakeup:
-            if self._stopping:
-                raise RuntimeError("ElasticServer.submit: the server is stopping.")
-            arrival = time.perf_counter() - self._origin
-            deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1e3
-            self._sequence += 1
-            bisect.insort(
-                self._live,
-                (deadline, self._sequence, self._sequence, arrival, example, future),
-            )
-            self._wakeup.notify()
-        return future
-
-    def stop(self):
-        """Answers everything still queued, then stops the worker thread."""
-        if self._thread is None:
-            return
-        with self._wakeup:
-            self._stopping = True
-            self._wakeup.notify()
-        self._thread.join()
-        self._thread = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def _serve_live(self):
-        while True:
-            with self._wakeup:
-                while not self._live and not self._stopping:
-                    self._wakeup.wait()
-                if not self._live:
-                    return
-                now = time.perf_counter() - self._origin
-                rate, count = self._plan(now, self._live)
-                batch = self._live[:count]
-                del self._live[:count]
-            try:
-                outputs, bucket = self._run(rate, [entry[4] for entry in batch])
-            except Exception as error:  # every waiting caller must hear of it
-                for entry in batch:
-                    entry[5].set_exception(error)
-                continue
-            finish = time.perf_counter() - self._origin
-            self._observe(rate, bucket, finish - now)
-            answered = []
-            for (deadline, _, rid, arrival, _, future), out in zip(batch, outputs):
-                response = Response(rid, out, rate, count, arrival, now, finish, deadline)
-                answered.append(response)
-                future.set_result(response)
-            self._count(rate, answered)
 
     def _plan(self, now, queue):
         """Chooses `(rate, batch_size)` for a queue sorted by deadline."""
@@ -399,10 +361,10 @@ class ElasticServer:
             # keeps the cost the profile measured; padded rows are dropped.
             pad = np.repeat(batch[-1:], bucket - count, axis=0)
             batch = np.concatenate([batch, pad])
-        return self.bundle._run(rate, batch)[:count], bucket
+        return self.bundle.predict(batch, rate)[:count], bucket
 
     def _example(self, x, owner):
-        prepared = self.bundle._prepare(np.asarray(x)[None], f"ElasticServer ({owner})")
+        prepared = self.bundle.prepare(np.asarray(x)[None], f"ElasticServer ({owner})")
         return prepared[0]
 
     def _count(self, rate, responses):
@@ -414,7 +376,15 @@ class ElasticServer:
             by_rate[rate] = by_rate.get(rate, 0) + len(responses)
 
     def _reset_stats(self):
-        self._stats = {"served": 0, "late": 0, "batches": 0, "by_rate": {}}
+        self._stats = {
+            "served": 0,
+            "late": 0,
+            "batches": 0,
+            "by_rate": {},
+            "cancelled": 0,
+            "rejected": 0,
+            "failed": 0,
+        }
 
 
 def _time(value, name, position, inf_ok=False):

@@ -22,8 +22,9 @@ class LatencyProfile:
 
     Args:
         latencies_ms: `{rate: {batch_size: {"p50": ms, "p90": ms, "mean":
-            ms}}}`. A plain number instead of the inner dict sets all three
-            statistics.
+            ms}}}`, optionally with `"samples": [ms, ...]` (every measured
+            call, for `sample_ms`). A plain number instead of the inner dict
+            sets all three statistics.
         key: What the measurement depends on (bundle files, runtime, threads,
             machine): a cached profile is reused only when its key matches.
             Defaults to `{}`.
@@ -87,6 +88,33 @@ class LatencyProfile:
         low = by_batch[lower][statistic]
         return low + fraction * (by_batch[upper][statistic] - low)
 
+    def sample_ms(self, rate, batch_size, rng):
+        """One latency drawn from the measured calls of this cell.
+
+        A simulation that charges every call its median can never show a
+        call overrunning its plan; drawing from the measured distribution
+        can. Cells measured without samples (a hand-made profile) give their
+        median; an unmeasured batch size scales a draw from the nearest
+        measured one by the ratio of their medians.
+
+        Args:
+            rate: A profiled rate.
+            batch_size: Any positive batch size.
+            rng: A `numpy.random.Generator`.
+        """
+        by_batch = self._by_batch(rate)
+        batch_size = _as_batch_size(batch_size)
+        nearest = min(by_batch, key=lambda b: (abs(b - batch_size), b))
+        samples = by_batch[nearest].get("samples")
+        median = self.latency_ms(rate, batch_size, "p50")
+        if not samples:
+            return median
+        draw = samples[int(rng.integers(len(samples)))]
+        if nearest == batch_size:
+            return draw
+        base = by_batch[nearest]["p50"]
+        return draw * median / base if base > 0 else median
+
     def to_dict(self):
         return {
             "format": PROFILE_FORMAT,
@@ -116,6 +144,8 @@ class LatencyProfile:
             if not isinstance(row, dict):
                 raise ValueError(f"LatencyProfile: bad row {row!r}")
             stats = {s: row.get(s) for s in STATISTICS}
+            if row.get("samples") is not None:
+                stats["samples"] = row["samples"]
             table.setdefault(row.get("rate"), {})[row.get("batch_size")] = stats
         return cls(table, key=data.get("key"))
 
@@ -218,4 +248,18 @@ def _as_stats(value, rate, batch_size):
                 f"milliseconds. Received: {statistic}={ms!r}"
             )
         stats[statistic] = float(ms)
+    samples = value.get("samples")
+    if samples is not None:
+        if not isinstance(samples, (list, tuple)) or not all(
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= 0
+            for v in samples
+        ):
+            raise ValueError(
+                f"LatencyProfile: rate={rate:g}, batch_size={batch_size}: "
+                "'samples' must be a list of non-negative milliseconds."
+            )
+        stats["samples"] = [float(v) for v in samples]
     return stats

@@ -1,19 +1,32 @@
-"""Reading and checking the bundle manifest (format `keras-slicing-bundle` v1).
+"""Reading and checking the bundle manifest (format `keras-slicing-bundle`).
 
-The format is written by `keras_slicing.export_tflite`; this module reads it
-without importing that package. Unknown keys are ignored so that a newer
-writer of the same version stays readable.
+The format is written by `keras_slicing.export_tflite`, which checks what it
+reads back with this same module (the host imports this TensorFlow-free
+package), so writer and readers cannot drift. Unknown keys are ignored so
+that a newer writer of the same version stays readable.
+
+Version 2 adds `output_kind` (see `outputs.py`) and `metric`, the name of
+the per-rate key holding the evaluation (`accuracy`, `binary_accuracy` or
+`mean_absolute_error`). Version 1 has neither and means a multiclass output
+with `accuracy` per rate; it is still read.
 """
 
+import errno
 import hashlib
 import json
 import math
 import os
 import pathlib
+import stat
+
+from keras_slicing_lite import outputs
 
 FORMAT = "keras-slicing-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
+# A manifest is a few kilobytes; anything far larger is not one.
+MAX_MANIFEST_BYTES = 1 << 20
 TENSOR_DTYPES = ("float32", "float16", "int8", "uint8", "int16")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
@@ -22,10 +35,16 @@ class BundleError(ValueError):
     """A bundle that is missing, corrupted, or does not match its manifest."""
 
 
-def read_manifest(bundle_dir):
+def read_manifest(bundle_dir, owner="load_bundle"):
     """Reads and validates `bundle_dir/manifest.json`; returns it as a dict.
 
-    Checks the structure only; `verify_files` checks the model files.
+    Checks the structure only; `verify_files` checks the model files. The
+    manifest must be a regular file (not a symlink, FIFO or device) of at
+    most 1 MiB.
+
+    Args:
+        bundle_dir: The bundle directory.
+        owner: The name errors start with.
 
     Raises:
         BundleError: naming the manifest and the offending key or value.
@@ -33,26 +52,30 @@ def read_manifest(bundle_dir):
     path = pathlib.Path(bundle_dir) / MANIFEST_NAME
     if not pathlib.Path(bundle_dir).is_dir():
         raise BundleError(
-            f"load_bundle: bundle directory not found. Received: "
+            f"{owner}: bundle directory not found. Received: "
             f"path={str(bundle_dir)!r}"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular_file(path, owner, max_bytes=MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise BundleError(
-            f"load_bundle: {path} is missing: a keras-slicing bundle is a "
+            f"{owner}: {path} is missing: a keras-slicing bundle is a "
             "directory holding manifest.json and one .tflite file per rate."
         ) from None
     try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise BundleError(f"load_bundle: {path} is not valid JSON: {error}") from None
-    _check_manifest(manifest, path)
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{owner}: {path} is not valid JSON: {error}") from None
+    _check_manifest(manifest, path, owner)
     return manifest
 
 
-def verify_files(bundle_dir, manifest):
+def verify_files(bundle_dir, manifest, owner="load_bundle"):
     """Reads every model file and checks its size and sha256.
+
+    Each file must be a regular file (symlinks, FIFOs and devices are
+    refused before anything is read) whose size matches the manifest's
+    `bytes` before it is read.
 
     Returns:
         `{rate: bytes}`: the verified contents, so that what is loaded later
@@ -65,22 +88,16 @@ def verify_files(bundle_dir, manifest):
     for entry in manifest["rates"]:
         path = pathlib.Path(bundle_dir) / entry["file"]
         try:
-            data = path.read_bytes()
+            data = read_regular_file(path, owner, expected_size=entry.get("bytes"))
         except FileNotFoundError:
             raise BundleError(
-                f"load_bundle: {path} is listed in the manifest for "
+                f"{owner}: {path} is listed in the manifest for "
                 f"rate={entry['rate']:g} but does not exist."
             ) from None
-        expected_size = entry.get("bytes")
-        if expected_size is not None and len(data) != expected_size:
-            raise BundleError(
-                f"load_bundle: {path} has {len(data)} bytes but the manifest "
-                f"says {expected_size}: the file is truncated or replaced."
-            )
         digest = hashlib.sha256(data).hexdigest()
         if digest != entry["sha256"].lower():
             raise BundleError(
-                f"load_bundle: sha256 mismatch for {path}: the manifest says "
+                f"{owner}: sha256 mismatch for {path}: the manifest says "
                 f"{entry['sha256']}, the file hashes to {digest}. The file is "
                 "corrupted or does not belong to this manifest."
             )
@@ -88,49 +105,131 @@ def verify_files(bundle_dir, manifest):
     return contents
 
 
-def _fail(path, message):
-    raise BundleError(f"load_bundle: invalid manifest {path}: {message}")
+def read_regular_file(path, owner, expected_size=None, max_bytes=None):
+    """The bytes of `path`, refusing anything but a regular file.
+
+    The file is opened without following a final symlink and checked with
+    `fstat` on the open descriptor, so it cannot be swapped between the
+    check and the read; its size is compared before any byte is read.
+
+    Raises:
+        FileNotFoundError: when it does not exist.
+        BundleError: for a symlink, FIFO, device or directory, or a size
+            other than `expected_size` or above `max_bytes`.
+    """
+    path = pathlib.Path(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise OSError(errno.ELOOP, "symlink")
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise BundleError(
+                f"{owner}: {path} is a symbolic link; bundle files must be "
+                "regular files inside the bundle directory."
+            ) from None
+        raise BundleError(f"{owner}: {path} cannot be opened: {error}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(
+                f"{owner}: {path} is not a regular file (a FIFO, device or "
+                "directory); bundle files must be regular files."
+            )
+        if expected_size is not None and info.st_size != expected_size:
+            raise BundleError(
+                f"{owner}: {path} has {info.st_size} bytes but the manifest "
+                f"says {expected_size}: the file is truncated or replaced."
+            )
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise BundleError(
+                f"{owner}: {path} has {info.st_size} bytes, more than the "
+                f"{max_bytes} a manifest may have."
+            )
+        data = handle.read()
+    if expected_size is not None and len(data) != expected_size:
+        raise BundleError(
+            f"{owner}: {path} changed while it was read ({len(data)} bytes, "
+            f"the manifest says {expected_size})."
+        )
+    return data
 
 
-def _check_manifest(manifest, path):
+def output_kind(manifest):
+    """The output kind of a manifest; `"multiclass"` for version 1."""
+    return manifest.get("output_kind", "multiclass")
+
+
+def metric(manifest):
+    """The name of the per-rate evaluation key; `"accuracy"` for version 1."""
+    return manifest.get("metric") or outputs.metric_name(output_kind(manifest))
+
+
+def _fail(path, message, owner):
+    raise BundleError(f"{owner}: invalid manifest {path}: {message}")
+
+
+def _check_manifest(manifest, path, owner):
     if not isinstance(manifest, dict):
-        _fail(path, f"expected a JSON object. Received: {type(manifest).__name__}")
+        _fail(path, f"expected a JSON object. Received: {type(manifest).__name__}", owner)
     if manifest.get("format") != FORMAT:
         raise BundleError(
-            f"load_bundle: {path} is not a keras-slicing bundle manifest: "
+            f"{owner}: {path} is not a keras-slicing bundle manifest: "
             f"expected format={FORMAT!r}. Received: "
             f"format={manifest.get('format')!r}"
         )
     version = manifest.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise BundleError(
-            f"load_bundle: {path} has an unsupported format_version. This "
-            f"keras_slicing_lite reads format_version={FORMAT_VERSION}. "
+            f"{owner}: {path} has an unsupported format_version. This "
+            f"keras_slicing_lite reads format_version "
+            f"{' or '.join(map(str, READABLE_VERSIONS))}. "
             f"Received: format_version={version!r}"
         )
+    if version >= 2:
+        kind = manifest.get("output_kind")
+        if kind not in outputs.MANIFEST_KINDS:
+            _fail(
+                path,
+                f"'output_kind' must be one of {', '.join(outputs.MANIFEST_KINDS)}. "
+                f"Received: output_kind={kind!r}",
+                owner,
+            )
+        if manifest.get("metric") != outputs.metric_name(kind):
+            _fail(
+                path,
+                f"'metric' of output_kind={kind!r} must be "
+                f"{outputs.metric_name(kind)!r}. Received: "
+                f"metric={manifest.get('metric')!r}",
+                owner,
+            )
     for key in ("input", "output"):
-        _check_tensor(manifest.get(key), key, path)
+        _check_tensor(manifest.get(key), key, path, owner)
     quantization = manifest.get("quantization")
     if quantization is not None and not isinstance(quantization, str):
-        _fail(path, f"quantization must be a string. Received: {quantization!r}")
+        _fail(path, f"quantization must be a string. Received: {quantization!r}", owner)
     entries = manifest.get("rates")
     if not isinstance(entries, list) or not entries:
-        _fail(path, f"'rates' must be a non-empty list. Received: rates={entries!r}")
+        _fail(path, f"'rates' must be a non-empty list. Received: rates={entries!r}", owner)
     previous = math.inf
     for entry in entries:
-        rate = _check_rate_entry(entry, path)
+        rate = _check_rate_entry(entry, path, manifest, owner)
         if not rate < previous:
             _fail(
                 path,
                 "'rates' must list distinct rates, widest first. Received: "
                 f"rates={[e.get('rate') for e in entries]!r}",
+                owner,
             )
         previous = rate
 
 
-def _check_tensor(spec, key, path):
+def _check_tensor(spec, key, path, owner):
     if not isinstance(spec, dict):
-        _fail(path, f"'{key}' must be an object. Received: {key}={spec!r}")
+        _fail(path, f"'{key}' must be an object. Received: {key}={spec!r}", owner)
     shape = spec.get("shape")
     if (
         not isinstance(shape, list)
@@ -143,12 +242,14 @@ def _check_tensor(spec, key, path):
             f"'{key}.shape' must be a list starting with null (the batch "
             f"dimension) followed by positive integers or null. Received: "
             f"shape={shape!r}",
+            owner,
         )
     if spec.get("dtype") not in TENSOR_DTYPES:
         _fail(
             path,
             f"'{key}.dtype' must be one of {', '.join(TENSOR_DTYPES)}. "
             f"Received: dtype={spec.get('dtype')!r}",
+            owner,
         )
     quantization = spec.get("quantization")
     if quantization is not None and not (
@@ -160,15 +261,16 @@ def _check_tensor(spec, key, path):
             path,
             f"'{key}.quantization' must be null or {{\"scale\": float, "
             f"\"zero_point\": int}}. Received: quantization={quantization!r}",
+            owner,
         )
 
 
-def _check_rate_entry(entry, path):
+def _check_rate_entry(entry, path, manifest, owner):
     if not isinstance(entry, dict):
-        _fail(path, f"each entry of 'rates' must be an object. Received: {entry!r}")
+        _fail(path, f"each entry of 'rates' must be an object. Received: {entry!r}", owner)
     rate = entry.get("rate")
     if not _is_number(rate) or not 0.0 < rate <= 1.0:
-        _fail(path, f"a rate must be a number in (0, 1]. Received: rate={rate!r}")
+        _fail(path, f"a rate must be a number in (0, 1]. Received: rate={rate!r}", owner)
     file = entry.get("file")
     # A manifest names files inside its own directory only, never elsewhere.
     if (
@@ -182,6 +284,7 @@ def _check_rate_entry(entry, path):
             path,
             f"rate={rate:g}: 'file' must be a plain file name inside the "
             f"bundle. Received: file={file!r}",
+            owner,
         )
     digest = entry.get("sha256")
     if (
@@ -193,6 +296,7 @@ def _check_rate_entry(entry, path):
             path,
             f"rate={rate:g}: 'sha256' must be 64 hex digits. Received: "
             f"sha256={digest!r}",
+            owner,
         )
     for key in ("bytes", "params", "macs"):
         value = entry.get(key)
@@ -203,13 +307,16 @@ def _check_rate_entry(entry, path):
                 path,
                 f"rate={rate:g}: '{key}' must be a non-negative integer or "
                 f"null. Received: {key}={value!r}",
+                owner,
             )
-    accuracy = entry.get("accuracy")
-    if accuracy is not None and not _is_number(accuracy):
+    name = metric(manifest)
+    value = entry.get(name)
+    if value is not None and not _is_number(value):
         _fail(
             path,
-            f"rate={rate:g}: 'accuracy' must be a number or null. Received: "
-            f"accuracy={accuracy!r}",
+            f"rate={rate:g}: '{name}' must be a number or null. Received: "
+            f"{name}={value!r}",
+            owner,
         )
     return float(rate)
 

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from keras_slicing_lite import outputs
+
 
 @dataclasses.dataclass
 class Request:
@@ -40,6 +42,8 @@ class Response:
         rate: The width that answered.
         batch_size: Requests answered by the same call (before padding).
         arrival_s, start_s, finish_s, deadline_s: Times on the server clock.
+        output_kind: What the output means (see `outputs.py`); sets how
+            `prediction` reads it.
     """
 
     id: object
@@ -50,6 +54,7 @@ class Response:
     start_s: float
     finish_s: float
     deadline_s: float
+    output_kind: str = "multiclass"
 
     @property
     def latency_ms(self):
@@ -63,5 +68,10 @@ class Response:
 
     @property
     def prediction(self):
-        """Arg-max class of `output`."""
-        return int(np.argmax(self.output))
+        """The answer, read by `output_kind`: the arg-max class (multiclass),
+        0 or 1 (binary), a list of 0/1 per label (multi-label), the value
+        (a float for one output, else a list) for regression."""
+        value = np.asarray(outputs.predictions(self.output_kind, self.output[None])[0])
+        if self.output_kind == "regression" and value.size == 1:
+            return float(value.reshape(()))
+        return value.item() if value.ndim == 0 else value.tolist()

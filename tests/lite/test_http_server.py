@@ -1,0 +1,154 @@
+"""The HTTP/JSON front end: answers match the model, bad requests get 4xx.
+
+Servers bind to 127.0.0.1 on a free port; nothing leaves this machine.
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from keras_slicing_lite import ElasticServer
+from keras_slicing_lite import HTTPFrontEnd
+from keras_slicing_lite import load_bundle
+
+
+@pytest.fixture
+def front(bundle_dir, toy_profile):
+    server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real").start()
+    front = HTTPFrontEnd(server, host="127.0.0.1", port=0, max_body_bytes=200_000).start()
+    yield front
+    front.shutdown()
+    server.stop(timeout=10)
+
+
+def _call(front, method, path, body=None, headers=None):
+    connection = http.client.HTTPConnection(*front.address, timeout=30)
+    try:
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body).encode()
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        connection.close()
+
+
+def test_batch_is_answered_by_the_model_at_the_chosen_rates(front, reference):
+    x, expected = reference
+    status, answer = _call(front, "POST", "/predict", {"inputs": x[:8].tolist(), "deadline_ms": 100})
+    assert status == 200
+    for i, (output, rate) in enumerate(zip(answer["outputs"], answer["rates"])):
+        np.testing.assert_allclose(output, expected[rate][i], atol=1e-5)
+        assert answer["predictions"][i] == int(np.argmax(expected[rate][i]))
+    assert answer["output_kind"] == "multiclass_logits"
+
+
+def test_single_input_with_a_pinned_rate(front, reference):
+    x, expected = reference
+    status, answer = _call(front, "POST", "/predict", {"input": x[3].tolist(), "rate": 0.5})
+    assert status == 200 and answer["rate"] == 0.5
+    np.testing.assert_allclose(answer["output"], expected[0.5][3], atol=1e-5)
+
+
+def test_deadline_already_past_is_answered_late(front, reference):
+    status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist(), "deadline_ms": -1})
+    assert status == 200 and answer["late"] is True
+
+
+@pytest.mark.parametrize(
+    "body, status, match",
+    [
+        (b"{not json", 400, "not valid JSON"),
+        ({"inputs": [[1, 2, 3]]}, 400, r"expected input of shape \(batch, 8, 8, 1\)"),
+        ({"inputs": [["a"] * 8]}, 400, "list of numbers"),
+        (b'{"input": [NaN]}', 400, "NaN is not a JSON number"),
+        ({"inputs": np.zeros((1, 8, 8, 1)).tolist(), "rate": 0.3}, 400, r"rate=0\.3 is not in this bundle"),
+        ({"inputs": np.zeros((1, 8, 8, 1)).tolist(), "deadline_ms": "soon"}, 400, "deadline_ms must be"),
+        ({"inputs": [], "deadline_ms": 5}, 400, "empty"),
+        ({"examples": []}, 400, "unknown keys"),
+        ([1, 2], 400, "JSON object"),
+        ({"inputs": np.zeros((1000, 8, 8, 1)).tolist()}, 413, "max_body_bytes=200000"),
+    ],
+)
+def test_bad_request_gets_a_4xx_with_a_message(front, body, status, match):
+    got, answer = _call(front, "POST", "/predict", body)
+    assert got == status
+    assert re.search(match, answer["error"]), answer
+
+
+def test_wrong_paths_and_methods(front):
+    assert _call(front, "GET", "/predict")[0] == 405
+    assert _call(front, "POST", "/health", {})[0] == 405
+    assert _call(front, "GET", "/nowhere")[0] == 404
+
+
+def test_health_and_stats(front, reference):
+    status, health = _call(front, "GET", "/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["rates"] == [1.0, 0.75, 0.5, 0.25]
+    _call(front, "POST", "/predict", {"inputs": reference[0][:3].tolist()})
+    _call(front, "POST", "/predict", b"{")
+    status, stats = _call(front, "GET", "/stats")
+    assert stats["server"]["served"] == 3
+    assert stats["http"]["client_errors"] == 1
+
+
+def test_bad_requests_do_not_disturb_good_ones(front, reference):
+    x, _ = reference
+    statuses, lock = [], threading.Lock()
+
+    def good(k):
+        for i in range(10):
+            status, _ = _call(front, "POST", "/predict", {"input": x[k + i].tolist(), "deadline_ms": 50})
+            with lock:
+                statuses.append(status)
+
+    def bad():
+        for body in [b"{", b'{"inputs": [[1]]}', b"\xff\xfe", b'{"rate": 2}'] * 5:
+            assert _call(front, "POST", "/predict", body)[0] == 400
+
+    threads = [threading.Thread(target=good, args=(k,)) for k in range(4)]
+    threads.append(threading.Thread(target=bad))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses == [200] * 40
+
+
+def test_health_reports_a_failed_worker(front, reference):
+    front.server.bundle.predict = lambda batch, rate: 1 / 0
+    status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
+    assert status == 500 and "ZeroDivisionError" in answer["error"]
+    status, health = _call(front, "GET", "/health")
+    assert status == 503 and health["status"] == "failed"
+    assert _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})[0] == 503
+
+
+def test_serve_command_answers_and_stops_on_sigterm(bundle_dir, reference, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_slicing_lite", "serve", str(bundle_dir), "--port", "0",
+         "--deadline_ms", "50"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        line = process.stdout.readline()
+        assert "serving" in line, process.stderr.read()
+        host, port = line.rsplit("http://", 1)[1].strip().split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("POST", "/predict", json.dumps({"input": reference[0][0].tolist()}))
+        answer = json.loads(connection.getresponse().read())
+        np.testing.assert_allclose(answer["output"], reference[1][answer["rate"]][0], atol=1e-5)
+        connection.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

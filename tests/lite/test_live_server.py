@@ -1,0 +1,212 @@
+"""The live ElasticServer under concurrency: nothing hangs, nothing is lost.
+
+Many client threads submit with random cancels; a fault is injected in the
+worker; the server is stopped during load. Every future that was not
+cancelled must end answered or failed, within a timeout.
+"""
+
+import concurrent.futures
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from keras_slicing_lite import ElasticServer
+from keras_slicing_lite import LatencyProfile
+from keras_slicing_lite import QueueFullError
+from keras_slicing_lite import Request
+from keras_slicing_lite import ServerFailedError
+from keras_slicing_lite import ServerStoppedError
+from keras_slicing_lite import load_bundle
+
+WAIT_S = 20
+
+
+def _clients(server, x, threads, per_thread, cancel_fraction, seed=0):
+    """Submits from `threads` threads; returns [(future, cancelled)], errors."""
+    results, errors, lock = [], [], threading.Lock()
+
+    def client(k):
+        rng = random.Random(seed + k)
+        for i in range(per_thread):
+            try:
+                future = server.submit(x[(k * per_thread + i) % len(x)], deadline_ms=50)
+            except (ServerStoppedError, ServerFailedError, QueueFullError) as error:
+                with lock:
+                    errors.append(error)
+                return
+            cancelled = rng.random() < cancel_fraction and future.cancel()
+            with lock:
+                results.append((future, cancelled))
+
+    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    for worker in workers:
+        worker.start()
+    return workers, results, errors
+
+
+def _settled(results):
+    futures = [f for f, cancelled in results if not cancelled]
+    done, not_done = concurrent.futures.wait(futures, timeout=WAIT_S)
+    assert not not_done, f"{len(not_done)} requests never answered"
+    return futures
+
+
+@pytest.fixture
+def live(bundle_dir, toy_profile):
+    server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real")
+    yield server
+    server.stop(timeout=WAIT_S)
+
+
+def test_cancelled_futures_are_skipped_and_all_others_answered(live, reference):
+    x, expected = reference
+    live.start()
+    workers, results, errors = _clients(live, x, threads=8, per_thread=150, cancel_fraction=0.2)
+    for worker in workers:
+        worker.join(WAIT_S)
+    futures = _settled(results)
+    assert live.stop(timeout=WAIT_S)
+    assert not errors
+    cancelled = sum(c for _, c in results)
+    assert cancelled > 50
+    assert all(f.result(timeout=0).output.shape == (10,) for f in futures)
+    stats = live.stats
+    assert stats["served"] == len(futures)
+    assert stats["cancelled"] == cancelled
+    assert stats["failed"] == 0
+
+
+def test_answers_under_load_match_the_model_at_their_rate(live, reference):
+    x, expected = reference
+    with live:
+        futures = [live.submit(x[i % len(x)], deadline_ms=i % 20) for i in range(200)]
+        responses = [f.result(timeout=WAIT_S) for f in futures]
+    for i, response in enumerate(responses):
+        np.testing.assert_allclose(
+            response.output, expected[response.rate][i % len(x)], atol=1e-5
+        )
+
+
+def test_worker_fault_fails_held_and_queued_requests_and_later_submits(live, reference):
+    x, _ = reference
+    real_predict = live.bundle.predict
+    calls = []
+
+    def faulty(batch, rate):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("injected interpreter fault")
+        return real_predict(batch, rate)
+
+    live.bundle.predict = faulty
+    live.start()
+    workers, results, _ = _clients(live, x, threads=6, per_thread=200, cancel_fraction=0.05)
+    for worker in workers:
+        worker.join(WAIT_S)
+    futures = _settled(results)
+    failed = [f for f in futures if f.exception(timeout=0) is not None]
+    assert failed
+    assert all("injected" in str(f.exception(timeout=0)) for f in failed)
+    assert live.fault is not None and not live.running
+    with pytest.raises(ServerFailedError, match="injected") as caught:
+        live.submit(x[0])
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    stats = live.stats
+    assert stats["served"] + stats["failed"] == len(futures)
+    assert not live.stop(timeout=1)
+
+
+def test_stop_during_load_answers_or_fails_every_request(live, reference):
+    x, _ = reference
+    live.start()
+    workers, results, errors = _clients(live, x, threads=6, per_thread=2000, cancel_fraction=0.1)
+    time.sleep(0.3)
+    began = time.perf_counter()
+    live.stop(timeout=0.05)
+    assert time.perf_counter() - began < 5
+    for worker in workers:
+        worker.join(WAIT_S)
+        assert not worker.is_alive()
+    futures = _settled(results)
+    assert errors and all(isinstance(e, ServerStoppedError) for e in errors)
+    for future in futures:
+        error = future.exception(timeout=0)
+        assert error is None or isinstance(error, ServerStoppedError)
+
+
+def test_full_queue_rejects_at_once(bundle_dir, toy_profile, reference):
+    x, _ = reference
+    server = ElasticServer(
+        load_bundle(bundle_dir), toy_profile, clock="real", max_queue=4, max_batch_size=1
+    )
+    gate = threading.Event()
+    real_predict = server.bundle.predict
+    server.bundle.predict = lambda batch, rate: gate.wait(WAIT_S) and real_predict(batch, rate)
+    with server:
+        first = server.submit(x[0])
+        while server.stats["queued"]:  # the worker holds the first one
+            time.sleep(0.001)
+        queued = [server.submit(x[i]) for i in range(4)]
+        began = time.perf_counter()
+        with pytest.raises(QueueFullError, match="max_queue"):
+            server.submit(x[5])
+        assert time.perf_counter() - began < 0.5
+        gate.set()
+        for future in [first, *queued]:
+            assert future.result(timeout=WAIT_S).output.shape == (10,)
+    assert server.stats["rejected"] == 1
+
+
+@pytest.mark.parametrize("deadline_ms", [0, -20])
+def test_request_due_on_arrival_is_answered_and_counted_late(live, reference, deadline_ms):
+    with live:
+        response = live.submit(reference[0][0], deadline_ms=deadline_ms).result(timeout=WAIT_S)
+    assert response.late
+    assert live.stats["late"] == 1 and live.stats["served"] == 1
+
+
+def test_submit_after_stop_is_refused(live, reference):
+    live.start()
+    live.stop()
+    with pytest.raises(ServerStoppedError):
+        live.submit(reference[0][0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"max_queue": 0}, "max_queue must be a positive integer"),
+     ({"simulated_latency": "p99"}, "simulated_latency must be one of")],
+)
+def test_bad_live_arguments_are_rejected(bundle_dir, toy_profile, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ElasticServer(load_bundle(bundle_dir), toy_profile, **kwargs)
+
+
+def test_stop_timeout_must_be_a_number(live):
+    with pytest.raises(ValueError, match="timeout must be a number"):
+        live.stop(timeout=-1)
+
+
+def test_sampled_simulated_latency_draws_measured_calls(bundle_dir, reference):
+    x, _ = reference
+    samples = {1: [1.0, 1.0, 9.0], 2: [2.0, 2.0, 18.0]}
+    profile = LatencyProfile(
+        {r: {b: {"p50": s[0], "p90": s[-1], "mean": np.mean(s), "samples": s}
+             for b, s in samples.items()} for r in (1.0, 0.75, 0.5, 0.25)}
+    )
+    requests = [Request(x[0], arrival_s=i * 0.05) for i in range(60)]
+
+    def durations(mode, seed=0):
+        server = ElasticServer(
+            load_bundle(bundle_dir), profile, rates=[1.0],
+            simulated_latency=mode, seed=seed,
+        )
+        return [round((r.finish_s - r.start_s) * 1e3, 6) for r in server.replay(requests)]
+
+    assert set(durations("p50")) == {1.0}
+    sampled = durations("sampled")
+    assert set(sampled) == {1.0, 9.0}
+    assert sampled == durations("sampled")

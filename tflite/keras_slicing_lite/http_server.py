@@ -1,0 +1,396 @@
+"""An HTTP/JSON front end for `ElasticServer`, on the standard library only.
+
+`ThreadingHTTPServer` (one thread per connection) needs nothing beyond
+Python itself, which is what an edge board has; the model work is done by
+the single `ElasticServer` worker, so the HTTP threads only parse, wait and
+answer. Endpoints:
+
+- `POST /predict` with `{"inputs": [example, ...], "deadline_ms": 50}`
+  (`"input": example` for one; `"rate": 0.5` pins a width instead of letting
+  the server choose): answers `{"outputs", "predictions", "rates", "late",
+  "latency_ms", "output_kind"}`, one entry per example.
+- `GET /health`: `{"status": "ok"}` (200), or 503 once the worker failed or
+  the server stopped.
+- `GET /stats`: the server's counters and the HTTP ones.
+
+A bad request gets a 4xx and a JSON `{"error": message}`: 400 for
+malformed JSON, a wrong shape or dtype, a non-finite number or an unknown
+rate; 411 without Content-Length; 413 for a body above `max_body_bytes`
+(refused before it is read); 404/405 for other paths and methods. A full
+queue gives 503 with `Retry-After`; a request not answered within
+`request_timeout_s` gives 504. Nothing a request sends can disturb another.
+"""
+
+import concurrent.futures
+import http.server
+import json
+import math
+import numbers
+import sys
+import threading
+import time
+
+import numpy as np
+
+from keras_slicing_lite import live
+from keras_slicing_lite import outputs
+
+DEFAULT_MAX_BODY_BYTES = 4 << 20
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
+
+
+class HTTPFrontEnd:
+    """Serves an `ElasticServer` over HTTP/JSON.
+
+    Args:
+        server: A started `ElasticServer` (real clock).
+        host: Address to bind. Defaults to `"127.0.0.1"` (this machine only).
+        port: Port to bind; `0` picks a free one (see `address`).
+        default_deadline_ms: Deadline of a request that names none; `None`
+            means no deadline.
+        max_body_bytes: Largest request body accepted. Defaults to 4 MiB.
+        request_timeout_s: Most seconds a request waits for its answer
+            before a 504. Defaults to 30.
+        verbose: Log every request to stderr. Defaults to `False`.
+
+    Example:
+
+    >>> server = ElasticServer(bundle, profile, clock="real").start()
+    >>> front = HTTPFrontEnd(server, port=8000)
+    >>> front.serve_forever()  # until front.shutdown() from another thread
+    """
+
+    def __init__(
+        self,
+        server,
+        host="127.0.0.1",
+        port=8000,
+        default_deadline_ms=None,
+        max_body_bytes=DEFAULT_MAX_BODY_BYTES,
+        request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
+        verbose=False,
+    ):
+        for name, value in (
+            ("max_body_bytes", max_body_bytes),
+            ("request_timeout_s", request_timeout_s),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not value > 0
+            ):
+                raise ValueError(
+                    f"HTTPFrontEnd: {name} must be a positive number. "
+                    f"Received: {name}={value!r}"
+                )
+        self.server = server
+        self.bundle = server.bundle
+        self.default_deadline_ms = _deadline(default_deadline_ms, "default_deadline_ms")
+        self.max_body_bytes = int(max_body_bytes)
+        self.request_timeout_s = float(request_timeout_s)
+        self.verbose = verbose
+        self._counts = {"requests": 0, "examples": 0, "client_errors": 0,
+                        "rejected": 0, "timeouts": 0, "server_errors": 0}
+        self._lock = threading.Lock()
+        self._httpd = _Server((host, port), _handler(self))
+
+    @property
+    def address(self):
+        """`(host, port)` actually bound."""
+        return self._httpd.server_address[:2]
+
+    @property
+    def url(self):
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    def serve_forever(self):
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    def start(self):
+        """Serves on a background thread; returns `self`."""
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="HTTPFrontEnd", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def shutdown(self):
+        """Stops accepting connections and closes the socket."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def stats(self):
+        with self._lock:
+            counts = dict(self._counts)
+        server = self.server.stats
+        server["by_rate"] = {format(r, "g"): n for r, n in server["by_rate"].items()}
+        return {"http": counts, "server": server}
+
+    def health(self):
+        if self.server.fault is not None:
+            return 503, {"status": "failed", "error": repr(self.server.fault)}
+        if not self.server.running:
+            return 503, {"status": "stopped"}
+        return 200, {
+            "status": "ok",
+            "rates": list(self.server.rates),
+            "output_kind": self.bundle.output_kind,
+            "input_shape": list(self.bundle.input_shape),
+            "queued": self.server.stats["queued"],
+        }
+
+    def predict(self, body, received_s):
+        """Answers one parsed `/predict` body; returns `(status, json)`."""
+        if not isinstance(body, dict):
+            raise _ClientError("the body must be a JSON object with 'inputs'.")
+        unknown = set(body) - {"inputs", "input", "deadline_ms", "rate"}
+        if unknown:
+            raise _ClientError(
+                f"unknown keys {sorted(unknown)}; allowed: inputs (or input), "
+                "deadline_ms, rate."
+            )
+        if ("inputs" in body) == ("input" in body):
+            raise _ClientError("give exactly one of 'inputs' (a list of examples) or 'input'.")
+        single = "input" in body
+        x = _array([body["input"]] if single else body["inputs"])
+        if x.shape[0] == 0:
+            raise _ClientError("'inputs' is empty.")
+        try:
+            self.bundle.prepare(x, "predict")
+        except ValueError as error:
+            raise _ClientError(str(error)) from None
+        deadline_ms = self.default_deadline_ms
+        if "deadline_ms" in body:
+            try:
+                deadline_ms = _deadline(body["deadline_ms"], "deadline_ms")
+            except ValueError as error:
+                raise _ClientError(str(error)) from None
+        with self._lock:
+            self._counts["examples"] += len(x)
+        if "rate" in body:
+            return 200, self._at_rate(x, body["rate"], received_s, single)
+        return 200, self._elastic(x, deadline_ms, received_s, single)
+
+    def _at_rate(self, x, rate, received_s, single):
+        try:
+            rate = self.bundle.resolve_rates([rate], "predict").pop()
+        except ValueError as error:
+            raise _ClientError(str(error)) from None
+        out = self.bundle.predict(x, rate)
+        elapsed = (time.perf_counter() - received_s) * 1e3
+        return self._answer(out, [rate] * len(x), [False] * len(x), [elapsed] * len(x), single)
+
+    def _elastic(self, x, deadline_ms, received_s, single):
+        futures = []
+        try:
+            for example in x:
+                # The deadline counts from when the request arrived, so time
+                # spent parsing is not given away.
+                left = None
+                if deadline_ms is not None:
+                    left = deadline_ms - (time.perf_counter() - received_s) * 1e3
+                futures.append(self.server.submit(example, deadline_ms=left))
+            waited = concurrent.futures.wait(futures, timeout=self.request_timeout_s)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        if waited.not_done:
+            for future in futures:
+                future.cancel()
+            raise _Timeout(
+                f"not answered within request_timeout_s={self.request_timeout_s}."
+            )
+        responses = [future.result() for future in futures]
+        return self._answer(
+            np.stack([r.output for r in responses]),
+            [r.rate for r in responses],
+            [r.late for r in responses],
+            [r.latency_ms for r in responses],
+            single,
+        )
+
+    def _answer(self, out, rates, late, latency_ms, single):
+        kind = self.bundle.output_kind
+        predictions = outputs.predictions(kind, out)
+        answer = {
+            "outputs": out.tolist(),
+            "predictions": np.asarray(predictions).tolist(),
+            "rates": [float(r) for r in rates],
+            "late": [bool(v) for v in late],
+            "latency_ms": [round(float(v), 3) for v in latency_ms],
+            "output_kind": kind,
+        }
+        if single:
+            answer = {
+                "output": answer["outputs"][0],
+                "prediction": answer["predictions"][0],
+                "rate": answer["rates"][0],
+                "late": answer["late"][0],
+                "latency_ms": answer["latency_ms"][0],
+                "output_kind": kind,
+            }
+        return answer
+
+    def _count(self, key):
+        with self._lock:
+            self._counts[key] += 1
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog: the default of 5 resets connections that arrive
+    # together in a burst before the accept loop takes them.
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up (one that gave up waiting) is routine, not
+        # an error worth a traceback.
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
+class _ClientError(ValueError):
+    """A request the client must fix: 400."""
+
+
+class _Timeout(RuntimeError):
+    """Not answered in time: 504."""
+
+
+def _handler(front):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "keras-slicing-lite"
+        protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: with Nagle's algorithm the
+        # body would wait for the client's delayed ACK (40 ms on Linux).
+        disable_nagle_algorithm = True
+
+        def do_GET(self):
+            front._count("requests")
+            if self.path == "/health":
+                self._send(*front.health())
+            elif self.path == "/stats":
+                self._send(200, front.stats())
+            elif self.path == "/predict":
+                self._error(405, "use POST for /predict.", allow="POST")
+            else:
+                self._error(404, f"no such path {self.path!r}; try /predict, /health, /stats.")
+
+        def do_POST(self):
+            received = time.perf_counter()
+            front._count("requests")
+            if self.path != "/predict":
+                if self.path in ("/health", "/stats"):
+                    self._error(405, f"use GET for {self.path}.", allow="GET")
+                else:
+                    self._error(404, f"no such path {self.path!r}; try /predict.")
+                return
+            length = self.headers.get("Content-Length")
+            if length is None:
+                self._error(411, "a Content-Length header is required.")
+                return
+            try:
+                length = int(length)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                self._error(400, f"bad Content-Length {length!r}.")
+                return
+            if length > front.max_body_bytes:
+                self._error(
+                    413,
+                    f"the body has {length} bytes; at most "
+                    f"max_body_bytes={front.max_body_bytes} are accepted.",
+                )
+                return
+            raw = self.rfile.read(length)
+            try:
+                body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+                status, answer = front.predict(body, received)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                self._error(400, f"the body is not valid JSON: {error}")
+            except _ClientError as error:
+                self._error(400, str(error))
+            except live.QueueFullError as error:
+                front._count("rejected")
+                self._error(503, str(error), retry_after="1")
+            except _Timeout as error:
+                front._count("timeouts")
+                self._error(504, str(error))
+            except (live.ServerStoppedError, live.ServerFailedError) as error:
+                front._count("server_errors")
+                self._error(503, str(error))
+            except Exception as error:  # the worker's fault, as the future says
+                front._count("server_errors")
+                self._error(500, f"{type(error).__name__}: {error}")
+            else:
+                self._send(status, answer)
+
+        def _error(self, status, message, allow=None, retry_after=None):
+            if 400 <= status < 500:
+                front._count("client_errors")
+            # The body may be unread: end the connection rather than parse
+            # its rest as the next request.
+            self.close_connection = True
+            headers = {"Connection": "close"}
+            if allow:
+                headers["Allow"] = allow
+            if retry_after:
+                headers["Retry-After"] = retry_after
+            self._send(status, {"error": message}, headers)
+
+        def _send(self, status, payload, headers=None):
+            data = json.dumps(payload).encode("utf-8")
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client left; nothing else to do for it
+
+        def log_message(self, format, *args):
+            if front.verbose:
+                super().log_message(format, *args)
+
+    return Handler
+
+
+def _array(data):
+    try:
+        x = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise _ClientError(
+            "inputs must be a (nested) list of numbers of one shape per "
+            f"example: {error}"
+        ) from None
+    if x.ndim == 0:
+        raise _ClientError("'inputs' must be a list of examples.")
+    if not np.all(np.isfinite(x)):
+        raise _ClientError("inputs must be finite numbers.")
+    return x
+
+
+def _deadline(value, name):
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+    ):
+        raise ValueError(
+            f"{name} must be a finite number of milliseconds or null. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _no_constant(name):
+    raise _ClientError(f"the body is not valid JSON: {name} is not a JSON number.")
