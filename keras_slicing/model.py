@@ -12,6 +12,7 @@ from keras.src.trainers.compile_utils import CompileMetrics
 from keras.src.utils import tracking
 
 from keras_slicing import backend
+from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
@@ -133,6 +134,7 @@ class SlicingModel(keras.Model):
                 "keras_slicing.rate_input() and call sliced layers as "
                 "layer(h, rate)."
             )
+        checks.check_model(self)
         given = rates_lib.validate_rates(rates, f"{owner}: rates")
         if len(set(given)) != len(given):
             raise ValueError(
