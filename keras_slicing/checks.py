@@ -91,6 +91,8 @@ def check_model(model, allow_sliced_outputs=False):
       position than the last, or one on another axis mixes widths;
     - a `Reshape` fixes the channel count, or a `Permute` moves the channel
       axis;
+    - a nested model whose declared input shape is fixed reads a sliced
+      tensor (Keras refuses the narrower tensor when it is called);
     - a layer the table below does not know reads a sliced tensor;
     - a model output is sliced (forgotten `slice_output=False`), unless
       `allow_sliced_outputs`.
@@ -158,9 +160,20 @@ def _call(call, inputs, states):
     op = call.operation
     if graph.is_sliced(op):
         return _sliced(call, inputs)
-    if graph.is_functional(op) and op is not None:
+    if graph.is_functional(op):
         inner = {id(x): _FULL for x in op.inputs}
         for x, state in zip(op.inputs, inputs):
+            if state.kind != "full" and x.shape[-1] is not None:
+                raise ValueError(
+                    f"Nested model {_label(op)} declares input "
+                    f"'{_tensor_name(x)}' of shape {tuple(x.shape)} but reads "
+                    f"a sliced tensor from {_label(state.path[0])}"
+                    f"{_through(state)}: Keras checks a model's input shapes "
+                    "when it is called, so at a rate below 1 the call fails. "
+                    "Call its layers in the outer model, or give the nested "
+                    "model full-width inputs (slice_output=False on "
+                    f"{_label(state.path[0])})."
+                )
             inner[id(x)] = state
         return _walk(op, inner)
     narrowed = [s for s in inputs if s.kind != "full"]
