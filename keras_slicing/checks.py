@@ -149,13 +149,13 @@ def _walk(model, states):
     """Walks `model`'s graph from `states` (by input id); output states."""
     for call in graph.calls(model):
         inputs = [states.get(id(x), _FULL) for x in call.inputs]
-        results = _call(call, inputs, states)
+        results = _call(call, inputs)
         for x, state in zip(call.outputs, results):
             states[id(x)] = state
     return [states.get(id(x), _FULL) for x in model.outputs]
 
 
-def _call(call, inputs, states):
+def _call(call, inputs):
     """The output states of one call, or a `ValueError`."""
     op = call.operation
     if graph.is_sliced(op):
