@@ -9,6 +9,7 @@ from keras_slicing import callbacks
 from keras_slicing import layers
 from keras_slicing import schedulers
 from keras_slicing.calibration import calibrate_batchnorm
+from keras_slicing.checks import check_model
 from keras_slicing.cost import model_cost
 from keras_slicing.export import export_tflite
 from keras_slicing.extract import extract_submodel
@@ -21,6 +22,7 @@ __all__ = [
     "SlicingModel",
     "calibrate_batchnorm",
     "callbacks",
+    "check_model",
     "export_tflite",
     "extract_submodel",
     "layers",

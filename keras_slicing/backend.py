@@ -39,6 +39,17 @@ def concrete_rate(rate, owner):
     return None
 
 
+def concrete_value(value):
+    """A number, numpy value or eager tensor as a numpy array, else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, float, np.number, np.ndarray)):
+        return np.asarray(value)
+    if tf.is_tensor(value) and hasattr(value, "numpy") and tf.executing_eagerly():
+        return np.asarray(value)
+    return None
+
+
 def checked_rate_scalar(rate, owner):
     """Reduces a symbolic rate tensor to a scalar and checks it in the graph.
 

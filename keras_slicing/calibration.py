@@ -43,7 +43,9 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
 
     Args:
         model: A functional model with a rate input.
-        data: Calibration inputs: an array, or an iterable of batches (a
+        data: Calibration inputs: an array (a list of arrays for several
+            data inputs), a tuple `(x, y)` or `(x, y, sample_weight)` of
+            arrays (only `x` is used), or an iterable of batches (a
             `tf.data` dataset of `(x, y)` is fine; `y` is ignored).
         rates: Rates to calibrate; each must be declared by every sliced
             batch-norm layer. Defaults to the rates declared by the layers.
@@ -110,9 +112,12 @@ def _all_layers(model):
 
 
 def _batches(data, batch_size):
-    if hasattr(data, "shape"):
-        for start in range(0, len(data), batch_size):
-            yield data[start : start + batch_size]
+    if isinstance(data, tuple) and data and _is_arrays(data[0]):
+        data = data[0]  # (x, y) or (x, y, sample_weight), as Keras reads it
+    if _is_arrays(data):
+        arrays = keras.tree.flatten(data)
+        for start in range(0, len(arrays[0]), batch_size):
+            yield [a[start : start + batch_size] for a in arrays]
         return
     for batch in data:
         if isinstance(batch, tuple):
@@ -120,7 +125,24 @@ def _batches(data, batch_size):
         yield batch
 
 
+def _is_arrays(data):
+    """An array, or a list/tuple of arrays (one per data input)."""
+    if hasattr(data, "shape"):
+        return True
+    return isinstance(data, (list, tuple)) and bool(data) and all(
+        hasattr(a, "shape") for a in data
+    )
+
+
 def _feed(model, rate_ids, batch, rate_values):
-    data = iter(keras.tree.flatten(batch))
+    flat = keras.tree.flatten(batch)
+    expected = len(model.inputs) - len(rate_ids)
+    if len(flat) != expected:
+        raise ValueError(
+            f"calibrate_batchnorm: model '{model.name}' has {expected} data "
+            f"input(s) but a calibration batch holds {len(flat)} array(s). "
+            "Pass x, (x, y), or a dataset of x or (x, y) batches."
+        )
+    data = iter(flat)
     feed = [rate_values if id(x) in rate_ids else next(data) for x in model.inputs]
     return [keras.ops.convert_to_tensor(value) for value in feed]

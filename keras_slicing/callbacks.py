@@ -46,7 +46,8 @@ class SlicedValidation(keras.callbacks.Callback):
 
     Args:
         validation_data: `(x, y)` or `(x, y, sample_weight)` with the data
-            inputs only, or a dataset yielding such tuples.
+            inputs only, or a dataset yielding such tuples. Labels are
+            required (the loss is evaluated); inputs alone are refused.
         rates: Rates to validate. Defaults to the model's `rates`.
         batch_size: Batch size for array data. Defaults to Keras' default.
         freq: Validate every `freq` epochs. Defaults to 1.
@@ -81,7 +82,26 @@ class SlicedValidation(keras.callbacks.Callback):
                 "sample_weight": weights[0] if weights else None,
                 "batch_size": batch_size,
             }
+        elif hasattr(validation_data, "shape") or isinstance(validation_data, dict):
+            raise ValueError(
+                "SlicedValidation: validation_data needs labels to compute "
+                "the loss: pass (x, y) or (x, y, sample_weight), or a dataset "
+                "yielding such tuples. Received inputs alone"
+                + (
+                    f" of shape {tuple(validation_data.shape)}"
+                    if hasattr(validation_data, "shape") else ""
+                )
+            )
         else:
+            spec = getattr(validation_data, "element_spec", None)
+            if spec is not None and not (
+                isinstance(spec, tuple) and len(spec) in (2, 3)
+            ):
+                raise ValueError(
+                    "SlicedValidation: the validation dataset must yield "
+                    "(x, y) or (x, y, sample_weight) tuples: the loss needs "
+                    f"labels. Received a dataset of {spec}"
+                )
             if batch_size is not None:
                 raise ValueError(
                     "SlicedValidation: batch_size applies to array data only; "

@@ -1,11 +1,18 @@
 """The `keras-slicing` command: export, inspect and time TFLite bundles.
 
+usage:
     keras-slicing export MODEL.keras OUT_DIR [--rates=1,0.5]
         [--quantization=float32|float16|dynamic|int8]
         [--representative_data=FILE.npy] [--int8_io]
         [--evaluation_data=FILE.npz] [--output_kind=KIND]
     keras-slicing info BUNDLE
-    keras-slicing bench BUNDLE [--num_threads=1] [--batch_size=1]
+    keras-slicing bench BUNDLE [--num_threads=1] [--batch_size=1] [--repeats=15]
+
+commands:
+    export  cut every rate out of a saved sliced model and write a TFLite
+            bundle (one file per width + manifest.json)
+    info    verify a bundle and print its manifest
+    bench   time every width of a bundle on this machine
 """
 
 import os
@@ -43,7 +50,8 @@ _INT8_IO = flags.DEFINE_bool(
 _EVALUATION_DATA = flags.DEFINE_string(
     "evaluation_data",
     None,
-    "export: .npz with arrays `x` and `y`; each file's accuracy is measured.",
+    "export: .npz with arrays `x` (inputs) and `y` (labels); each file's "
+    "accuracy is measured.",
 )
 _OUTPUT_KIND = flags.DEFINE_string(
     "output_kind",
@@ -92,24 +100,43 @@ def main(argv):
     return 0
 
 
-def run():
+_HELP_FLAGS = ("-h", "--help", "--helpshort", "-?")
+
+
+def usage():
+    """The command's own help: its commands and their flags."""
+    return (
+        f"{__doc__.strip()}\n\nflags:\n{flags.FLAGS.module_help(__name__)}\n\n"
+        "(--helpfull lists every flag, TensorFlow's included.)"
+    )
+
+
+def run(argv=None):
     """Entry point of the `keras-slicing` console script."""
-    app.run(main)
+    argv = list(sys.argv if argv is None else argv)
+    if any(arg in _HELP_FLAGS for arg in argv[1:]):
+        # absl's own --help describes the flags of the script's __main__,
+        # which for a console script is a wrapper without any.
+        print(usage())
+        return 0
+    app.run(_main, argv=argv)
+
+
+def _main(argv):
+    try:
+        return main(argv)
+    except app.UsageError as error:
+        print(f"keras-slicing: error: {error}\n\n{usage()}", file=sys.stderr)
+        return 2
 
 
 def _export(model_path, output_dir):
     representative = None
     if _REPRESENTATIVE_DATA.value:
-        representative = np.load(_REPRESENTATIVE_DATA.value)
+        representative = _load_array(_REPRESENTATIVE_DATA.value, "representative_data")
     evaluation = None
     if _EVALUATION_DATA.value:
-        with np.load(_EVALUATION_DATA.value) as arrays:
-            if not {"x", "y"} <= set(arrays.files):
-                raise ValueError(
-                    "--evaluation_data must be an .npz with arrays 'x' and "
-                    f"'y'. Received arrays: {arrays.files}"
-                )
-            evaluation = (arrays["x"], arrays["y"])
+        evaluation = _load_labelled(_EVALUATION_DATA.value)
     model = keras.saving.load_model(model_path, compile=False)
     manifest = export_tflite(
         model,
@@ -123,6 +150,39 @@ def _export(model_path, output_dir):
     )
     print(f"Wrote {len(manifest['rates'])} files to {output_dir}")
     _print_manifest(manifest)
+
+
+def _load_array(path, flag):
+    """One array from an .npy file, or from an .npz holding `x` or one array."""
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded as arrays:
+        names = list(arrays.files)
+        if "x" in names or len(names) == 1:
+            return arrays["x" if "x" in names else names[0]]
+    raise ValueError(
+        f"--{flag} must be an .npy array, or an .npz with an array 'x' (or a "
+        f"single array). Received: {path} with arrays {names}"
+    )
+
+
+def _load_labelled(path):
+    """`(x, y)` from an .npz with arrays `x` and `y`."""
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+        raise ValueError(
+            "--evaluation_data needs inputs and labels: an .npz with arrays "
+            "'x' and 'y' (np.savez(path, x=..., y=...)). Received: "
+            f"{path}, an .npy holding one array of shape {loaded.shape}"
+        )
+    with loaded as arrays:
+        if not {"x", "y"} <= set(arrays.files):
+            raise ValueError(
+                "--evaluation_data must be an .npz with arrays 'x' and "
+                f"'y'. Received: {path} with arrays {arrays.files}"
+            )
+        return arrays["x"], arrays["y"]
 
 
 def _info(bundle_dir):

@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_slicing_lite import manifest as manifest_lib
 from keras_slicing_lite import outputs as outputs_lib
 
+from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing.cost import model_cost
@@ -99,6 +100,15 @@ def export_tflite(
     """
     quantization = _check_quantization(quantization, representative_data, int8_io)
     rates = _export_rates(model, rates)
+    checks.check_model(model)
+    if not graph.rate_inputs(model):
+        raise ValueError(
+            f"export_tflite: model '{model.name}' has no sliced layer fed by "
+            "a rate input (e.g. it was already cut by extract_submodel), so "
+            "every rate would write the same file. Export the sliced model "
+            "it came from, or convert this one with "
+            "keras_slicing.export.convert_to_tflite."
+        )
     (data_input,) = _single(graph.data_inputs(model), "data input", model)
     (output,) = _single(list(model.outputs), "output", model)
     representative = None

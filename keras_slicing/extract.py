@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 
+from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
@@ -29,10 +30,11 @@ def extract_submodel(model, rate):
     no variable with it: it can be saved, fine-tuned or converted without
     `keras_slicing`.
 
-    A `Concatenate` on the channel axis whose inputs other than the last are
-    narrower than at full width is refused: its active channels are then not
-    a prefix of the full-width concatenation, so the sliced layers after it
-    would read weights that belong to other channels.
+    The model is first checked by `keras_slicing.check_model` (sliced
+    outputs allowed: a narrow feature extractor is a valid cut), so a graph
+    whose narrow widths are not sub-networks of the full one (e.g. a
+    `Concatenate` with a sliced input before the last) is refused whatever
+    the rate.
 
     Args:
         model: A functional `keras.Model` whose inputs include the rate
@@ -59,6 +61,7 @@ def extract_submodel(model, rate):
     """
     rate = rates_lib.validate_rate(rate, "extract_submodel")
     data = graph.data_inputs(model)  # also rejects a non-functional model
+    checks.check_model(model, allow_sliced_outputs=True)
     if not data:
         raise ValueError(
             f"extract_submodel: model '{model.name}' has no data input besides "
@@ -101,8 +104,6 @@ class _Builder:
                 return self._sliced(layer, args, kwargs)
             if isinstance(layer, SlicedFlatten):
                 return self._flatten(layer, args[0])
-            if isinstance(layer, keras.layers.Concatenate):
-                _check_concatenation(layer, args[0], self.rate)
             return self._plain(layer, args, kwargs)
         except _CarryError:
             raise
@@ -292,32 +293,3 @@ def _copy_weights(layer, clone, rate):
                 "sliced layer before it."
             )
     clone.set_weights(source)
-
-
-def _check_concatenation(layer, inputs, rate):
-    """Refuses a channel concatenation whose active part is not a prefix."""
-    rank = len(inputs[0].shape)
-    if layer.axis not in (-1, rank - 1):
-        return
-    narrowed = []
-    for node in layer._inbound_nodes:
-        full = node.input_tensors
-        if len(full) != len(inputs):
-            continue
-        narrowed = [
-            i for i, (a, b) in enumerate(zip(inputs[:-1], full[:-1]))
-            if a.shape[-1] != b.shape[-1]
-        ]
-        if not narrowed:
-            return
-    if narrowed:
-        raise _CarryError(
-            f"extract_submodel: Concatenate '{layer.name}' joins channels "
-            f"along the last axis, and at rate {rates_lib.format_rate(rate)} "
-            f"its input(s) {narrowed} other than the last are narrower than "
-            "at full width. Its active channels are then not a prefix of the "
-            "full-width concatenation, so the sliced layers after it would "
-            "read weights of other channels and the narrow widths would not "
-            "be sub-networks of the full one. Concatenate a sliced tensor "
-            "only as the last input, or add the branches instead."
-        )

@@ -5,13 +5,26 @@ and sub-model extraction replay the model's graph with the rate input bound
 to a Python float, so every sliced layer sees a static width.
 """
 
+import collections
+
 import keras
 
 from keras_slicing.layers.base import SlicedLayerMixin
 
+Call = collections.namedtuple("Call", ["operation", "inputs", "rate", "outputs"])
+Call.__doc__ = """One call of an operation in a functional graph.
+
+`inputs` are the KerasTensors it reads (the `rate` argument left out),
+`rate` the value of its `rate` argument (None when absent), `outputs` the
+KerasTensors it returns.
+"""
+
 
 def rate_inputs(model):
-    """The model inputs that feed the `rate` of a sliced layer."""
+    """The model inputs that feed the `rate` of a sliced layer.
+
+    An input that reaches a nested functional model's rate input counts too.
+    """
     _check_functional(model)
     used = set()
     for layer in model.layers:
@@ -19,7 +32,24 @@ def rate_inputs(model):
             rate = node.arguments.kwargs.get("rate")
             if isinstance(rate, keras.KerasTensor):
                 used.add(id(rate))
+            if is_functional(layer) and layer is not model:
+                inner = {id(x) for x in rate_inputs(layer)}
+                for outer, x in zip(node.input_tensors, layer.inputs):
+                    if id(x) in inner:
+                        used.add(id(outer))
     return [x for x in model.inputs if id(x) in used]
+
+
+def calls(model):
+    """The `Call`s of `model`'s graph in execution order, inputs left out."""
+    _check_functional(model)
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue
+            rate = node.arguments.kwargs.get("rate")
+            inputs = [x for x in node.input_tensors if x is not rate]
+            yield Call(node.operation, inputs, rate, list(node.outputs))
 
 
 def data_inputs(model):

@@ -12,6 +12,7 @@ from keras.src.trainers.compile_utils import CompileMetrics
 from keras.src.utils import tracking
 
 from keras_slicing import backend
+from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
@@ -48,7 +49,8 @@ class SlicingModel(keras.Model):
     `fit` logs the total `loss` and, per rate, `loss@<rate>` and every
     compiled metric as `<name>@<rate>` (rate written with `format(r, "g")`,
     e.g. `accuracy@0.25`); they average over the steps that ran the rate, and
-    a rate not run in an epoch shows 0. `evaluate`, `predict` and calling
+    a rate not run yet in an epoch is left out of the logs (the step itself
+    reports NaN for it, never 0). `evaluate`, `predict` and calling
     the model without a rate use full width (rate 1.0); `evaluate_rates`
     evaluates several rates and `at_rate(r)` gives a plain `keras.Model` of
     the data inputs at rate `r` that shares the weights.
@@ -66,7 +68,8 @@ class SlicingModel(keras.Model):
             `keras_slicing.schedulers.RateScheduler`. Defaults to
             `"random_min_max"`.
         num_random: Number of randomly drawn rates of a named random
-            scheduler. Defaults to 1.
+            scheduler; when fewer rates are left, all of them run, and
+            `"all"` ignores it. Defaults to 1.
         rate_probabilities: Optional sampling weights of a named random
             scheduler, one per entry of `rates` (or a dict rate -> weight).
         rate_loss_weights: Optional weights of the per-rate losses in the
@@ -133,6 +136,7 @@ class SlicingModel(keras.Model):
                 "keras_slicing.rate_input() and call sliced layers as "
                 "layer(h, rate)."
             )
+        checks.check_model(self)
         given = rates_lib.validate_rates(rates, f"{owner}: rates")
         if len(set(given)) != len(given):
             raise ValueError(
@@ -296,6 +300,54 @@ class SlicingModel(keras.Model):
             self._eval_rate = previous
         return results
 
+    def evaluate(
+        self, x=None, y=None, batch_size=None, verbose="auto",
+        sample_weight=None, steps=None, callbacks=None, return_dict=False,
+        **kwargs,
+    ):
+        """As `keras.Model.evaluate`, at full width (see `evaluate_rates`).
+
+        Without `return_dict` the values come in `metrics_names` order.
+        """
+        logs = super().evaluate(
+            self._with_rate_vectors(x), y, batch_size=batch_size,
+            verbose=verbose, sample_weight=sample_weight, steps=steps,
+            callbacks=callbacks, return_dict=True, **kwargs,
+        )
+        return logs if return_dict else self._in_metrics_order(logs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        logs = super().test_on_batch(
+            self._with_rate_vectors(x), y, sample_weight=sample_weight,
+            return_dict=True,
+        )
+        return logs if return_dict else self._in_metrics_order(logs)
+
+    def predict(self, x, *args, **kwargs):
+        return super().predict(self._with_rate_vectors(x), *args, **kwargs)
+
+    @property
+    def metrics_names(self):
+        """The names of the values `evaluate` returns, in that order.
+
+        The loss, then the compiled metrics (known once they are built, after
+        the first `fit` or `evaluate`); the per-rate training entries of
+        `fit` are not among them.
+        """
+        names = []
+        for metric in super().metrics:
+            if isinstance(metric, CompileMetrics):
+                names += [m.name for m in metric.metrics]
+            else:
+                names.append(metric.name)
+        return names
+
+    def _in_metrics_order(self, logs):
+        names = [n for n in self.metrics_names if n in logs]
+        names += sorted(n for n in logs if n not in names)
+        values = [logs[n] for n in names]
+        return values[0] if len(values) == 1 else values
+
     # ------------------------------------------------------------- compile
 
     @tracking.no_automatic_dependency_tracking
@@ -390,7 +442,7 @@ class SlicingModel(keras.Model):
     def __call__(self, inputs, *args, **kwargs):
         if not self._has_rate(inputs):
             inputs = self._with_rate(inputs, 1.0)
-        return super().__call__(inputs, *args, **kwargs)
+        return super().__call__(self._with_rate_vectors(inputs), *args, **kwargs)
 
     def train_step(self, data):
         return self._train_step_on(self._sample_indices(), data)
@@ -403,10 +455,21 @@ class SlicingModel(keras.Model):
         return self._forward(x, 1.0, training=False)
 
     def make_train_function(self, force=False):
-        if not self._static_rates:
-            return super().make_train_function(force)
         if self.train_function is not None and not force:
             return self.train_function
+        if self._static_rates:
+            step = self._make_static_train_function()
+        else:
+            super().make_train_function(force)
+            step = self.train_function
+
+        def train_function(iterator):
+            return self._run_rates_only(step(iterator))
+
+        self.train_function = train_function
+        return train_function
+
+    def _make_static_train_function(self):
         functions = {}
 
         def train_function(iterator):
@@ -417,8 +480,23 @@ class SlicingModel(keras.Model):
                 )
             return functions[key](iterator)
 
-        self.train_function = train_function
         return train_function
+
+    def _run_rates_only(self, logs):
+        """`logs` without the entries of rates not run yet this epoch.
+
+        As Keras leaves `val_*` out of an epoch without validation: the
+        progress bar, `History` and `EarlyStopping`/`ModelCheckpoint` see
+        no value rather than a made-up one (the latter two skip the epoch).
+        """
+        unrun = tuple(
+            "@" + rates_lib.format_rate(rate)
+            for rate, tracker in zip(self.rates, self._rate_loss_trackers)
+            if not float(ops.convert_to_numpy(tracker.count))
+        )
+        if not unrun or not isinstance(logs, dict):
+            return logs
+        return {k: v for k, v in logs.items() if not k.endswith(unrun)}
 
     def make_test_function(self, force=False):
         # One function per evaluated rate: the rate is a constant in it, so
@@ -540,11 +618,14 @@ class SlicingModel(keras.Model):
         for rate, tracker, metrics in zip(
             self.rates, self._rate_loss_trackers, self._rate_compile_metrics
         ):
-            logs[tracker.name] = tracker.result()
+            # A rate not run yet this epoch has no value: NaN, never a
+            # perfect 0 (fit leaves such entries out, see _run_rates_only).
+            ran = ops.greater(tracker.count, 0.0)
+            logs[tracker.name] = _where_ran(ran, tracker.result())
             if metrics is not None:
                 suffix = "@" + rates_lib.format_rate(rate)
                 for name, value in metrics.result().items():
-                    logs[name + suffix] = value
+                    logs[name + suffix] = _where_ran(ran, value)
         return self._reducible(logs)
 
     def _distillation_term(self, teacher, y_pred, sample_weight):
@@ -645,6 +726,24 @@ class SlicingModel(keras.Model):
         data = iter(data)
         return [vector if is_rate else next(data) for is_rate in self._rate_flags]
 
+    def _with_rate_vectors(self, inputs):
+        """Fed rates of shape `()` or `(N, 1)` as the `(N,)` vectors expected."""
+        if not isinstance(inputs, (list, tuple)) or not self._has_rate(inputs):
+            return inputs
+        flat = keras.tree.flatten(inputs)
+        rates = [t for t, is_rate in zip(flat, self._rate_flags) if is_rate]
+        if all(len(getattr(t, "shape", ())) == 1 for t in rates):
+            return inputs  # already vectors (or symbolic: left to the layers)
+        data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
+        batch = getattr(data[0], "shape", (None,))[0] if data else 1
+        if batch is None:
+            return inputs
+        return [
+            rates_lib.rate_vector(t, batch, f"SlicingModel '{self.name}'")
+            if is_rate else t
+            for t, is_rate in zip(flat, self._rate_flags)
+        ]
+
     def _forward(self, x, rate, training):
         if self._has_rate(x):
             return self(x, training=training)
@@ -718,3 +817,8 @@ def _per_rate(values, given, ordered, owner, arg_name):
         )
     position = {r: i for i, r in enumerate(given)}
     return [values[position[r]] for r in ordered]
+
+
+def _where_ran(ran, value):
+    value = ops.convert_to_tensor(value)
+    return ops.where(ran, value, ops.full_like(value, float("nan")))

@@ -101,6 +101,28 @@ def rate_input(name="slice_rate"):
     return keras.Input(shape=(), name=name, dtype="float32")
 
 
+def rate_vector(rate, batch_size, owner="rate"):
+    """A fed rate as the `(batch_size,)` float32 vector a rate input takes.
+
+    Accepts a number or an array (or eager tensor) of shape `()`, `(N,)` or
+    `(N, 1)`, N being the batch size; anything else is refused, naming the
+    allowed shapes. A symbolic tensor is returned as it is.
+    """
+    value = backend.concrete_value(rate)
+    if value is None:
+        return rate
+    value = value.astype(np.float32)
+    if value.shape == ():
+        return np.full((batch_size,), value, np.float32)
+    if value.shape in ((batch_size,), (batch_size, 1)):
+        return value.reshape(batch_size)
+    raise ValueError(
+        f"{owner}: a slice rate is fed as a number or an array of shape "
+        f"(N,) or (N, 1), N = {batch_size} being the number of examples. "
+        f"Received: rate of shape {value.shape}"
+    )
+
+
 def resolve_groups(rate, slice_groups, owner):
     """Active groups for a call-time rate.
 

@@ -78,10 +78,13 @@ class RandomScheduler(RateScheduler):
     the narrowest (the "sandwich rule" of Universally Slimmable Networks
     when both are set); the `num_random` others are drawn without
     replacement from the remaining rates, with probability proportional to
-    `probabilities` (Gumbel top-k, done in the graph).
+    `probabilities` (Gumbel top-k, done in the graph). When fewer rates are
+    left (e.g. `rates=(1.0, 0.5)` with both ends always run), all of them
+    run: the same arguments serve any number of rates.
 
     Args:
-        num_random: Number of rates drawn at random each step. Defaults to 1.
+        num_random: Number of rates drawn at random each step, at most the
+            number of rates left. Defaults to 1.
         probabilities: Optional non-negative weights, one per model rate
             (widest first); those of the always-run rates are ignored.
             Defaults to uniform.
@@ -144,6 +147,10 @@ class RandomScheduler(RateScheduler):
         weights[self._fixed(rates)] = 0.0
         return weights
 
+    def _drawn(self, rates):
+        """How many rates are drawn: `num_random`, or all that are left."""
+        return min(self.num_random, int(np.count_nonzero(self._weights(rates))))
+
     def validate(self, rates):
         if self.probabilities is not None and len(self.probabilities) != len(rates):
             raise ValueError(
@@ -151,21 +158,20 @@ class RandomScheduler(RateScheduler):
                 f"({len(rates)} rates). Received: probabilities="
                 f"{self.probabilities}"
             )
-        available = int(np.count_nonzero(self._weights(rates)))
-        if available < self.num_random:
+        if not self.num_rates(rates):
             raise ValueError(
-                f"RandomScheduler: cannot draw num_random={self.num_random} "
-                f"distinct rates: only {available} of rates={list(rates)} are "
-                "left after the always-run ones (and zero probabilities). "
-                "Lower num_random or add rates."
+                "RandomScheduler: no rate can be drawn: every rate of "
+                f"rates={list(rates)} has probability 0. Received: "
+                f"probabilities={self.probabilities}"
             )
 
     def num_rates(self, rates):
-        return len(self._fixed(rates)) + self.num_random
+        return len(self._fixed(rates)) + self._drawn(rates)
 
     def sample(self, rates, seed):
         fixed = ops.convert_to_tensor(np.array(self._fixed(rates), "int32"))
-        if not self.num_random:
+        drawn = self._drawn(rates)
+        if not drawn:
             return fixed
         with np.errstate(divide="ignore"):
             log_weights = np.log(self._weights(rates)).astype("float32")
@@ -175,8 +181,8 @@ class RandomScheduler(RateScheduler):
             (len(rates),), minval=1e-7, maxval=1.0, seed=seed
         )
         scores = ops.convert_to_tensor(log_weights) - ops.log(-ops.log(uniform))
-        _, drawn = ops.top_k(scores, self.num_random)
-        return ops.concatenate([fixed, ops.cast(drawn, "int32")], axis=0)
+        _, indices = ops.top_k(scores, drawn)
+        return ops.concatenate([fixed, ops.cast(indices, "int32")], axis=0)
 
     def get_config(self):
         return {
@@ -209,7 +215,9 @@ def get(identifier, num_random=None, probabilities=None):
     """A scheduler from a name of `SCHEDULER_NAMES` or a `RateScheduler`.
 
     `num_random` (default 1) and `probabilities` configure the named random
-    schedules; pass them inside the object when giving an object.
+    schedules; `"all"` checks and ignores them (it runs every rate, so the
+    same arguments work with every name). Pass them inside the object when
+    giving an object.
     """
     if isinstance(identifier, RateScheduler):
         if num_random is not None or probabilities is not None:
@@ -227,17 +235,10 @@ def get(identifier, num_random=None, probabilities=None):
             f"Unknown rate scheduler. Expected one of {list(SCHEDULER_NAMES)} "
             f"or a RateScheduler. Received: scheduler={identifier!r}"
         )
-    if identifier == "all":
-        if num_random is not None or probabilities is not None:
-            raise ValueError(
-                "scheduler='all' runs every rate: num_random and "
-                "rate_probabilities do not apply. Received: "
-                f"num_random={num_random!r}, rate_probabilities={probabilities!r}"
-            )
-        return AllScheduler()
-    return RandomScheduler(
+    random = RandomScheduler(
         num_random=1 if num_random is None else num_random,
         probabilities=probabilities,
-        include_min=identifier in ("random_min", "random_min_max"),
-        include_max=identifier in ("random_max", "random_min_max"),
+        include_min=identifier in ("random_min", "random_min_max", "all"),
+        include_max=identifier in ("random_max", "random_min_max", "all"),
     )
+    return AllScheduler() if identifier == "all" else random

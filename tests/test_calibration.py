@@ -69,3 +69,13 @@ def test_empty_calibration_data_is_rejected():
     model, _ = _conv_bn_model()
     with pytest.raises(ValueError, match="no batch"):
         calibrate_batchnorm(model, np.zeros((0, 5, 5, 2), "float32"))
+
+
+
+def test_calibration_ignores_the_labels_of_an_x_y_tuple():
+    model, bn = _conv_bn_model()
+    data = np.random.default_rng(3).normal(size=(20, 5, 5, 2)).astype("float32")
+    calibrate_batchnorm(model, (data, np.arange(20) % 3), rates=[0.5], batch_size=8)
+    features = keras.ops.convert_to_numpy(model.layers[2](data, 0.5)).astype("float64")
+    np.testing.assert_allclose(bn.get_weights()[2][1, :4], features.mean((0, 1, 2)), atol=1e-5)
+    np.testing.assert_allclose(bn.get_weights()[3][1, :4], features.var((0, 1, 2)), rtol=1e-4)

@@ -143,6 +143,38 @@ def test_wrong_number_of_arguments_is_a_usage_error():
         _invoke("export", "model.keras")
 
 
+def test_help_prints_the_commands_and_their_flags():
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_slicing.cli", "--help"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0
+    for expected in ("export MODEL.keras OUT_DIR", "info BUNDLE", "bench BUNDLE",
+                     "--evaluation_data", "--num_threads", "--quantization"):
+        assert expected in result.stdout
+    assert "Try --helpfull" not in result.stdout
+    assert "tensorflow.python" not in result.stdout and len(result.stdout.splitlines()) < 60
+
+
+def test_evaluation_data_from_npy_is_refused_clearly(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    code = _invoke("export", str(files / "tiny.keras"), str(out),
+                   f"--evaluation_data={files / 'inputs.npy'}")
+    assert code == 1
+    assert "needs inputs and labels: an .npz with arrays 'x' and 'y'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_representative_data_may_be_an_npz(files, tmp_path):
+    np.savez(tmp_path / "calib.npz", x=np.load(files / "inputs.npy"))
+    out = tmp_path / "bundle"
+    assert _invoke("export", str(files / "tiny.keras"), str(out), "--rates=0.5",
+                   "--quantization=int8",
+                   f"--representative_data={tmp_path / 'calib.npz'}") == 0
+    assert _manifest(out)["quantization"] == "int8"
+
+
 def test_module_runs_as_a_console_script(files, tmp_path):
     out = tmp_path / "bundle"
     _invoke("export", str(files / "tiny.keras"), str(out), "--rates=0.5")

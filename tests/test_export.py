@@ -427,6 +427,13 @@ def test_model_whose_output_width_changes_is_rejected(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_model_without_sliced_layers_is_refused(model, tmp_path):
+    plain = keras_slicing.extract_submodel(model, 0.5)
+    with pytest.raises(ValueError, match="no sliced layer.*same file"):
+        export_tflite(plain, tmp_path / "bundle")
+    assert os.listdir(tmp_path) == []
+
+
 def test_read_manifest_rejects_a_modified_file(bundles, tmp_path):
     source, manifest = bundles["float32"]
     for name in os.listdir(source):

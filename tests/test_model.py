@@ -57,7 +57,7 @@ def _at(model, x, rate):
 
 def test_fit_logs_total_loss_and_each_rate_metric(digits):
     x, y = digits
-    model = _mlp(seed=1)
+    model = _mlp(seed=1, scheduler="all")  # every rate runs, so every rate logs
     model.compile("adam", LOSS, metrics=["accuracy"])
     history = model.fit(x[:256].reshape(-1, 64), y[:256], batch_size=64, verbose=0)
     expected = {"loss"} | {
@@ -334,3 +334,75 @@ def test_min_rate_outside_the_rates_is_rejected():
     model = _mlp(rates=(0.75, 0.5), scheduler="all")
     with pytest.raises(ValueError, match="min_rate must be in"):
         model.min_rate = 0.9
+
+
+def test_evaluate_returns_values_in_metrics_names_order(digits):
+    x, y = digits
+    x = x[:64].reshape(-1, 64)
+    model = _mlp(rates=(1.0, 0.5), seed=0)
+    top3 = keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3")
+    model.compile("adam", LOSS, metrics=["accuracy", top3])
+    model.fit(x, y[:64], batch_size=32, verbose=0)
+    logs = model.evaluate(x, y[:64], verbose=0, return_dict=True)
+    values = model.evaluate(x, y[:64], verbose=0)
+    assert model.metrics_names == ["loss", "accuracy", "top3"]
+    assert dict(zip(model.metrics_names, values)) == pytest.approx(logs)
+    batch = model.test_on_batch(x, y[:64])
+    assert len(batch) == len(model.metrics_names)
+
+
+def test_rates_not_run_in_an_epoch_are_left_out_of_the_logs(digits):
+    x, y = digits
+    x = x[:64].reshape(-1, 64)
+    model = _mlp(seed=0)
+    model.compile("adam", LOSS, metrics=["accuracy"])
+    model.min_rate = 1.0  # every step runs the full width only
+    history = model.fit(x, y[:64], batch_size=32, verbose=0).history
+    assert set(history) == {"loss", "loss@1", "accuracy@1"}
+    assert history["loss@1"][0] > 0
+    # The step itself reports NaN (never a perfect 0) for a rate not run yet.
+    model.reset_metrics()
+    logs = model.train_step((keras.ops.convert_to_tensor(x), y[:64]))
+    assert np.isnan(float(logs["loss@0.5"])) and np.isnan(float(logs["accuracy@0.25"]))
+    assert float(logs["loss@1"]) > 0
+
+
+@pytest.mark.parametrize(
+    "rate",
+    [0.5, np.float32(0.5), np.full((8,), 0.5, "float32"), np.full((8, 1), 0.5, "float32")],
+    ids=["python", "scalar", "vector", "column"],
+)
+def test_rate_fed_as_number_vector_or_column_gives_the_same_width(rate):
+    model = _mlp()
+    x = np.random.default_rng(0).random((8, 64)).astype("float32")
+    reference = keras.ops.convert_to_numpy(model.at_rate(0.5)(x))
+    np.testing.assert_allclose(model.predict([x, rate], verbose=0), reference, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model([x, rate])), reference, atol=1e-6
+    )
+
+
+def test_rate_of_another_shape_is_refused_naming_the_allowed_ones():
+    model = _mlp()
+    x = np.zeros((8, 64), "float32")
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, 1\).*shape \(8, 2\)"):
+        model.predict([x, np.full((8, 2), 0.5, "float32")], verbose=0)
+
+
+def test_same_arguments_work_for_every_scheduler_and_number_of_rates():
+    base = small_mlp()
+    names = ["random", "random_min", "random_max", "random_min_max", "all"]
+    for scheduler in names:
+        for rates in [(1.0,), (1.0, 0.5), (1.0, 0.5, 0.25), RATES]:
+            for num_random in (None, 1):
+                model = SlicingModel(
+                    base.inputs, base.outputs, rates=rates, scheduler=scheduler,
+                    num_random=num_random,
+                )
+                runs = model.scheduler.num_rates(model.rates)
+                drawn = keras.ops.convert_to_numpy(
+                    model.scheduler.sample(model.rates, keras.random.SeedGenerator(0))
+                ).tolist()
+                assert len(set(drawn)) == len(drawn) == runs >= 1
+                if scheduler == "all" or (scheduler == "random_min_max" and len(rates) <= 3):
+                    assert runs == len(rates)

@@ -61,3 +61,19 @@ def test_format_rate_is_short():
     assert [rates.format_rate(r) for r in (1.0, 0.75, 0.5, 0.25)] == [
         "1", "0.75", "0.5", "0.25"
     ]
+
+
+@pytest.mark.parametrize(
+    "fed", [0.5, np.float32(0.5), np.full(3, 0.5), np.full((3, 1), 0.5)],
+    ids=["python", "scalar", "vector", "column"],
+)
+def test_fed_rate_becomes_a_batch_vector(fed):
+    vector = rates.rate_vector(fed, 3)
+    assert vector.shape == (3,) and vector.dtype == np.float32
+    np.testing.assert_array_equal(vector, [0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("shape", [(2,), (3, 2), (1, 3)])
+def test_fed_rate_of_another_shape_is_refused(shape):
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, 1\)"):
+        rates.rate_vector(np.full(shape, 0.5), 3)

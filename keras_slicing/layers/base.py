@@ -31,6 +31,19 @@ class SlicedLayerMixin:
 
     Keras refuses non-tensor positional call arguments, so the rate is passed
     on by keyword; a Python rate is validated here, before any tracing.
+
+    `keras_slicing.check_model` classifies a sliced layer by these
+    attributes alone, so a new sliced layer needs no change there:
+    - `follows_input_width` (class attribute): the output keeps each
+      input's width, channel by channel (depthwise, normalization).
+    - `narrows_channels` (property): otherwise, whether the output's last
+      axis is sliced at a rate below 1 (`slice_output`); if not, the layer
+      restores the full width.
+    - `slice_input` (attribute, `True` when absent): whether its tensor
+      inputs may be sliced on their last axis; `False` for a layer reading
+      the data (or integer ids). Every tensor argument but `rate` is an
+      input; sequence outputs `(batch, time, features)` are sliced on the
+      last axis like channels.
     """
 
     # Width-following layers (depthwise, normalization) keep their input's

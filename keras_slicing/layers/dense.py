@@ -1,9 +1,7 @@
 import keras
 from keras import ops
 
-from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import SlicedProjectionMixin
-from keras_slicing.layers.flatten import SlicedFlatten
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -67,11 +65,6 @@ class SlicedDense(SlicedProjectionMixin, keras.layers.Dense):
         super().build(input_shape)
         self._relax_input_spec(min_ndim=2)
 
-    def __call__(self, inputs, rate=None, *args, **kwargs):
-        if self.slice_input:
-            _check_prefix_layout(inputs, self._owner())
-        return super().__call__(inputs, rate, *args, **kwargs)
-
     def call(self, inputs, rate=None, training=None):
         kernel, bias = self._active_kernel_and_bias(inputs, rate)
         x = ops.matmul(inputs, kernel)
@@ -80,59 +73,3 @@ class SlicedDense(SlicedProjectionMixin, keras.layers.Dense):
         if self.activation is not None:
             x = self.activation(x)
         return x
-
-
-def _check_prefix_layout(inputs, owner):
-    """Refuses a channels-last `Flatten`/`Reshape` of sliced channels.
-
-    After such a layer the active features are spread over the vector rather
-    than forming its prefix, so reading the first kernel rows would silently
-    compute a different model.
-    """
-    history = getattr(inputs, "_keras_history", None)
-    if history is None:
-        return
-    operation = history.operation
-    if isinstance(operation, SlicedFlatten) or not isinstance(
-        operation, (keras.layers.Flatten, keras.layers.Reshape)
-    ):
-        return
-    node = operation._inbound_nodes[history.node_index]
-    source = node.input_tensors[0]
-    if len(source.shape) <= 2:
-        return
-    sliced = _sliced_producer(source)
-    if sliced is not None:
-        raise ValueError(
-            f"{owner}: its input comes from {type(operation).__name__} "
-            f"'{operation.name}', which flattens the channels-last output of "
-            f"sliced layer '{sliced.name}'. The active channels are then not "
-            "a prefix of the flattened features, and slicing the kernel rows "
-            "would compute a different model. Use "
-            "keras_slicing.layers.SlicedFlatten(), which flattens channels "
-            "first, or global pooling instead."
-        )
-
-
-def _sliced_producer(tensor):
-    """The sliced layer whose narrowed channels reach `tensor`, if any."""
-    pending = [tensor]
-    seen = set()
-    while pending:
-        history = getattr(pending.pop(), "_keras_history", None)
-        if history is None:
-            continue
-        operation = history.operation
-        if id(operation) in seen:
-            continue
-        seen.add(id(operation))
-        if isinstance(operation, SlicedLayerMixin):
-            if operation.narrows_channels:
-                return operation
-            if not operation.follows_input_width:
-                continue
-        if operation.weights or isinstance(operation, keras.layers.InputLayer):
-            continue  # a plain weighted layer needs (and restores) full width
-        node = operation._inbound_nodes[history.node_index]
-        pending.extend(node.input_tensors)
-    return None

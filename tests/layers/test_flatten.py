@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_slicing import check_model
 from keras_slicing import rate_input
 from keras_slicing.layers import SlicedConv2D
 from keras_slicing.layers import SlicedDense
@@ -21,8 +22,9 @@ def test_plain_flatten_of_sliced_conv_into_sliced_dense_is_rejected():
     h = SlicedConv2D(16, 3, slice_input=False)(x, rate)
     h = keras.layers.Activation("relu")(h)
     h = keras.layers.Flatten()(h)
+    y = SlicedDense(16, slice_output=False)(h, rate)
     with pytest.raises(ValueError, match="SlicedFlatten"):
-        SlicedDense(16)(h, rate)
+        check_model(keras.Model([x, rate], y))
 
 
 def test_plain_flatten_of_unsliced_conv_is_accepted():
@@ -30,7 +32,8 @@ def test_plain_flatten_of_unsliced_conv_is_accepted():
     rate = rate_input()
     h = SlicedConv2D(16, 3, slice_input=False, slice_output=False)(x, rate)
     h = keras.layers.Flatten()(h)
-    assert SlicedDense(16)(h, rate).shape == (None, 16)
+    y = SlicedDense(16, slice_output=False)(h, rate)
+    check_model(keras.Model([x, rate], y))
 
 
 def test_order_does_not_depend_on_the_global_image_data_format():
