@@ -29,7 +29,11 @@ def model_cost(model, rate=1.0):
     params = 0
     macs = 0
     for layer, input_shapes, output_shapes in graph.layer_shapes(model, rate):
-        p, m = _layer_cost(layer, input_shapes[0], output_shapes[0])
+        if hasattr(layer, "active_cost"):
+            # Sequence layers count their own (several inputs and outputs).
+            p, m = layer.active_cost(rate, input_shapes, output_shapes)
+        else:
+            p, m = _layer_cost(layer, input_shapes[0], output_shapes[0])
         params += p
         macs += m
     return {"params": int(params), "macs": int(macs)}
