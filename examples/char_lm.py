@@ -57,7 +57,7 @@ def define_flags():
     flags.DEFINE_integer("units", 64, "Full hidden units of each LSTM layer.")
     flags.DEFINE_integer("steps", 300, "Training steps (batches), every model.")
     flags.DEFINE_integer("batch_size", 32, "Windows per batch.")
-    flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
+    flags.DEFINE_float("learning_rate", 1e-2, "Adam learning rate.")
     flags.DEFINE_integer("seed", 0, "Random seed (weights, batches, rates).")
     flags.DEFINE_bool("baselines", True, "Also train a plain model per width.")
     flags.DEFINE_string("output_dir", "results_char_lm", "Where everything is written.")
@@ -128,7 +128,7 @@ def plain_lm(vocab_size, seq_len, embedding_dim, units, rate):
 
 def compile_lm(model, learning_rate):
     model.compile(
-        keras.optimizers.Adam(learning_rate, global_clipnorm=1.0),
+        keras.optimizers.Adam(learning_rate, global_clipnorm=5.0),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
@@ -156,7 +156,7 @@ def train_baselines(data, build_plain, batch_size, learning_rate, rates, seed):
 
 
 def run(output_dir, data_file=None, seq_len=32, embedding_dim=32, units=64,
-        steps=300, batch_size=32, learning_rate=3e-3, seed=0, baselines=True,
+        steps=300, batch_size=32, learning_rate=1e-2, seed=0, baselines=True,
         rates=DEFAULT_RATES, verbose=1):
     """The whole job; returns the results dictionary written to results.json."""
     sizes = {"embedding_dim": embedding_dim, "units": units}
