@@ -16,7 +16,10 @@ def model_cost(model, rate=1.0):
     c_in * c_out`, `DepthwiseConv2D` `H' * W' * kh * kw * c_out`, and one MAC
     per element for a normalization's scale-and-shift. Parameters are those a
     standalone model of that width holds (a batch normalization keeps its two
-    moving statistics of the rate). Layers without weights cost nothing.
+    moving statistics of the rate). Layers without weights cost nothing. A
+    layer with a method `active_cost(rate, input_shapes, output_shapes)`
+    returning `(params, macs)` counts itself (the sequence layers do, and a
+    custom layer can).
 
     Args:
         model: A functional `keras.Model` whose inputs include the rate.
@@ -29,7 +32,11 @@ def model_cost(model, rate=1.0):
     params = 0
     macs = 0
     for layer, input_shapes, output_shapes in graph.layer_shapes(model, rate):
-        p, m = _layer_cost(layer, input_shapes[0], output_shapes[0])
+        if hasattr(layer, "active_cost"):
+            # Sequence layers count their own (several inputs and outputs).
+            p, m = layer.active_cost(rate, input_shapes, output_shapes)
+        else:
+            p, m = _layer_cost(layer, input_shapes[0], output_shapes[0])
         params += p
         macs += m
     return {"params": int(params), "macs": int(macs)}

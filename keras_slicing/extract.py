@@ -129,12 +129,23 @@ class _Builder:
                 f"value. Received: rate={rate!r}"
             )
         x = args[0]
-        key = (id(layer), tuple(x.shape))
+        shapes = [
+            tuple(t.shape) for t in keras.tree.flatten((args, kwargs))
+            if isinstance(t, keras.KerasTensor)
+        ]
+        key = (id(layer), tuple(shapes))
         if key not in self.clones:
-            self.clones[key] = self._standard_layer(layer, x, rate)
+            if hasattr(layer, "plain_layer"):
+                # Sequence layers build their own (see layers/base.py).
+                self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
+            else:
+                self.clones[key] = self._standard_layer(layer, x, rate)
         standard, weights = self.clones[key]
         outputs = standard(x, *args[1:], **kwargs)
-        if weights is not None:  # the first call built the variables
+        if isinstance(weights, list):
+            standard.set_weights(weights)
+            self.clones[key] = (standard, None)
+        elif weights is not None:  # the first call built the variables
             for name, value in weights.items():
                 getattr(standard, name).assign(value)
             self.clones[key] = (standard, None)

@@ -2,14 +2,24 @@ from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.layers.conv2d import SlicedConv2D
 from keras_slicing.layers.dense import SlicedDense
 from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
+from keras_slicing.layers.embedding import SlicedEmbedding
 from keras_slicing.layers.flatten import SlicedFlatten
 from keras_slicing.layers.group_normalization import SlicedGroupNormalization
+from keras_slicing.layers.gru import SlicedGRU
+from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
+from keras_slicing.layers.lstm import SlicedLSTM
+from keras_slicing.layers.multi_head_attention import SlicedMultiHeadAttention
 
 __all__ = [
     "SlicedBatchNormalization",
     "SlicedConv2D",
     "SlicedDense",
     "SlicedDepthwiseConv2D",
+    "SlicedEmbedding",
     "SlicedFlatten",
+    "SlicedGRU",
     "SlicedGroupNormalization",
+    "SlicedLSTM",
+    "SlicedLayerNormalization",
+    "SlicedMultiHeadAttention",
 ]

@@ -26,6 +26,19 @@ def leading_block(tensor, sizes):
     return ops.slice(tensor, [0] * len(shape), shape)
 
 
+def plain_config(layer, name):
+    """`layer`'s config without its slicing arguments, under `name`.
+
+    The start of a sliced layer's `plain_layer(rate, input_shapes, name)`,
+    which returns the standard Keras layer of one width and its weights (in
+    the order of that layer's `weights`); `extract_submodel` calls it.
+    """
+    keys = ("slice_groups", "slice_input", "slice_output", "rates")
+    config = {k: v for k, v in layer.get_config().items() if k not in keys}
+    config["name"] = name
+    return config
+
+
 class SlicedLayerMixin:
     """Mixin placed before a Keras layer class in a sliced layer's bases.
 
