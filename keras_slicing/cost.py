@@ -15,8 +15,9 @@ def model_cost(model, rate=1.0):
     of one example: `Dense` `n_in * n_out`, `Conv2D` `H' * W' * kh * kw *
     c_in * c_out` (`Conv1D` `L' * k * c_in * c_out`), `DepthwiseConv2D`
     `H' * W' * kh * kw * c_out`, and one MAC per element for a
-    normalization's scale-and-shift. Parameters are those a standalone model of that width holds (a batch normalization keeps its two
-    moving statistics of the rate). Layers without weights cost nothing.
+    normalization's scale-and-shift. Parameters are those a standalone model
+    of that width holds (a batch normalization keeps its two moving
+    statistics of the rate). Layers without weights cost nothing.
 
     Args:
         model: A functional `keras.Model` whose inputs include the rate.
