@@ -252,6 +252,9 @@ def run(name, kinds, seeds):
 
 def merge(results):
     """Combines runs of other seeds into the first (same data sets, kinds)."""
+    splits = {r["split"] for r in results}
+    if len(splits) > 1:
+        raise app.UsageError(f"--merge: runs of different splits {sorted(splits)}")
     merged = json.loads(json.dumps(results[0]))
     for other in results[1:]:
         for name, per_set in other["datasets"].items():
@@ -272,13 +275,18 @@ def merge(results):
 
 def report(results):
     for name, per_set in results["datasets"].items():
-        kinds = list(per_set["accuracy"])
+        kinds = [k for k in KINDS if k in per_set["accuracy"]]
         stats = {
             kind: {rate: summary(values) for rate, values in per_rate.items()}
             for kind, per_rate in per_set["accuracy"].items()
         }
         per_set["mean_std"] = stats
-        seeds = len(next(iter(per_set["accuracy"][kinds[0]].values())))
+        counts = {k: len(per_set["accuracy"][k][str(RATES[0])]) for k in kinds}
+        seeds = (
+            f"{counts[kinds[0]]} seeds"
+            if len(set(counts.values())) == 1
+            else "seeds " + ", ".join(f"{k} {n}" for k, n in counts.items())
+        )
         rows = []
         for rate in map(str, RATES):
             row = [f"{float(rate):g}"]
@@ -297,7 +305,7 @@ def report(results):
             header += [f"{k} - alone" for k in kinds if k != "alone"]
         common.print_table(
             f"{results['split']} accuracy (%) on {name}, {per_set['epochs']} "
-            f"epochs, {seeds} seeds (mean ± sample std; cost: full-width "
+            f"epochs, {seeds} (mean ± sample std; cost: full-width "
             "passes per training step)",
             header, rows,
         )
