@@ -1,8 +1,8 @@
 """Model slicing on scikit-learn's handwritten digits, end to end.
 
 Trains ONE sliced CNN with group normalization on the 8x8 digits that ship
-with scikit-learn (real data, no download) with the library's default recipe
-(rates 1, 0.75, 0.5, 0.25, every rate every step), trains a plain CNN of each
+with scikit-learn (real data, no download) with the library's defaults (rates
+1, 0.75, 0.5, 0.25, scheduler random_min_max), trains a plain CNN of each
 width on its own for comparison, then for every width prints the parameters,
 MACs, test accuracy (and that of the plain model), TFLite file size, TFLite
 accuracy and measured LiteRT latency, and writes:

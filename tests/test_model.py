@@ -229,7 +229,7 @@ def test_small_cnn_learns_digits_at_every_rate_and_keeps_it_after_save(digits, t
     loaded = keras.models.load_model(tmp_path / "sliced.keras")
     assert isinstance(loaded, SlicingModel)
     assert loaded.rates == model.rates
-    assert loaded.get_config()["scheduler"] == "all"
+    assert loaded.get_config()["scheduler"] == "random_min_max"
     again = loaded.evaluate_rates(x[1400:], y[1400:])
     for rate in RATES:
         assert again[rate]["accuracy"] == pytest.approx(results[rate]["accuracy"])
