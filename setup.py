@@ -38,7 +38,9 @@ setup(
         "cpu": ["tensorflow-cpu>=2.16"],
         "cuda": ["tensorflow[and-cuda]>=2.16"],
         "lite": ["ai-edge-litert>=1.2"],
-        "dev": ["pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7"],
+        "dev": [
+            "pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "mnist1d>=0.0.2",
+        ],
     },
     entry_points={
         "console_scripts": [

@@ -13,13 +13,14 @@ def model_cost(model, rate=1.0):
 
     Counts only the weights a rate actually uses and the multiply-accumulates
     of one example: `Dense` `n_in * n_out`, `Conv2D` `H' * W' * kh * kw *
-    c_in * c_out`, `DepthwiseConv2D` `H' * W' * kh * kw * c_out`, and one MAC
-    per element for a normalization's scale-and-shift. Parameters are those a
-    standalone model of that width holds (a batch normalization keeps its two
-    moving statistics of the rate). Layers without weights cost nothing. A
-    layer with a method `active_cost(rate, input_shapes, output_shapes)`
-    returning `(params, macs)` counts itself (the sequence layers do, and a
-    custom layer can).
+    c_in * c_out` (`Conv1D` `L' * k * c_in * c_out`), `DepthwiseConv2D`
+    `H' * W' * kh * kw * c_out`, and one MAC per element for a
+    normalization's scale-and-shift. Parameters are those a standalone model
+    of that width holds (a batch normalization keeps its two moving
+    statistics of the rate). Layers without weights cost nothing. A layer
+    with a method `active_cost(rate, input_shapes, output_shapes)` returning
+    `(params, macs)` counts itself (the sequence layers do, and a custom
+    layer can).
 
     Args:
         model: A functional `keras.Model` whose inputs include the rate.
@@ -54,7 +55,7 @@ def _layer_cost(layer, input_shape, output_shape):
         window = math.prod(layer.kernel_size)
         bias = n_out if layer.use_bias else 0
         return window * n_out + bias, positions * window * n_out
-    if isinstance(layer, L.Conv2D):
+    if isinstance(layer, (L.Conv1D, L.Conv2D)):
         window = math.prod(layer.kernel_size)
         fan_in = n_in // layer.groups
         bias = n_out if layer.use_bias else 0
@@ -70,6 +71,6 @@ def _layer_cost(layer, input_shape, output_shape):
     raise ValueError(
         f"model_cost: cannot count the cost of layer '{layer.name}' "
         f"({type(layer).__name__}). Supported layers with weights: Dense, "
-        "Conv2D, DepthwiseConv2D, GroupNormalization, BatchNormalization, "
-        "LayerNormalization and their sliced versions."
+        "Conv1D, Conv2D, DepthwiseConv2D, GroupNormalization, "
+        "BatchNormalization, LayerNormalization and their sliced versions."
     )

@@ -7,6 +7,7 @@ from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.layers.conv1d import SlicedConv1D
 from keras_slicing.layers.conv2d import SlicedConv2D
 from keras_slicing.layers.dense import SlicedDense
 from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
@@ -21,11 +22,12 @@ def extract_submodel(model, rate):
 
     The functional graph of `model` is replayed with the rate bound to a
     Python float. Every sliced layer becomes the standard Keras layer of its
-    active width (`Dense`, `Conv2D`, `DepthwiseConv2D`, `GroupNormalization`
-    with `active_channels / channels_per_group` groups, `BatchNormalization`
-    holding that rate's moving statistics) with copies of exactly the active
-    weights; `SlicedFlatten` becomes `Permute` + `Flatten`; every other layer
-    is cloned from its config with copied weights. The result takes the data
+    active width (`Dense`, `Conv1D`, `Conv2D`, `DepthwiseConv2D`,
+    `GroupNormalization` with `active_channels / channels_per_group` groups,
+    `BatchNormalization` holding that rate's moving statistics) with copies
+    of exactly the active weights; `SlicedFlatten` becomes `Permute` +
+    `Flatten`; every other layer is cloned from its config with copied
+    weights. The result takes the data
     inputs alone, computes the same outputs as `model` at `rate`, and shares
     no variable with it: it can be saved, fine-tuned or converted without
     `keras_slicing`.
@@ -166,11 +168,16 @@ class _Builder:
             weights["kernel"] = _value(layer.kernel)[:n_in, :n_out]
             if layer.use_bias:
                 weights["bias"] = _value(layer.bias)[:n_out]
-        elif isinstance(layer, SlicedConv2D):
+        elif isinstance(layer, (SlicedConv1D, SlicedConv2D)):
             n_out = _output_width(layer, layer.filters, rate)
             config["filters"] = n_out
-            standard = keras.layers.Conv2D.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[:, :, :n_in, :n_out]
+            plain = (
+                keras.layers.Conv1D
+                if isinstance(layer, SlicedConv1D)
+                else keras.layers.Conv2D
+            )
+            standard = plain.from_config(config)
+            weights["kernel"] = _value(layer.kernel)[..., :n_in, :n_out]
             if layer.use_bias:
                 weights["bias"] = _value(layer.bias)[:n_out]
         elif isinstance(layer, SlicedDepthwiseConv2D):
@@ -192,9 +199,9 @@ class _Builder:
             raise _CarryError(
                 f"extract_submodel: no standard layer is known for sliced "
                 f"layer '{layer.name}' ({type(layer).__name__}). Supported: "
-                "SlicedDense, SlicedConv2D, SlicedDepthwiseConv2D, "
-                "SlicedGroupNormalization, SlicedBatchNormalization, "
-                "SlicedFlatten."
+                "SlicedDense, SlicedConv1D, SlicedConv2D, "
+                "SlicedDepthwiseConv2D, SlicedGroupNormalization, "
+                "SlicedBatchNormalization, SlicedFlatten."
             )
         return standard, weights
 

@@ -1,0 +1,343 @@
+"""One sliced model against a plain model trained alone at each width.
+
+Prints one table per data set and writes benchmarks/results/accuracy.json
+(or --output).
+
+    python benchmarks/accuracy.py [--datasets=digits,mnist1d] [--seeds=5]
+        [--kinds=alone,recipe,random_min_max] [--split=test]
+    python benchmarks/accuracy.py --merge=a.json,b.json   # seeds run apart
+
+Data (offline): scikit-learn's 8x8 digits, a stratified 75/25 split with
+seed 0; MNIST-1D from the `mnist1d` generator (4,000 train / 1,000 test
+signals of 40 steps). Networks: conv32-GN-conv64-GN-GAP-dense on digits;
+conv32/2-GN-conv64/2-GN-conv64/2-GN-flatten-dense on MNIST-1D (GN: 8 groups,
+aligned with the 8 slice groups). Every model: Adam 3e-3, batch 64, the same
+epochs, cross-entropy on logits.
+
+Kinds of model, each trained once per seed:
+- `alone`: a plain Keras model of each width (the same network with `r`
+  times the channels and groups), trained by itself.
+- `recipe`: `SlicingModel(inputs, outputs, rates=RATES)` with nothing else
+  set: the library's defaults.
+- `random_min_max`: the paper's schedule (widest, narrowest and one random
+  rate per step), for reference.
+- `all`, `all_inplace`, `random_min_max_inplace`: the `"all"` schedule and
+  in-place distillation, to show their effect per width.
+
+`--split=validation` trains on 80% of the training split and reports the
+other 20%: defaults are chosen there, never on the test split.
+
+The cost column is the expected training cost of one step in full-width
+passes: the multiply-accumulates of the rates a step runs (forward and
+backward scale alike) over those of the full width; for `alone` it is the
+sum over the widths, the cost of training every width separately for the
+same number of steps.
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from keras_slicing import SlicingModel  # noqa: E402
+from keras_slicing import layers  # noqa: E402
+from keras_slicing import model_cost  # noqa: E402
+from keras_slicing import rate_input  # noqa: E402
+from keras_slicing import schedulers  # noqa: E402
+
+RATES = (1.0, 0.75, 0.5, 0.25)
+GROUPS = 8
+KINDS = {
+    "alone": None,
+    "recipe": {},
+    "random_min_max": {"scheduler": "random_min_max", "num_random": 1},
+    "all": {"scheduler": "all"},
+    "all_inplace": {"scheduler": "all", "distillation": "inplace"},
+    "random_min_max_inplace": {
+        "scheduler": "random_min_max", "num_random": 1, "distillation": "inplace",
+    },
+}
+EPOCHS = {"digits": 25, "mnist1d": 15}
+
+flags.DEFINE_list("datasets", ["digits", "mnist1d"], "Data sets to run.")
+flags.DEFINE_list("kinds", ["alone", "recipe", "random_min_max"],
+                  f"Models to train, of {list(KINDS)}.")
+flags.DEFINE_integer("seeds", 5, "Number of seeds (weights, shuffling, rates).")
+flags.DEFINE_integer("first_seed", 0, "First seed, to split runs over processes.")
+flags.DEFINE_integer("epochs", 0, "Epochs of every model (0: 25 digits, 15 MNIST-1D).")
+flags.DEFINE_integer("batch", 64, "Batch size.")
+flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
+flags.DEFINE_enum("split", "test", ["test", "validation"],
+                  "Report the test split, or 20% held out of the training split.")
+flags.DEFINE_string("slicing_kwargs", None,
+                    "JSON of extra SlicingModel arguments for the sliced kinds.")
+flags.DEFINE_list("merge", None, "JSON files of earlier runs to combine.")
+flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/).")
+FLAGS = flags.FLAGS
+
+
+# ------------------------------------------------------------------ data
+
+
+def load(name, split):
+    """`(x_train, y_train, x_eval, y_eval)` of a data set."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        x = (digits.images / 16.0).astype("float32")[..., None]
+        x_train, x_eval, y_train, y_eval = train_test_split(
+            x, digits.target, test_size=0.25, stratify=digits.target,
+            random_state=0,
+        )
+    elif name == "mnist1d":
+        from mnist1d.data import get_dataset_args
+        from mnist1d.data import make_dataset
+
+        data = make_dataset(get_dataset_args())  # generated here, offline
+        x_train = data["x"].astype("float32")[..., None]
+        x_eval = data["x_test"].astype("float32")[..., None]
+        y_train, y_eval = data["y"], data["y_test"]
+    else:
+        raise ValueError(f"Unknown data set {name!r}: digits or mnist1d.")
+    if split == "validation":
+        x_train, x_eval, y_train, y_eval = train_test_split(
+            x_train, y_train, test_size=0.2, stratify=y_train, random_state=0
+        )
+    return x_train, y_train, x_eval, y_eval
+
+
+# ---------------------------------------------------------------- models
+
+
+def network(name, rate=None):
+    """The data set's network: sliced when `rate` is None, else plain at `rate`.
+
+    The plain model keeps `round(rate * 8)` of the 8 slice groups of every
+    layer, exactly the widths the sliced model computes at `rate`.
+    """
+    sliced = rate is None
+    kept = GROUPS if sliced else round(rate * GROUPS)
+    r = rate_input() if sliced else None
+
+    def conv(h, filters, kernel, first=False, **kwargs):
+        if sliced:
+            cls = layers.SlicedConv2D if name == "digits" else layers.SlicedConv1D
+            return cls(filters, kernel, slice_input=not first, **kwargs)(h, r)
+        cls = keras.layers.Conv2D if name == "digits" else keras.layers.Conv1D
+        return cls(filters * kept // GROUPS, kernel, **kwargs)(h)
+
+    def norm(h):
+        if sliced:
+            return layers.SlicedGroupNormalization(groups=GROUPS)(h, r)
+        return keras.layers.GroupNormalization(groups=kept)(h)
+
+    if name == "digits":
+        x = keras.Input((8, 8, 1))
+        h = x
+        for i, filters in enumerate((32, 64)):
+            h = keras.layers.ReLU()(norm(conv(h, filters, 3, i == 0, padding="same")))
+        h = keras.layers.GlobalAveragePooling2D()(h)
+    else:
+        x = keras.Input((40, 1))
+        h = x
+        for i, filters in enumerate((32, 64, 64)):
+            h = conv(h, filters, 5 if i == 0 else 3, i == 0, strides=2,
+                     padding="same")
+            h = keras.layers.ReLU()(norm(h))
+        h = layers.SlicedFlatten()(h) if sliced else _channels_first_flatten(h)
+    if sliced:
+        y = layers.SlicedDense(10, slice_output=False)(h, r)
+        return [x, r], y
+    return keras.Model(x, keras.layers.Dense(10)(h))
+
+
+def _channels_first_flatten(h):
+    # The feature order of SlicedFlatten; for a model trained alone the
+    # order does not matter, but it keeps the two networks identical.
+    return keras.layers.Flatten()(keras.layers.Permute((2, 1))(h))
+
+
+def train(model, data, epochs):
+    x_train, y_train, _, _ = data
+    model.compile(
+        keras.optimizers.Adam(FLAGS.learning_rate),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x_train, y_train, batch_size=FLAGS.batch, epochs=epochs, verbose=0)
+
+
+def step_cost(name, kwargs):
+    """Expected MACs of one training step over those of one full-width pass."""
+    inputs, outputs = network(name)
+    if kwargs is None:
+        model = keras.Model(inputs, outputs)
+        macs = [model_cost(model, r)["macs"] for r in RATES]
+        return sum(macs) / macs[0]
+    model = SlicingModel(inputs, outputs, rates=RATES, **kwargs)
+    macs = [model_cost(model, r)["macs"] for r in model.rates]
+    return float(np.dot(run_probabilities(model), macs) / macs[0])
+
+
+def run_probabilities(model):
+    """Probability that a step runs each of `model.rates`."""
+    scheduler, count = model.scheduler, len(model.rates)
+    if isinstance(scheduler, schedulers.AllScheduler):
+        return np.ones(count)
+    if isinstance(scheduler, schedulers.RandomScheduler) and (
+        scheduler.probabilities is None
+    ):
+        fixed = scheduler._fixed(model.rates)
+        others = count - len(fixed)
+        share = scheduler.num_random / others if others else 0.0
+        return np.array([1.0 if i in fixed else share for i in range(count)])
+    seed = keras.random.SeedGenerator(0)
+    drawn = np.zeros(count)
+    for _ in range(2000):
+        drawn[np.unique(keras.ops.convert_to_numpy(
+            scheduler.sample(model.rates, seed)))] += 1
+    return drawn / 2000
+
+
+# ------------------------------------------------------------------ runs
+
+
+def run(name, kinds, seeds):
+    data = load(name, FLAGS.split)
+    epochs = FLAGS.epochs or EPOCHS[name]
+    extra = json.loads(FLAGS.slicing_kwargs) if FLAGS.slicing_kwargs else {}
+    accuracy = {kind: {str(r): [] for r in RATES} for kind in kinds}
+    started = time.perf_counter()
+    for seed in seeds:
+        for kind in kinds:
+            if KINDS[kind] is None:
+                for rate in RATES:
+                    keras.utils.set_random_seed(seed)
+                    model = network(name, rate)
+                    train(model, data, epochs)
+                    result = model.evaluate(data[2], data[3], verbose=0)
+                    accuracy[kind][str(rate)].append(float(result[1]))
+                continue
+            keras.utils.set_random_seed(seed)
+            inputs, outputs = network(name)
+            model = SlicingModel(inputs, outputs, rates=RATES, seed=seed,
+                                 **KINDS[kind], **extra)
+            train(model, data, epochs)
+            for rate, result in model.evaluate_rates(data[2], data[3]).items():
+                accuracy[kind][str(rate)].append(float(result["accuracy"]))
+        print(f"{name} seed {seed} done, {time.perf_counter() - started:.0f} s",
+              flush=True)
+    extra_kinds = {k: {**KINDS[k], **extra} for k in kinds if KINDS[k] is not None}
+    return {
+        "epochs": epochs,
+        "train_examples": len(data[0]),
+        "eval_examples": len(data[2]),
+        "kinds": {k: extra_kinds.get(k) for k in kinds},
+        "accuracy": accuracy,
+        "step_cost": {k: step_cost(name, extra_kinds.get(k)) for k in kinds},
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def merge(results):
+    """Combines runs of other seeds into the first (same data sets, kinds)."""
+    splits = {r["split"] for r in results}
+    if len(splits) > 1:
+        raise app.UsageError(f"--merge: runs of different splits {sorted(splits)}")
+    merged = json.loads(json.dumps(results[0]))
+    for other in results[1:]:
+        for name, per_set in other["datasets"].items():
+            target = merged["datasets"].setdefault(name, per_set)
+            if target is per_set:
+                continue
+            for kind, per_rate in per_set["accuracy"].items():
+                if kind not in target["accuracy"]:
+                    target["accuracy"][kind] = per_rate
+                    target["kinds"][kind] = per_set["kinds"][kind]
+                    target["step_cost"][kind] = per_set["step_cost"][kind]
+                    continue
+                for rate, values in per_rate.items():
+                    target["accuracy"][kind][rate] += values
+            target["seconds"] += per_set["seconds"]
+    return merged
+
+
+def report(results):
+    for name, per_set in results["datasets"].items():
+        kinds = [k for k in KINDS if k in per_set["accuracy"]]
+        stats = {
+            kind: {rate: summary(values) for rate, values in per_rate.items()}
+            for kind, per_rate in per_set["accuracy"].items()
+        }
+        per_set["mean_std"] = stats
+        counts = {k: len(per_set["accuracy"][k][str(RATES[0])]) for k in kinds}
+        seeds = (
+            f"{counts[kinds[0]]} seeds"
+            if len(set(counts.values())) == 1
+            else "seeds " + ", ".join(f"{k} {n}" for k, n in counts.items())
+        )
+        rows = []
+        for rate in map(str, RATES):
+            row = [f"{float(rate):g}"]
+            for kind in kinds:
+                mean, std = stats[kind][rate]
+                row.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
+            if "alone" in kinds:
+                alone = stats["alone"][rate][0]
+                row += [f"{100 * (stats[k][rate][0] - alone):+.1f}"
+                        for k in kinds if k != "alone"]
+            rows.append(row)
+        rows.append(["cost"] + [f"{per_set['step_cost'][k]:.2f}" for k in kinds]
+                    + ["" for k in kinds if k != "alone" and "alone" in kinds])
+        header = ["width", *kinds]
+        if "alone" in kinds:
+            header += [f"{k} - alone" for k in kinds if k != "alone"]
+        common.print_table(
+            f"{results['split']} accuracy (%) on {name}, {per_set['epochs']} "
+            f"epochs, {seeds} (mean ± sample std; cost: full-width "
+            "passes per training step)",
+            header, rows,
+        )
+
+
+def summary(values):
+    values = np.asarray(values, dtype=float)
+    std = values.std(ddof=1) if len(values) > 1 else 0.0
+    return float(values.mean()), float(std)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.merge:
+        results = merge([json.loads(open(p).read()) for p in FLAGS.merge])
+    else:
+        unknown = sorted(set(FLAGS.kinds) - set(KINDS))
+        if unknown:
+            raise app.UsageError(f"--kinds: unknown {unknown}; known: {list(KINDS)}")
+        seeds = range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)
+        results = {
+            "machine": common.machine_facts(),
+            "split": FLAGS.split,
+            "flags": {k: FLAGS[k].value for k in
+                      ("batch", "learning_rate", "slicing_kwargs")},
+            "datasets": {name: run(name, FLAGS.kinds, seeds)
+                         for name in FLAGS.datasets},
+        }
+    report(results)
+    common.write_json("accuracy", results, FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,103 @@
+import keras
+from keras import ops
+
+from keras_slicing.layers.base import SlicedProjectionMixin
+
+
+@keras.saving.register_keras_serializable(package="keras_slicing")
+class SlicedConv1D(SlicedProjectionMixin, keras.layers.Conv1D):
+    """A `Conv1D` layer that convolves only the active slice of its filters.
+
+    The filters are split into `slice_groups` contiguous groups; at rate `r`
+    the first `ceil(r * slice_groups)` groups are active. The layer reads as
+    many input channels as its input has and convolves with the matching
+    block `kernel[:, :c_in, :c_out]`: cost falls with the square of the
+    rate. Channels-last layout only. The `SlicedConv2D` of signals and
+    sequences.
+
+    Args:
+        filters: Positive integer, full number of output channels.
+        kernel_size: As in `keras.layers.Conv1D`.
+        slice_groups: Number of contiguous groups the filters are split into.
+            `filters` must be divisible by it when `slice_output=True`.
+            Defaults to `8`.
+        slice_input: Whether the input may have fewer channels than at build
+            time. Use `False` for the layer that reads the signal. Defaults
+            to `True`.
+        slice_output: Whether the output channels are sliced. Defaults to
+            `True`.
+        **kwargs: All other arguments of `keras.layers.Conv1D` (`groups` must
+            stay 1, `data_format` must be `"channels_last"`; `"causal"`
+            padding works).
+
+    Call arguments:
+        inputs: Channels-last 3D tensor `(batch, steps, channels)` holding
+            the active input channels.
+        rate: The slice rate in (0, 1]: a Python float, or a tensor of equal
+            values (e.g. from `keras_slicing.rate_input()`). `None` means
+            full width.
+
+    Example:
+
+    >>> layer = SlicedConv1D(32, 5, padding="same", slice_input=False)
+    >>> layer(np.ones((1, 40, 1)), 0.25).shape
+    TensorShape([1, 40, 8])
+
+    Reference:
+    - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        slice_groups=8,
+        slice_input=True,
+        slice_output=True,
+        **kwargs,
+    ):
+        if kwargs.get("groups", 1) != 1:
+            raise ValueError(
+                "SlicedConv1D supports only groups=1 (grouped convolutions "
+                f"are not sliced). Received: groups={kwargs['groups']}"
+            )
+        if kwargs.get("lora_rank"):
+            raise ValueError(
+                "SlicedConv1D does not support LoRA. Received: "
+                f"lora_rank={kwargs['lora_rank']}"
+            )
+        super().__init__(filters, kernel_size, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(
+                "SlicedConv1D supports only data_format='channels_last'. "
+                f"Received: data_format={self.data_format!r}"
+            )
+        self._init_projection(slice_groups, slice_input, slice_output, "filters")
+
+    def _full_width(self):
+        return self.filters
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._relax_input_spec(ndim=3)
+
+    def call(self, inputs, rate=None):
+        kernel, bias = self._active_kernel_and_bias(inputs, rate)
+        padding = self.padding
+        if padding == "causal":
+            # As keras.layers.Conv1D: pad on the left, then a valid conv.
+            inputs = ops.pad(inputs, self._compute_causal_padding())
+            padding = "valid"
+        outputs = ops.conv(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        if bias is not None:
+            outputs = ops.add(outputs, bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
