@@ -366,6 +366,15 @@ class Bundle:
         if x.dtype == model_dtype:
             return np.ascontiguousarray(x)
         scale, zero_point = self._input_quantization
+        if x.dtype.kind in "iu" and scale == 0:
+            # Token ids of another integer width: cast when every id fits.
+            info = np.iinfo(model_dtype)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                raise ValueError(
+                    f"{owner}: ids must fit {model_dtype.name}. Received "
+                    f"values in [{x.min()}, {x.max()}]"
+                )
+            return np.ascontiguousarray(x, model_dtype)
         if x.dtype.kind == "f" and scale > 0:
             info = np.iinfo(model_dtype)
             q = np.round(x / scale) + zero_point

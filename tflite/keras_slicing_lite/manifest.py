@@ -27,7 +27,8 @@ READABLE_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 # A manifest is a few kilobytes; anything far larger is not one.
 MAX_MANIFEST_BYTES = 1 << 20
-TENSOR_DTYPES = ("float32", "float16", "int8", "uint8", "int16")
+# int32/int64: token ids of sequence models (an embedding lookup reads them).
+TENSOR_DTYPES = ("float32", "float16", "int8", "uint8", "int16", "int32", "int64")
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 

@@ -156,6 +156,9 @@ def _measure(bundle, sizes, repeats, warmup, key):
         shape = (size, *bundle.input_shape[1:])
         if np.dtype(bundle.input_dtype).kind == "f":
             batches[size] = rng.standard_normal(shape).astype(np.dtype(bundle.input_dtype))
+        elif bundle._input_quantization[0] == 0:
+            # Token ids: any valid id costs the same, and id 0 is always valid.
+            batches[size] = np.zeros(shape, np.dtype(bundle.input_dtype))
         else:
             info = np.iinfo(np.dtype(bundle.input_dtype))
             batches[size] = rng.integers(
