@@ -212,6 +212,7 @@ def keras_file_round_trip(out):
         outputs[str(rate)] = ops.convert_to_numpy(model(feed))
         np.testing.assert_array_equal(ops.convert_to_numpy(loaded(feed)), outputs[str(rate)])
     np.savez(out / "outputs.npz", **outputs)
+    np.savez(out / "weights.npz", **{f"w{i}": w for i, w in enumerate(model.get_weights())})
 
 
 @check

@@ -104,6 +104,9 @@ def test_model_cost_equals_tensorflow(run):
 def test_file_saved_there_loads_on_tensorflow_with_its_outputs(run):
     out, _ = run
     loaded = keras.saving.load_model(out / "model.keras")
+    weights = np.load(out / "weights.npz")
+    for i, weight in enumerate(loaded.get_weights()):
+        np.testing.assert_array_equal(weight, weights[f"w{i}"])
     saved = np.load(out / "outputs.npz")
     x = saved["x"]
     for rate in checks.RATES:
