@@ -160,6 +160,14 @@ def flatten_is_channels_first():
 
 
 @check
+def no_tensorflow_after_the_layer_checks():
+    # Keras itself imports TensorFlow when it is installed, from any
+    # `get_config` (serialization) and `fit`/`predict` (tf.data); the checks
+    # below use those, so this comes first.
+    assert "tensorflow" not in sys.modules, "a check above imported TensorFlow"
+
+
+@check
 def models_equal_zero_masked_full_width():
     cnn = small_cnn(bn_rates=None)
     randomize_weights(cnn)
@@ -190,13 +198,6 @@ def extract_submodel_equals_sliced_model():
         sub = keras_slicing.extract_submodel(model, rate)
         assert not any(isinstance(l, SlicedLayerMixin) for l in sub.layers)
         _close(sub(x), model([x, np.full(4, rate, "float32")]), atol=1e-5)
-
-
-@check
-def no_tensorflow_after_the_checks_above():
-    # Keras itself imports TensorFlow when it is installed, in `model.save`
-    # (serialization) and `fit`/`predict` (tf.data), so this comes first.
-    assert "tensorflow" not in sys.modules, "a check above imported TensorFlow"
 
 
 @check
