@@ -4,14 +4,24 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test
+.PHONY: venv backends demo test
+
+# The tests also run the library on JAX and PyTorch. PyPI's PyTorch for Linux
+# is a CUDA build of several GB; pip takes the 2.13.0 CPU build where a local
+# wheel of it is on pip's find-links path (as on this project's machines and
+# CI), so it is installed first, pinned; elsewhere set TORCH to a CPU build.
+TORCH ?= torch==2.13.0
 
 venv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,lite,dev]" -e ./tflite
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,lite,dev]"
+
+backends: venv
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[jax,torch]"
 
 demo: venv
 	$(BIN)/python examples/digits.py
 
-test: venv
+test: backends
 	$(BIN)/python -m pytest -q tests

@@ -38,6 +38,12 @@ setup(
         "cpu": ["tensorflow-cpu>=2.16"],
         "cuda": ["tensorflow[and-cuda]>=2.16"],
         "lite": ["ai-edge-litert>=1.2"],
+        # Other Keras backends (KERAS_BACKEND=jax or torch): the layers, the
+        # rate contract, model_cost, extract_submodel and .keras files.
+        # PyTorch's Linux wheels on PyPI are CUDA builds of several GB; install
+        # its CPU build first where that is all you need (the Makefile does).
+        "jax": ["jax>=0.4.30"],
+        "torch": ["torch>=2.2"],
         "dev": [
             "pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "mnist1d>=0.0.2",
         ],

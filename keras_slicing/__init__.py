@@ -11,12 +11,22 @@ from keras_slicing import schedulers
 from keras_slicing.calibration import calibrate_batchnorm
 from keras_slicing.checks import check_model
 from keras_slicing.cost import model_cost
-from keras_slicing.export import export_tflite
 from keras_slicing.extract import extract_submodel
 from keras_slicing.model import SlicingModel
 from keras_slicing.rates import rate_input
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # TFLite export needs TensorFlow: imported on first use, so that the
+    # package imports on the JAX and PyTorch backends without it.
+    if name == "export_tflite":
+        from keras_slicing.export import export_tflite
+
+        return export_tflite
+    raise AttributeError(f"module 'keras_slicing' has no attribute {name!r}")
+
 
 __all__ = [
     "SlicingModel",

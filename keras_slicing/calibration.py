@@ -16,8 +16,8 @@ class _MomentAccumulator:
 
     def add(self, layer, row, shape, mean, variance):
         count = int(np.prod(shape[:-1]))
-        mean = np.asarray(mean, np.float64)
-        square = np.asarray(variance, np.float64) + mean**2
+        mean = keras.ops.convert_to_numpy(mean).astype(np.float64)
+        square = keras.ops.convert_to_numpy(variance).astype(np.float64) + mean**2
         key = (id(layer), int(row))
         old_count, old_sum, old_square = self.totals.get(key, (0, 0.0, 0.0))
         self.totals[key] = (

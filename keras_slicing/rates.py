@@ -127,14 +127,13 @@ def resolve_groups(rate, slice_groups, owner):
     """Active groups for a call-time rate.
 
     A Python number or a concrete (eager) tensor gives a Python int, so shapes
-    stay static; a symbolic tensor gives an int32 scalar tensor, checked in
-    the graph, so one traced function serves every rate.
+    stay static. A symbolic tensor gives, on TensorFlow, an int32 scalar
+    tensor checked in the graph, so one traced function serves every rate;
+    JAX and PyTorch refuse it (see `keras_slicing.backend`).
     """
     if rate is None:
         return slice_groups
     value = backend.concrete_rate(rate, owner)
     if value is not None:
         return active_groups(validate_rate(value, owner), slice_groups)
-    backend.ensure_dynamic_shapes_allowed(owner)
-    scalar = backend.checked_rate_scalar(rate, owner)
-    return backend.groups_from_rate_scalar(scalar, slice_groups)
+    return backend.tensor_rate_groups(rate, slice_groups, owner)

@@ -1,4 +1,6 @@
-"""Small sliced models shared by the tests."""
+"""Small sliced models shared by the tests (backend-neutral)."""
+
+import math
 
 import keras
 import numpy as np
@@ -50,3 +52,50 @@ def digits_split():
     data = load_digits()
     x = (data.images / 16.0).astype("float32")[..., None]
     return x[:1437], data.target[:1437], x[1437:], data.target[1437:]
+
+
+_SLICING_ARGS = ("slice_groups", "slice_input", "slice_output", "rates")
+_PLAIN = [
+    (layers.SlicedDense, keras.layers.Dense),
+    (layers.SlicedConv2D, keras.layers.Conv2D),
+    (layers.SlicedDepthwiseConv2D, keras.layers.DepthwiseConv2D),
+    (layers.SlicedGroupNormalization, keras.layers.GroupNormalization),
+    (layers.SlicedBatchNormalization, keras.layers.BatchNormalization),
+]
+
+
+def plain_twin(layer, input_shape, rate):
+    """The parent Keras layer at full width with the same weights."""
+    for sliced_cls, plain_cls in _PLAIN:
+        if isinstance(layer, sliced_cls):
+            config = {
+                k: v for k, v in layer.get_config().items() if k not in _SLICING_ARGS
+            }
+            plain = plain_cls.from_config(config)
+            weights = layer.get_weights()
+            if sliced_cls is layers.SlicedBatchNormalization:
+                row = layer.row_of(rate)
+                weights = weights[:2] + [weights[2][row], weights[3][row]]
+            plain.build(input_shape)
+            plain.set_weights(weights)
+            return plain
+    return layer
+
+
+def masked_reference(model, x, rate):
+    """The full-width model with channels beyond the active prefix zeroed.
+
+    Built from the parent Keras layers: the semantics a sliced model must
+    equal at every rate.
+    """
+    h = keras.ops.convert_to_tensor(x)
+    for layer in model.layers[2:]:
+        h = plain_twin(layer, tuple(h.shape), rate)(h)
+        slices = getattr(layer, "narrows_channels", False) or getattr(
+            layer, "follows_input_width", False
+        )
+        if slices:
+            width = h.shape[-1]
+            keep = math.ceil(rate * layer.slice_groups - 1e-6) * width // layer.slice_groups
+            h = keras.ops.multiply(h, np.arange(width).__lt__(keep).astype("float32"))
+    return keras.ops.convert_to_numpy(h)

@@ -1,7 +1,5 @@
 """End-to-end behaviour of functional models made of sliced layers."""
 
-import math
-
 import keras
 import numpy as np
 import pytest
@@ -9,65 +7,19 @@ import tensorflow as tf
 
 from keras_slicing import layers
 from keras_slicing.rates import DEFAULT_RATES
+from tests.sliced_models import masked_reference
 from tests.sliced_models import randomize_weights
 from tests.sliced_models import small_cnn
 from tests.sliced_models import small_mlp
 
 RATES = DEFAULT_RATES + (0.3,)
-_SLICING_ARGS = ("slice_groups", "slice_input", "slice_output", "rates")
-_PLAIN = [
-    (layers.SlicedDense, keras.layers.Dense),
-    (layers.SlicedConv2D, keras.layers.Conv2D),
-    (layers.SlicedDepthwiseConv2D, keras.layers.DepthwiseConv2D),
-    (layers.SlicedGroupNormalization, keras.layers.GroupNormalization),
-    (layers.SlicedBatchNormalization, keras.layers.BatchNormalization),
-]
-
-
-def _plain_twin(layer, input_shape, rate):
-    """The parent Keras layer at full width with the same weights."""
-    for sliced_cls, plain_cls in _PLAIN:
-        if isinstance(layer, sliced_cls):
-            config = {
-                k: v for k, v in layer.get_config().items() if k not in _SLICING_ARGS
-            }
-            plain = plain_cls.from_config(config)
-            weights = layer.get_weights()
-            if sliced_cls is layers.SlicedBatchNormalization:
-                row = layer.row_of(rate)
-                weights = weights[:2] + [weights[2][row], weights[3][row]]
-            plain.build(input_shape)
-            plain.set_weights(weights)
-            return plain
-    return layer
-
-
-def _masked_reference(model, x, rate):
-    """The full-width model with channels beyond the active prefix zeroed.
-
-    Built from the parent Keras layers: the semantics a sliced model must
-    equal at every rate.
-    """
-    h = tf.constant(x)
-    for layer in model.layers[2:]:
-        h = _plain_twin(layer, h.shape, rate)(h)
-        slices = getattr(layer, "narrows_channels", False) or getattr(
-            layer, "follows_input_width", False
-        )
-        if slices:
-            width = h.shape[-1]
-            keep = math.ceil(rate * layer.slice_groups - 1e-6) * width // layer.slice_groups
-            h = h * np.arange(width).__lt__(keep).astype("float32")
-    return h.numpy()
-
-
 @pytest.mark.parametrize("rate", RATES)
 def test_cnn_equals_full_width_model_with_inactive_channels_zeroed(rate):
     model = small_cnn(bn_rates=None)
     randomize_weights(model)
     x = np.random.default_rng(1).normal(size=(3, 8, 8, 1)).astype("float32")
     got = model.predict([x, np.full(3, rate)], verbose=0)
-    np.testing.assert_allclose(got, _masked_reference(model, x, rate), atol=1e-4)
+    np.testing.assert_allclose(got, masked_reference(model, x, rate), atol=1e-4)
 
 
 @pytest.mark.parametrize("rate", RATES)
@@ -76,7 +28,7 @@ def test_mlp_equals_full_width_model_with_inactive_units_zeroed(rate):
     randomize_weights(model)
     x = np.random.default_rng(2).normal(size=(5, 64)).astype("float32")
     got = model([x, np.full(5, rate)])
-    np.testing.assert_allclose(got, _masked_reference(model, x, rate), atol=1e-4)
+    np.testing.assert_allclose(got, masked_reference(model, x, rate), atol=1e-4)
 
 
 def test_one_graph_serves_every_rate_without_retracing():

@@ -19,6 +19,8 @@ def leading_block(tensor, sizes):
     A single slice op (not strided slicing): its gradient is a pad, and a
     block that covers the whole tensor is forwarded without a copy.
     """
+    if isinstance(tensor, keras.Variable):
+        tensor = tensor.value  # JAX slices arrays, not variables
     shape = [
         tensor.shape[axis] if size is None else size
         for axis, size in enumerate(sizes)

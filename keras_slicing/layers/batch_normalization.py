@@ -156,6 +156,10 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
         if static is not None:
             return self.row_of(static)
         groups = self._groups(rate)
+        if isinstance(groups, int):
+            # Shape inference on JAX or PyTorch, where the rate holds no
+            # value: every row has the same shape.
+            return 0
         matches = ops.equal(
             ops.convert_to_tensor(np.array(self._row_groups, "int32")), groups
         )

@@ -1,12 +1,13 @@
-"""Backend-specific pieces of slicing (TensorFlow).
+"""Slicing on the TensorFlow backend.
 
-Everything else in the package is written with `keras.ops`; a JAX backend
-needs only this module rewritten (there a traced rate cannot slice, so only
-static Python-float rates would be supported).
+A rate tensor stays symbolic in a traced function: one graph serves every
+rate, with the width computed and checked in the graph.
 """
 
 import numpy as np
 import tensorflow as tf
+
+from keras_slicing.backend import common
 
 
 def concrete_rate(rate, owner):
@@ -15,39 +16,28 @@ def concrete_rate(rate, owner):
     Python numbers, numpy values and eager tensors are concrete; a rate vector
     must hold one repeated value.
     """
-    if isinstance(rate, (bool, np.bool_)):
-        raise ValueError(
-            f"{owner}: the slice rate must be a number in (0, 1]. "
-            f"Received: rate={rate!r}"
-        )
-    if isinstance(rate, (int, float, np.number)):
-        return float(rate)
-    if isinstance(rate, np.ndarray) or (
-        tf.is_tensor(rate) and hasattr(rate, "numpy") and tf.executing_eagerly()
-    ):
-        values = np.asarray(rate, dtype=np.float64).reshape(-1)
-        if values.size == 0:
-            return 1.0  # an empty batch (e.g. one replica's share): any width
-
-        if not np.all(values == values[0]):
-            raise ValueError(
-                f"{owner}: all entries of a slice-rate tensor must be equal "
-                "(one width per batch). Received rates "
-                f"{sorted(set(values.tolist()))}"
-            )
-        return float(values[0])
+    value = common.host_rate(rate, owner)
+    if value is not None:
+        return value
+    if tf.is_tensor(rate) and hasattr(rate, "numpy") and tf.executing_eagerly():
+        return common.rate_of_values(rate, owner)
     return None
 
 
 def concrete_value(value):
     """A number, numpy value or eager tensor as a numpy array, else None."""
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, (int, float, np.number, np.ndarray)):
-        return np.asarray(value)
+    array = common.host_array(value)
+    if array is not None or isinstance(value, (bool, np.bool_)):
+        return array
     if tf.is_tensor(value) and hasattr(value, "numpy") and tf.executing_eagerly():
         return np.asarray(value)
     return None
+
+
+def tensor_rate_groups(rate, slice_groups, owner):
+    """Active groups of a symbolic rate: an int32 scalar checked in the graph."""
+    ensure_dynamic_shapes_allowed(owner)
+    return groups_from_rate_scalar(checked_rate_scalar(rate, owner), slice_groups)
 
 
 def checked_rate_scalar(rate, owner):

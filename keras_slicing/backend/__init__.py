@@ -1,0 +1,41 @@
+"""Backend-specific pieces of slicing: one small module per Keras backend.
+
+Everything else in the package is written with `keras.ops`; what depends on
+the backend is how a rate whose value is not known yet becomes a width (a
+graph computation on TensorFlow; an error on JAX and PyTorch, whose shapes
+must be known when they run), plus the TensorFlow distribution helpers of the
+training step. The module of the active backend is imported alone, so
+`import keras_slicing` on JAX or PyTorch does not import TensorFlow.
+"""
+
+import keras
+
+BACKEND = keras.backend.backend()
+
+if BACKEND == "tensorflow":
+    from keras_slicing.backend import tensorflow as _impl
+elif BACKEND == "jax":
+    from keras_slicing.backend import jax as _impl
+elif BACKEND == "torch":
+    from keras_slicing.backend import torch as _impl
+else:
+    raise ImportError(
+        "keras_slicing runs on the 'tensorflow', 'jax' and 'torch' Keras "
+        f"backends. Received: KERAS_BACKEND={BACKEND!r}"
+    )
+
+# The interface every backend module implements.
+concrete_rate = _impl.concrete_rate
+concrete_value = _impl.concrete_value
+tensor_rate_groups = _impl.tensor_rate_groups
+dim = _impl.dim
+assert_true = _impl.assert_true
+first_replica = _impl.first_replica
+is_multi_worker = _impl.is_multi_worker
+loss_and_gradients = _impl.loss_and_gradients
+
+if BACKEND == "tensorflow":
+    # TensorFlow only: used by its tests and the graph-mode rate path.
+    checked_rate_scalar = _impl.checked_rate_scalar
+    groups_from_rate_scalar = _impl.groups_from_rate_scalar
+    ensure_dynamic_shapes_allowed = _impl.ensure_dynamic_shapes_allowed

@@ -1,0 +1,96 @@
+"""What every backend module shares: rates whose values are known now."""
+
+import numbers
+
+import numpy as np
+
+
+def _not_a_number(rate, owner):
+    return ValueError(
+        f"{owner}: the slice rate must be a number in (0, 1]. "
+        f"Received: rate={rate!r}"
+    )
+
+
+def host_rate(rate, owner):
+    """A Python, numpy or array rate as a float; None for other types.
+
+    A rate vector must hold one repeated value; an empty one (e.g. one
+    replica's share of a short last batch) has no rate and runs at full
+    width, which computes nothing for zero examples.
+    """
+    if isinstance(rate, (bool, np.bool_)):
+        raise _not_a_number(rate, owner)
+    if isinstance(rate, (numbers.Real, np.number)):
+        return float(rate)
+    if isinstance(rate, np.ndarray):
+        return rate_of_values(rate, owner)
+    return None
+
+
+def host_array(value):
+    """A Python or numpy number or array as a numpy array; None otherwise.
+
+    Booleans are no rate: they give None, and the caller refuses them.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (numbers.Real, np.number, np.ndarray)):
+        return np.asarray(value)
+    return None
+
+
+def rate_of_values(values, owner):
+    """The one rate held by an array of equal values, as a float."""
+    try:
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise _not_a_number(values, owner) from None
+    if values.size == 0:
+        return 1.0
+    if not np.all(values == values[0]):
+        raise ValueError(
+            f"{owner}: all entries of a slice-rate tensor must be equal "
+            "(one width per batch). Received rates "
+            f"{sorted(set(values.tolist()))}"
+        )
+    return float(values[0])
+
+
+def in_shape_inference():
+    """Whether Keras is inferring shapes (`compute_output_spec`), not running.
+
+    Keras' JAX and PyTorch backends infer shapes by tracing `call` with
+    abstract or meta tensors, which hold no rate to read.
+    """
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # private module moved: assume a real run
+        return False
+    return in_symbolic_scope()
+
+
+def eager_assert(condition, message):
+    """Raises `ValueError(message)` unless `condition` (known now) holds."""
+    if not bool(condition):
+        raise ValueError(message)
+
+
+def no_distribution(value, strategy):
+    """`first_replica` of backends without `tf.distribute`: the value."""
+    del strategy
+    return value
+
+
+def no_gradient_tape(backend_name):
+    """`loss_and_gradients` of backends the training step is not ported to."""
+
+    def loss_and_gradients(loss_fn, variables):
+        raise NotImplementedError(
+            "SlicingModel's sampled-rate training step runs on the TensorFlow "
+            f"backend only; this process runs Keras on {backend_name}. Train "
+            "with KERAS_BACKEND=tensorflow, or train a keras.Model([x, rate], "
+            "y) of sliced layers with plain fit at one rate."
+        )
+
+    return loss_and_gradients

@@ -1,0 +1,114 @@
+"""keras-slicing on JAX and PyTorch, checked there and against TensorFlow.
+
+Each backend runs `tests/backends/checks.py` once, in a fresh interpreter
+with `KERAS_BACKEND` set (a process has one Keras backend); every check is
+reported as its own test. Files crossing backends are compared here, on
+TensorFlow: a `.keras` model saved there loads here with identical weights
+and outputs, one saved here loads there, and `model_cost` agrees.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_slicing
+from tests.backends import checks
+from tests.sliced_models import randomize_weights
+from tests.sliced_models import small_cnn
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BACKENDS = ("jax", "torch")
+CHECK_NAMES = [fn.__name__ for fn in checks.CHECKS]
+
+
+@pytest.fixture(scope="module")
+def tf_dir(tmp_path_factory):
+    """A model saved on TensorFlow, with its weights and outputs."""
+    keras.utils.set_random_seed(0)
+    out = tmp_path_factory.mktemp("tensorflow")
+    model = small_cnn()
+    randomize_weights(model, seed=3)
+    model.save(out / "model.keras")
+    np.savez(out / "weights.npz", **{f"w{i}": w for i, w in enumerate(model.get_weights())})
+    x = np.random.default_rng(7).normal(size=(4, 8, 8, 1)).astype("float32")
+    outputs = {"x": x}
+    for rate in checks.RATES:
+        outputs[str(rate)] = model.predict([x, np.full(4, rate, "float32")], verbose=0)
+    np.savez(out / "outputs.npz", **outputs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def launched(tf_dir, tmp_path_factory):
+    """Starts the checks of every backend at once: JAX spends most of its
+    time compiling on one core, so the two overlap on a 2-core machine."""
+    processes = {}
+    for backend in BACKENDS:
+        out = tmp_path_factory.mktemp(backend)
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]
+        )
+        with open(out / "stderr.txt", "w") as stderr:  # a pipe could fill
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.backends.checks", str(out), str(tf_dir)],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            )
+        processes[backend] = (out, process)
+    yield processes
+    for _, process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def run(request, launched):
+    """The checks' results under one backend: `(out_dir, results)`."""
+    backend = request.param
+    out, process = launched[backend]
+    try:
+        process.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.returncode or not (out / "results.json").exists():
+        stderr = (out / "stderr.txt").read_text()
+        pytest.fail(
+            f"the checks did not run under KERAS_BACKEND={backend} (is "
+            f"keras-slicing[{backend}] installed?):\n{stderr[-3000:]}"
+        )
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("name", CHECK_NAMES)
+def test_check_passes(run, name):
+    _, results = run
+    assert results[name] == "ok", results[name]
+
+
+def test_model_cost_equals_tensorflow(run):
+    out, _ = run
+    costs = json.loads((out / "cost.json").read_text())
+    model = small_cnn()
+    for rate in checks.RATES:
+        assert costs[str(rate)] == keras_slicing.model_cost(model, rate)
+
+
+def test_file_saved_there_loads_on_tensorflow_with_its_outputs(run):
+    out, _ = run
+    loaded = keras.saving.load_model(out / "model.keras")
+    weights = np.load(out / "weights.npz")
+    for i, weight in enumerate(loaded.get_weights()):
+        np.testing.assert_array_equal(weight, weights[f"w{i}"])
+    saved = np.load(out / "outputs.npz")
+    x = saved["x"]
+    for rate in checks.RATES:
+        got = loaded.predict([x, np.full(len(x), rate, "float32")], verbose=0)
+        np.testing.assert_allclose(got, saved[str(rate)], rtol=1e-5, atol=1e-5)
