@@ -23,5 +23,8 @@ backends: venv
 demo: venv
 	$(BIN)/python examples/digits.py
 
+# The suite is bound by one core per test (tracing, conversion, small
+# kernels): two workers, one per core, keeping each test file on one worker
+# so that its module fixtures are built once.
 test: backends
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests

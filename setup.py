@@ -45,7 +45,8 @@ setup(
         "jax": ["jax>=0.4.30"],
         "torch": ["torch>=2.2"],
         "dev": [
-            "pytest>=8", "scikit-learn>=1.3", "matplotlib>=3.7", "mnist1d>=0.0.2",
+            "pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.3", "matplotlib>=3.7",
+            "mnist1d>=0.0.2",
         ],
     },
     entry_points={
