@@ -164,3 +164,40 @@ class SlicedProjectionMixin(SlicedLayerMixin):
             "slice_input": self.slice_input,
             "slice_output": self.slice_output,
         }
+
+
+class SlicedConvolutionMixin(SlicedProjectionMixin):
+    """Convolutions: the filters are the sliced width, channels last."""
+
+    def _init_convolution(self, kwargs):
+        """Refuses the arguments slicing does not cover; call before `super().__init__`."""
+        owner = type(self).__name__
+        if kwargs.get("groups", 1) != 1:
+            raise ValueError(
+                f"{owner} supports only groups=1 (grouped convolutions "
+                f"are not sliced). Received: groups={kwargs['groups']}"
+            )
+        if kwargs.get("lora_rank"):
+            raise ValueError(
+                f"{owner} does not support LoRA. Received: "
+                f"lora_rank={kwargs['lora_rank']}"
+            )
+
+    def _init_sliced_filters(self, slice_groups, slice_input, slice_output):
+        """Checks the data format and sets up slicing; call after `super().__init__`."""
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"{type(self).__name__} supports only data_format='channels_last'. "
+                f"Received: data_format={self.data_format!r}"
+            )
+        self._init_projection(slice_groups, slice_input, slice_output, "filters")
+
+    def _full_width(self):
+        return self.filters
+
+    def _bias_and_activation(self, outputs, bias):
+        if bias is not None:
+            outputs = ops.add(outputs, bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs

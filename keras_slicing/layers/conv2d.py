@@ -1,11 +1,10 @@
 import keras
-from keras import ops
 
-from keras_slicing.layers.base import SlicedProjectionMixin
+from keras_slicing.layers.base import SlicedConvolutionMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
-class SlicedConv2D(SlicedProjectionMixin, keras.layers.Conv2D):
+class SlicedConv2D(SlicedConvolutionMixin, keras.layers.Conv2D):
     """A `Conv2D` layer that convolves only the active slice of its filters.
 
     The filters are split into `slice_groups` contiguous groups; at rate `r`
@@ -53,26 +52,9 @@ class SlicedConv2D(SlicedProjectionMixin, keras.layers.Conv2D):
         slice_output=True,
         **kwargs,
     ):
-        if kwargs.get("groups", 1) != 1:
-            raise ValueError(
-                "SlicedConv2D supports only groups=1 (grouped convolutions "
-                f"are not sliced). Received: groups={kwargs['groups']}"
-            )
-        if kwargs.get("lora_rank"):
-            raise ValueError(
-                "SlicedConv2D does not support LoRA. Received: "
-                f"lora_rank={kwargs['lora_rank']}"
-            )
+        self._init_convolution(kwargs)
         super().__init__(filters, kernel_size, **kwargs)
-        if self.data_format != "channels_last":
-            raise ValueError(
-                "SlicedConv2D supports only data_format='channels_last'. "
-                f"Received: data_format={self.data_format!r}"
-            )
-        self._init_projection(slice_groups, slice_input, slice_output, "filters")
-
-    def _full_width(self):
-        return self.filters
+        self._init_sliced_filters(slice_groups, slice_input, slice_output)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -81,8 +63,4 @@ class SlicedConv2D(SlicedProjectionMixin, keras.layers.Conv2D):
     def call(self, inputs, rate=None):
         kernel, bias = self._active_kernel_and_bias(inputs, rate)
         outputs = self.convolution_op(inputs, kernel)
-        if bias is not None:
-            outputs = ops.add(outputs, bias)
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._bias_and_activation(outputs, bias)
