@@ -1,22 +1,18 @@
-import functools
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
-
-# Keras internals, kept to this block: the per-rate copies of the compiled
-# metrics reuse Keras' own resolution of names such as "accuracy", and the
-# loss tracker must undo the per-replica loss scaling as Keras' step does.
-from keras.src.losses.loss import unscale_loss_for_distribution
-from keras.src.trainers.compile_utils import CompileMetrics
-from keras.src.utils import tracking
 
 from keras_slicing import backend
 from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
+from keras_slicing.keras_internals import CompileMetrics
+from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.train_step import SlicingTrainStep
 
 _SLICING_ARGS = (
     "rates",
@@ -36,7 +32,7 @@ _SEED_KEY = "rate_sampler_state"
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
-class SlicingModel(keras.Model):
+class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
     """A functional model that trains all its slice rates at once.
 
     Build it like a functional `keras.Model` whose inputs include
@@ -252,12 +248,17 @@ class SlicingModel(keras.Model):
         self._distillation_loss = keras.losses.CategoricalCrossentropy(
             from_logits=self.distillation_from_logits
         )
-        self._static_rates = False
+        self._host_sampled = False
         self._eval_rate = 1.0
-        self._seed_generator = keras.random.SeedGenerator(seed)
-        # Not a model weight: it is training state that MinRateScheduler
-        # sets every epoch, and it must not enter get_weights/set_weights.
+        # Training state, not weights: the rate sampler (saved with the
+        # model, see save_own_variables) and the bound MinRateScheduler sets
+        # every epoch. Neither enters get_weights/set_weights nor the state
+        # JAX passes through its compiled steps (the rates of a step are
+        # sampled before it runs there).
         with tracking.DotNotTrackScope():
+            self._seed_generator = keras.random.SeedGenerator(seed)
+            self._rates_run = set()
+            self._compiled_rate_sets = {}
             self._min_rate = keras.Variable(
                 0.0, dtype="float32", trainable=False, name="min_rate"
             )
@@ -289,6 +290,24 @@ class SlicingModel(keras.Model):
                 f"min_rate={value}"
             )
         self._min_rate.assign(value)
+
+    @property
+    def compiled_rate_sets(self):
+        """The sets of rates that have their own compiled training step.
+
+        Where the rates are sampled on the host and steps are compiled (JAX;
+        TensorFlow with `jit_compile=True`), each distinct set of rates a
+        step ran gets one compiled step, built once: a tuple of rates per
+        entry, widest first. Empty where one traced step serves every rate
+        (TensorFlow's default) and where steps run eagerly (PyTorch).
+        """
+        return [tuple(self.rates[i] for i in key) for key in self._compiled_rate_sets]
+
+    def _keep_compiled_rate_sets(self, steps):
+        # The trainer's own dict, filled as steps are compiled (an attribute
+        # set the usual way would be a tracked copy of it).
+        with tracking.DotNotTrackScope():
+            self._compiled_rate_sets = steps
 
     def at_rate(self, rate):
         """A `keras.Model` of the data inputs alone running at `rate`.
@@ -416,13 +435,20 @@ class SlicingModel(keras.Model):
 
         `loss` is required. `metrics` are tracked per rate in training.
 
-        `jit_compile=True` (XLA) cannot take the in-graph sampled rate: a
-        tensor rate gives dynamic shapes, which XLA rejects. The model then
-        samples the rates on the host each step (same scheduler and seed)
-        and keeps one XLA-compiled step per distinct set of rates, in which
-        every rate is a constant: a few compilations for the usual rate
-        lists, then static shapes. `"auto"` resolves to `False` for sliced
-        layers.
+        The rates of a step are sampled inside the compiled step on
+        TensorFlow (a tensor rate, one trace for every rate). Where shapes
+        must be static, they are sampled on the host before each step (same
+        scheduler and seed) and each distinct set of rates gets its own
+        step, in which every rate is a constant:
+        - TensorFlow with `jit_compile=True` (XLA rejects the dynamic shapes
+          of a tensor rate): one XLA-compiled step per set of rates;
+        - JAX, always: one `jax.jit`-compiled step per set of rates
+          (`jit_compile` `"auto"` or `True`), or eager steps with
+          `jit_compile=False`;
+        - PyTorch, always: eager steps (`torch.compile` is not used; a
+          `jit_compile=True` is ignored with a warning).
+        The usual schedulers give a few sets (`"random_min_max"` over four
+        rates: two), listed in `compiled_rate_sets` once they ran.
         """
         if loss is None:
             raise ValueError(
@@ -430,7 +456,17 @@ class SlicingModel(keras.Model):
                 "train step sums the compiled loss over the sampled rates. "
                 "Received: loss=None"
             )
-        static = jit_compile is True and not run_eagerly
+        jit = jit_compile is True or (jit_compile == "auto" and backend.BACKEND == "jax")
+        if backend.BACKEND == "torch" and jit_compile is True:
+            warnings.warn(
+                f"SlicingModel '{self.name}': jit_compile=True is ignored on "
+                "the PyTorch backend; the training steps run eagerly (see "
+                "compile's docstring).",
+                stacklevel=2,
+            )
+            jit = False
+        jit = jit and not run_eagerly
+        host_sampled = backend.HOST_SAMPLED_RATES or jit
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -439,15 +475,17 @@ class SlicingModel(keras.Model):
             weighted_metrics=weighted_metrics,
             run_eagerly=run_eagerly,
             steps_per_execution=steps_per_execution,
-            jit_compile=False if static else jit_compile,
+            jit_compile=False if host_sampled else jit_compile,
             auto_scale_loss=auto_scale_loss,
         )
-        self._static_rates = static
-        if static:
+        self._host_sampled = host_sampled
+        self._compiled_rate_sets = {}
+        if host_sampled:
             # Keras refuses XLA for layers with supports_jit=False, which is
             # about tensor rates; this path feeds every layer a constant.
-            self._jit_compile = True
-            self._compile_config.config["jit_compile"] = True
+            self._jit_compile = jit
+            if jit_compile is True:
+                self._compile_config.config["jit_compile"] = True
         self._rate_loss_trackers = [
             keras.metrics.Mean(name=f"loss@{rates_lib.format_rate(r)}")
             for r in self.rates
@@ -492,295 +530,6 @@ class SlicingModel(keras.Model):
         if not self._has_rate(inputs):
             inputs = self._with_rate(inputs, 1.0)
         return super().__call__(self._with_rate_vectors(inputs), *args, **kwargs)
-
-    def train_step(self, data):
-        return self._train_step_on(self._sample_indices(), data)
-
-    def test_step(self, data):
-        return self._test_step_at(self._eval_rate, data)
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._forward(x, 1.0, training=False)
-
-    def make_train_function(self, force=False):
-        if self.train_function is not None and not force:
-            return self.train_function
-        if self._static_rates:
-            step = self._make_static_train_function()
-        else:
-            super().make_train_function(force)
-            step = self.train_function
-
-        def train_function(iterator):
-            return self._run_rates_only(step(iterator))
-
-        self.train_function = train_function
-        return train_function
-
-    def _make_static_train_function(self):
-        functions = {}
-
-        def train_function(iterator):
-            key = self._host_indices()
-            if key not in functions:
-                functions[key] = self._make_function(
-                    functools.partial(self._train_step_on, key)
-                )
-            return functions[key](iterator)
-
-        return train_function
-
-    def _run_rates_only(self, logs):
-        """`logs` without the entries of rates not run yet this epoch.
-
-        As Keras leaves `val_*` out of an epoch without validation: the
-        progress bar, `History` and `EarlyStopping`/`ModelCheckpoint` see
-        no value rather than a made-up one (the latter two skip the epoch).
-        """
-        unrun = tuple(
-            "@" + rates_lib.format_rate(rate)
-            for rate, tracker in zip(self.rates, self._rate_loss_trackers)
-            if not float(ops.convert_to_numpy(tracker.count))
-        )
-        if not unrun or not isinstance(logs, dict):
-            return logs
-        return {k: v for k, v in logs.items() if not k.endswith(unrun)}
-
-    def make_test_function(self, force=False):
-        # One function per evaluated rate: the rate is a constant in it, so
-        # shapes are static (and XLA can compile it).
-        rate = self._eval_rate
-        if force or rate not in self._test_functions:
-            self._test_functions[rate] = self._make_function(
-                functools.partial(self._test_step_at, rate)
-            )
-        self.test_function = self._test_functions[rate]
-        return self.test_function
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras builds from a batch that it reduces across replicas as one
-        # nested structure, which MultiWorkerMirroredStrategy refuses
-        # ("unsupported type PerReplica"), so plain Keras 3 models cannot
-        # fit under it. Only the shapes matter: one replica's part is enough.
-        if self._distribute_strategy is None or iterator is None:
-            return super()._maybe_symbolic_build(iterator, data_batch)
-        for _, _, batches in iterator:
-            data_batch = keras.tree.map_structure(
-                lambda v: backend.first_replica(v, self.distribute_strategy),
-                next(batches),
-            )
-            break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    def _sample_indices(self):
-        """Sorted indices into `rates` (widest first) for one step."""
-        indices = ops.cast(
-            self._scheduler.sample(self.rates, self._seed_generator), "int32"
-        )
-        indices = ops.reshape(indices, (self._num_slots,))
-        rates = ops.convert_to_tensor(np.array(self.rates, "float32"))
-        allowed = ops.sum(
-            ops.cast(ops.greater_equal(rates, self._min_rate - 1e-6), "int32")
-        )
-        indices = ops.minimum(indices, ops.maximum(allowed - 1, 0))
-        return ops.sort(indices)
-
-    def _host_indices(self):
-        indices = ops.convert_to_numpy(self._sample_indices())
-        return tuple(sorted({int(i) for i in indices}))
-
-    def _plan(self, indices):
-        """`[(rate, loss weight, [hit per model rate])]`, widest first.
-
-        Host-sampled indices (a tuple) give Python rates, flags and weights
-        and run each distinct rate once; in-graph indices give tensors, and a
-        repeated rate runs again with loss weight 0.
-        """
-        count = len(self.rates)
-        if isinstance(indices, tuple):
-            return [
-                (self.rates[i], self._loss_weights[i], [j == i for j in range(count)])
-                for i in indices
-            ]
-        rates = ops.convert_to_tensor(np.array(self.rates, "float32"))
-        weights = ops.convert_to_tensor(np.array(self._loss_weights, "float32"))
-        plan = []
-        for k in range(self._num_slots):
-            index = indices[k]
-            fresh = ops.not_equal(index, indices[k - 1]) if k else None
-            hits = [ops.equal(index, j) for j in range(count)]
-            weight = ops.take(weights, index)
-            if fresh is not None:
-                hits = [ops.logical_and(hit, fresh) for hit in hits]
-                weight = weight * ops.cast(fresh, "float32")
-            plan.append((ops.take(rates, index), weight, hits))
-        return plan
-
-    def _train_step_on(self, indices, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if self._has_rate(x):
-            raise ValueError(
-                f"SlicingModel '{self.name}': fit samples the slice rates "
-                "itself; pass only the data inputs, not the rate input."
-            )
-        plan = self._plan(indices)
-        variables = self.trainable_weights
-
-        def forward():
-            total = ops.zeros((), "float32")
-            teacher = None
-            results = []
-            share = self._student_share(plan) if self.distillation else None
-            for k, (rate, weight, _) in enumerate(plan):
-                y_pred = self._forward(x, rate, training=True)
-                loss = self._compile_loss(y, y_pred, sample_weight)
-                weight = ops.cast(weight, "float32")
-                if self.distillation and k:
-                    soft = self._distillation_term(teacher, y_pred, sample_weight)
-                    a = self._current_distillation_weight()
-                    loss = (1.0 - a) * loss + a * soft
-                    weight = weight * share
-                if k == 0:
-                    teacher = ops.stop_gradient(y_pred)
-                total = total + weight * loss
-                results.append((y_pred, loss))
-            # Regularizers count once per step, not once per rate.
-            for extra in self.losses:
-                total = total + self._aggregate_additional_loss(extra)
-            return self.optimizer.scale_loss(total), (total, results)
-
-        (total, results), gradients = backend.loss_and_gradients(forward, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
-
-        self._build_metrics(y, results[0][0])
-        batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(total), sample_weight=batch
-        )
-        for j, (tracker, metrics) in enumerate(
-            zip(self._rate_loss_trackers, self._rate_compile_metrics)
-        ):
-            hits = [hits[j] for _, _, hits in plan]
-            self._update_rate_metrics(
-                hits, results, tracker, metrics, y, sample_weight, batch
-            )
-        logs = {"loss": self._loss_tracker.result()}
-        for rate, tracker, metrics in zip(
-            self.rates, self._rate_loss_trackers, self._rate_compile_metrics
-        ):
-            # A rate not run yet this epoch has no value: NaN, never a
-            # perfect 0 (fit leaves such entries out, see _run_rates_only).
-            ran = ops.greater(tracker.count, 0.0)
-            logs[tracker.name] = _where_ran(ran, tracker.result())
-            if metrics is not None:
-                suffix = "@" + rates_lib.format_rate(rate)
-                for name, value in metrics.result().items():
-                    logs[name + suffix] = _where_ran(ran, value)
-        return self._reducible(logs)
-
-    def _student_share(self, plan):
-        """1 / the number of narrower rates that ran in this step.
-
-        Summed, the soft-target terms of n narrower rates outweigh the one
-        label term of the widest n to 1. The widths share their weights, so
-        every step that moves a narrower rate towards the widest also moves
-        the widest, and the chase (not the labels) then drives training: the
-        widest rate drifts to worse than chance (digits, `"all"`: 63% at
-        full width). Sharing one unit of weight keeps labels and soft targets
-        balanced whatever the scheduler runs.
-        """
-        ran = [hits for _, _, hits in plan[1:]]
-        if all(isinstance(hit, bool) for hits in ran for hit in hits):
-            return 1.0 / max(sum(any(hits) for hits in ran), 1)
-        ran = [functools.reduce(ops.logical_or, hits) for hits in ran]
-        count = functools.reduce(ops.add, [ops.cast(r, "float32") for r in ran])
-        return 1.0 / ops.maximum(count, 1.0)
-
-    def _current_distillation_weight(self):
-        weight = self.distillation_weight
-        if not self.distillation_warmup:
-            return weight
-        done = ops.cast(self.optimizer.iterations, "float32")
-        return weight * ops.minimum(done / float(self.distillation_warmup), 1.0)
-
-    def _distillation_term(self, teacher, y_pred, sample_weight):
-        teacher = ops.cast(teacher, "float32")
-        if not self.distillation_from_logits:
-            return self._distillation_loss(teacher, y_pred, sample_weight)
-        t = self.distillation_temperature
-        target = ops.softmax(teacher / t)
-        soft = self._distillation_loss(target, ops.cast(y_pred, "float32") / t,
-                                       sample_weight)
-        return soft * (t * t)
-
-    def _update_rate_metrics(
-        self, hits, results, tracker, metrics, y, sample_weight, batch
-    ):
-        """Updates one rate's metrics from the slot that ran it, if any."""
-
-        def update(y_pred, loss, weight):
-            tracker.update_state(
-                unscale_loss_for_distribution(loss), sample_weight=weight
-            )
-            if metrics is not None:
-                metrics.update_state(y, y_pred, sample_weight)
-
-        if all(isinstance(hit, bool) for hit in hits):
-            for hit, (y_pred, loss) in zip(hits, results):
-                if hit:
-                    update(y_pred, loss, batch)
-            return
-        # At most one slot runs a given rate: select its outputs in the
-        # graph, so that each rate needs one conditional update, not one per
-        # slot (conditionals dominate the tracing time).
-        ran = functools.reduce(ops.logical_or, hits)
-        def select(*values):
-            return functools.reduce(
-                ops.add,
-                [ops.where(h, v, ops.zeros_like(v)) for h, v in zip(hits, values)],
-            )
-
-        y_pred = keras.tree.map_structure(select, *[y_pred for y_pred, _ in results])
-        loss = select(*[loss for _, loss in results])
-        tracker.update_state(
-            unscale_loss_for_distribution(loss),
-            sample_weight=ops.cast(ran, "float32") * ops.cast(batch, "float32"),
-        )
-        if metrics is not None:
-            ops.cond(
-                ran,
-                lambda: metrics.update_state(y, y_pred, sample_weight),
-                lambda: None,
-            )
-
-    def _test_step_at(self, rate, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_pred = self._forward(x, rate, training=False)
-        self._build_metrics(y, y_pred)
-        loss = self._compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
-        )
-        self._loss_tracker.update_state(
-            unscale_loss_for_distribution(loss),
-            sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
-        )
-        logs = {"loss": self._loss_tracker.result()}
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
-            logs.update(self._compile_metrics.result())
-        for metric in self._compile_loss.metrics if self._compile_loss else ():
-            logs[metric.name] = metric.result()
-        return self._reducible(logs)
-
-    def _reducible(self, logs):
-        # Across workers Keras reduces every log value along axis 0, which a
-        # scalar lacks (plain Keras 3 models fail there); the reduction
-        # removes the axis added here again.
-        if backend.is_multi_worker(self.distribute_strategy):
-            return {name: ops.expand_dims(value, 0) for name, value in logs.items()}
-        return logs
 
     # ------------------------------------------------------------- helpers
 
@@ -900,7 +649,3 @@ def _per_rate(values, given, ordered, owner, arg_name):
     position = {r: i for i, r in enumerate(given)}
     return [values[position[r]] for r in ordered]
 
-
-def _where_ran(ran, value):
-    value = ops.convert_to_tensor(value)
-    return ops.where(ran, value, ops.full_like(value, float("nan")))

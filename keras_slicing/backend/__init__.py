@@ -3,9 +3,11 @@
 Everything else in the package is written with `keras.ops`; what depends on
 the backend is how a rate whose value is not known yet becomes a width (a
 graph computation on TensorFlow; an error on JAX and PyTorch, whose shapes
-must be known when they run), plus the TensorFlow distribution helpers of the
-training step. The module of the active backend is imported alone, so
-`import keras_slicing` on JAX or PyTorch does not import TensorFlow.
+must be known when they run), in `<backend>.py`, and how `SlicingModel`'s
+step takes gradients and is compiled, in `<backend>_trainer.py` (the step
+itself is `keras_slicing/train_step.py`, the same on every backend). The
+modules of the active backend are imported alone, so `import keras_slicing`
+on JAX or PyTorch does not import TensorFlow.
 """
 
 import keras
@@ -14,10 +16,13 @@ BACKEND = keras.backend.backend()
 
 if BACKEND == "tensorflow":
     from keras_slicing.backend import tensorflow as _impl
+    from keras_slicing.backend.tensorflow_trainer import SlicingTrainer
 elif BACKEND == "jax":
     from keras_slicing.backend import jax as _impl
+    from keras_slicing.backend.jax_trainer import SlicingTrainer
 elif BACKEND == "torch":
     from keras_slicing.backend import torch as _impl
+    from keras_slicing.backend.torch_trainer import SlicingTrainer
 else:
     raise ImportError(
         "keras_slicing runs on the 'tensorflow', 'jax' and 'torch' Keras "
@@ -30,9 +35,10 @@ concrete_value = _impl.concrete_value
 tensor_rate_groups = _impl.tensor_rate_groups
 dim = _impl.dim
 assert_true = _impl.assert_true
-first_replica = _impl.first_replica
-is_multi_worker = _impl.is_multi_worker
-loss_and_gradients = _impl.loss_and_gradients
+# Rates sampled on the host before each training step (a set of rates per
+# compiled step) rather than inside it: JAX and PyTorch always, TensorFlow
+# under XLA.
+HOST_SAMPLED_RATES = BACKEND in ("jax", "torch")
 
 if BACKEND == "tensorflow":
     # TensorFlow only: used by its tests and the graph-mode rate path.

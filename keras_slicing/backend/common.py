@@ -58,15 +58,9 @@ def rate_of_values(values, owner):
 
 
 def in_shape_inference():
-    """Whether Keras is inferring shapes (`compute_output_spec`), not running.
+    """Whether Keras is inferring shapes (`compute_output_spec`), not running."""
+    from keras_slicing.keras_internals import in_symbolic_scope
 
-    Keras' JAX and PyTorch backends infer shapes by tracing `call` with
-    abstract or meta tensors, which hold no rate to read.
-    """
-    try:
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-    except ImportError:  # private module moved: assume a real run
-        return False
     return in_symbolic_scope()
 
 
@@ -74,23 +68,3 @@ def eager_assert(condition, message):
     """Raises `ValueError(message)` unless `condition` (known now) holds."""
     if not bool(condition):
         raise ValueError(message)
-
-
-def no_distribution(value, strategy):
-    """`first_replica` of backends without `tf.distribute`: the value."""
-    del strategy
-    return value
-
-
-def no_gradient_tape(backend_name):
-    """`loss_and_gradients` of backends the training step is not ported to."""
-
-    def loss_and_gradients(loss_fn, variables):
-        raise NotImplementedError(
-            "SlicingModel's sampled-rate training step runs on the TensorFlow "
-            f"backend only; this process runs Keras on {backend_name}. Train "
-            "with KERAS_BACKEND=tensorflow, or train a keras.Model([x, rate], "
-            "y) of sliced layers with plain fit at one rate."
-        )
-
-    return loss_and_gradients

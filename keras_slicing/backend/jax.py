@@ -63,12 +63,3 @@ def dim(x, axis):
 
 
 assert_true = common.eager_assert
-first_replica = common.no_distribution
-
-
-def is_multi_worker(strategy):
-    del strategy
-    return False
-
-
-loss_and_gradients = common.no_gradient_tape("jax")

@@ -110,25 +110,3 @@ def dim(x, axis):
 def assert_true(condition, message):
     """A graph-mode check whose failure carries `message`."""
     return tf.debugging.Assert(condition, [message])
-
-
-def first_replica(value, strategy):
-    """The first local replica's part of a distributed value, else `value`."""
-    if isinstance(value, tf.distribute.DistributedValues):
-        return strategy.experimental_local_results(value)[0]
-    return value
-
-
-def is_multi_worker(strategy):
-    """Whether `strategy` reduces across several worker processes."""
-    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        in_multi_worker and in_multi_worker()
-    )
-
-
-def loss_and_gradients(loss_fn, variables):
-    """Runs `loss_fn() -> (loss, aux)`; returns `(aux, d loss / d variables)`."""
-    with tf.GradientTape() as tape:
-        loss, aux = loss_fn()
-    return aux, tape.gradient(loss, variables)

@@ -315,6 +315,10 @@ def _raises(fn, pattern):
     raise AssertionError(f"no ValueError matching {pattern!r}")
 
 
+# Registers the SlicingModel checks after these (they use `check`).
+from tests.backends import training_checks  # noqa: E402,F401
+
+
 def main(out, tf_dir):
     import inspect
 
@@ -337,4 +341,7 @@ def main(out, tf_dir):
 
 
 if __name__ == "__main__":
-    main(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))
+    # Through the package module, in which the training checks registered.
+    from tests.backends import checks as registered
+
+    registered.main(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))

@@ -19,6 +19,7 @@ import pytest
 
 import keras_slicing
 from tests.backends import checks
+from tests.backends import training_checks
 from tests.sliced_models import randomize_weights
 from tests.sliced_models import small_cnn
 
@@ -41,6 +42,16 @@ def tf_dir(tmp_path_factory):
     for rate in checks.RATES:
         outputs[str(rate)] = model.predict([x, np.full(4, rate, "float32")], verbose=0)
     np.savez(out / "outputs.npz", **outputs)
+    # The training reference: a SlicingModel saved untrained, then trained
+    # here; each backend trains the saved file the same way.
+    trained = training_checks.distillation_model()
+    randomize_weights(trained, seed=5)
+    trained.save(out / "train_init.keras")
+    losses, weights = training_checks.reference_training(trained)
+    np.savez(
+        out / "trained.npz", losses=losses,
+        **{f"w{i}": w for i, w in enumerate(weights)},
+    )
     return out
 
 
@@ -52,6 +63,10 @@ def launched(tf_dir, tmp_path_factory):
     for backend in BACKENDS:
         out = tmp_path_factory.mktemp(backend)
         env = dict(os.environ, KERAS_BACKEND=backend)
+        # Two host devices for keras.distribution.DataParallel on JAX.
+        env["XLA_FLAGS"] = " ".join(
+            [env.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=2"]
+        ).strip()
         env["PYTHONPATH"] = os.pathsep.join(
             [str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p]
         )

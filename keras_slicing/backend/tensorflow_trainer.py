@@ -1,0 +1,110 @@
+"""How `SlicingModel` trains on TensorFlow.
+
+The step is traced once by `tf.function` with the rates sampled inside the
+graph: a rate is a tensor, the layers compute their widths in the graph, and
+one trace serves every rate. XLA (`jit_compile=True`) cannot take those
+dynamic shapes, so there the rates are sampled on the host and each distinct
+set of rates gets its own compiled step with static shapes.
+"""
+
+import functools
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+class SlicingTrainer:
+    """The TensorFlow part of `SlicingModel`'s steps (a mixin of it)."""
+
+    def train_step(self, data):
+        return self._train_step_on(self._sample_indices(), data)
+
+    def test_step(self, data):
+        return self._test_step_at(self._eval_rate, data)
+
+    def predict_step(self, data):
+        return self._predict_outputs(data)
+
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self._host_sampled:
+            steps = {}
+
+            def train_function(iterator):
+                key = self._host_indices()
+                if key not in steps:
+                    steps[key] = self._make_function(
+                        functools.partial(self._train_step_on, key)
+                    )
+                return self._run_rates_only(steps[key](iterator), ran=key)
+
+            self._keep_compiled_rate_sets(steps)
+        else:
+            super().make_train_function(force)
+            step = self.train_function
+
+            def train_function(iterator):
+                return self._run_rates_only(step(iterator))
+
+        self.train_function = train_function
+        return train_function
+
+    def make_test_function(self, force=False):
+        # One function per evaluated rate: the rate is a constant in it, so
+        # shapes are static (and XLA can compile it).
+        rate = self._eval_rate
+        if force or rate not in self._test_functions:
+            self._test_functions[rate] = self._make_function(
+                functools.partial(self._test_step_at, rate)
+            )
+        self.test_function = self._test_functions[rate]
+        return self.test_function
+
+    def _loss_and_gradients(self, loss_fn, variables):
+        with tf.GradientTape() as tape:
+            loss, aux = loss_fn()
+        return aux, tape.gradient(loss, variables)
+
+    def _apply_gradients(self, gradients, variables):
+        self.optimizer.apply_gradients(zip(gradients, variables))
+
+    def _reducible(self, logs):
+        # Across workers Keras reduces every log value along axis 0, which a
+        # scalar lacks (plain Keras 3 models fail there); the reduction
+        # removes the axis added here again.
+        if _is_multi_worker(self.distribute_strategy):
+            return {name: ops.expand_dims(value, 0) for name, value in logs.items()}
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds from a batch that it reduces across replicas as one
+        # nested structure, which MultiWorkerMirroredStrategy refuses
+        # ("unsupported type PerReplica"), so plain Keras 3 models cannot
+        # fit under it. Only the shapes matter: one replica's part is enough.
+        if self._distribute_strategy is None or iterator is None:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        for _, _, batches in iterator:
+            data_batch = keras.tree.map_structure(
+                lambda v: _first_replica(v, self.distribute_strategy),
+                next(batches),
+            )
+            break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+
+def _first_replica(value, strategy):
+    """The first local replica's part of a distributed value, else `value`."""
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
+def _is_multi_worker(strategy):
+    """Whether `strategy` reduces across several worker processes."""
+    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
+        in_multi_worker and in_multi_worker()
+    )

@@ -1,0 +1,278 @@
+"""The training and test steps of `SlicingModel`, written once.
+
+A step is plain `keras.ops` code run against the model's variables: the plan
+of the step's rates, the forward passes and their summed loss, one optimizer
+update, and the per-rate metrics. What differs between backends (how the
+gradient is taken, how the step is compiled and fed its state) lives in the
+trainer module of each backend (`keras_slicing/backend/*_trainer.py`), which
+runs these methods.
+
+The rates of a step come as indices into `model.rates` (widest first):
+either a tuple of Python ints sampled on the host (every backend; the only
+way on JAX and PyTorch, whose shapes must be known when a step runs), or an
+int32 tensor sampled inside a TensorFlow graph (one trace for every rate).
+"""
+
+import functools
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_slicing import rates as rates_lib
+from keras_slicing.keras_internals import unscale_loss_for_distribution
+
+
+class SlicingTrainStep:
+    """The backend-neutral steps of `SlicingModel` (a mixin of it)."""
+
+    def _sample_indices(self):
+        """Sorted indices into `rates` (widest first) for one step."""
+        indices = ops.cast(
+            self._scheduler.sample(self.rates, self._seed_generator), "int32"
+        )
+        indices = ops.reshape(indices, (self._num_slots,))
+        rates = ops.convert_to_tensor(np.array(self.rates, "float32"))
+        allowed = ops.sum(
+            ops.cast(ops.greater_equal(rates, self._min_rate - 1e-6), "int32")
+        )
+        indices = ops.minimum(indices, ops.maximum(allowed - 1, 0))
+        return ops.sort(indices)
+
+    def _host_indices(self):
+        indices = ops.convert_to_numpy(self._sample_indices())
+        return tuple(sorted({int(i) for i in indices}))
+
+    def _plan(self, indices):
+        """`[(rate, loss weight, [hit per model rate])]`, widest first.
+
+        Host-sampled indices (a tuple) give Python rates, flags and weights
+        and run each distinct rate once; in-graph indices give tensors, and a
+        repeated rate runs again with loss weight 0.
+        """
+        count = len(self.rates)
+        if isinstance(indices, tuple):
+            return [
+                (self.rates[i], self._loss_weights[i], [j == i for j in range(count)])
+                for i in indices
+            ]
+        rates = ops.convert_to_tensor(np.array(self.rates, "float32"))
+        weights = ops.convert_to_tensor(np.array(self._loss_weights, "float32"))
+        plan = []
+        for k in range(self._num_slots):
+            index = indices[k]
+            fresh = ops.not_equal(index, indices[k - 1]) if k else None
+            hits = [ops.equal(index, j) for j in range(count)]
+            weight = ops.take(weights, index)
+            if fresh is not None:
+                hits = [ops.logical_and(hit, fresh) for hit in hits]
+                weight = weight * ops.cast(fresh, "float32")
+            plan.append((ops.take(rates, index), weight, hits))
+        return plan
+
+    def _train_step_on(self, indices, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if self._has_rate(x):
+            raise ValueError(
+                f"SlicingModel '{self.name}': fit samples the slice rates "
+                "itself; pass only the data inputs, not the rate input."
+            )
+        plan = self._plan(indices)
+        variables = self.trainable_weights
+
+        def forward():
+            total = ops.zeros((), "float32")
+            teacher = None
+            results = []
+            share = self._student_share(plan) if self.distillation else None
+            for k, (rate, weight, _) in enumerate(plan):
+                y_pred = self._forward(x, rate, training=True)
+                loss = self._compile_loss(y, y_pred, sample_weight)
+                weight = ops.cast(weight, "float32")
+                if self.distillation and k:
+                    soft = self._distillation_term(teacher, y_pred, sample_weight)
+                    a = self._current_distillation_weight()
+                    loss = (1.0 - a) * loss + a * soft
+                    weight = weight * share
+                if k == 0:
+                    teacher = ops.stop_gradient(y_pred)
+                total = total + weight * loss
+                results.append((y_pred, loss))
+            # Regularizers count once per step, not once per rate.
+            for extra in self.losses:
+                total = total + self._aggregate_additional_loss(extra)
+            return self.optimizer.scale_loss(total), (total, results)
+
+        (total, results), gradients = self._loss_and_gradients(forward, variables)
+        self._apply_gradients(gradients, variables)
+
+        self._build_metrics(y, results[0][0])
+        batch = ops.shape(keras.tree.flatten(x)[0])[0]
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(total), sample_weight=batch
+        )
+        for j, (tracker, metrics) in enumerate(
+            zip(self._rate_loss_trackers, self._rate_compile_metrics)
+        ):
+            hits = [hits[j] for _, _, hits in plan]
+            self._update_rate_metrics(
+                hits, results, tracker, metrics, y, sample_weight, batch
+            )
+        logs = {"loss": self._loss_tracker.result()}
+        for rate, tracker, metrics in zip(
+            self.rates, self._rate_loss_trackers, self._rate_compile_metrics
+        ):
+            # A rate not run yet this epoch has no value: NaN, never a
+            # perfect 0 (fit leaves such entries out, see _run_rates_only).
+            ran = ops.greater(tracker.count, 0.0)
+            logs[tracker.name] = _where_ran(ran, tracker.result())
+            if metrics is not None:
+                suffix = "@" + rates_lib.format_rate(rate)
+                for name, value in metrics.result().items():
+                    logs[name + suffix] = _where_ran(ran, value)
+        return self._reducible(logs)
+
+    def _student_share(self, plan):
+        """1 / the number of narrower rates that ran in this step.
+
+        Summed, the soft-target terms of n narrower rates outweigh the one
+        label term of the widest n to 1. The widths share their weights, so
+        every step that moves a narrower rate towards the widest also moves
+        the widest, and the chase (not the labels) then drives training: the
+        widest rate drifts to worse than chance (digits, `"all"`: 63% at
+        full width). Sharing one unit of weight keeps labels and soft targets
+        balanced whatever the scheduler runs.
+        """
+        ran = [hits for _, _, hits in plan[1:]]
+        if all(isinstance(hit, bool) for hits in ran for hit in hits):
+            return 1.0 / max(sum(any(hits) for hits in ran), 1)
+        ran = [functools.reduce(ops.logical_or, hits) for hits in ran]
+        count = functools.reduce(ops.add, [ops.cast(r, "float32") for r in ran])
+        return 1.0 / ops.maximum(count, 1.0)
+
+    def _current_distillation_weight(self):
+        weight = self.distillation_weight
+        if not self.distillation_warmup:
+            return weight
+        done = ops.cast(self.optimizer.iterations, "float32")
+        return weight * ops.minimum(done / float(self.distillation_warmup), 1.0)
+
+    def _distillation_term(self, teacher, y_pred, sample_weight):
+        teacher = ops.cast(teacher, "float32")
+        if not self.distillation_from_logits:
+            return self._distillation_loss(teacher, y_pred, sample_weight)
+        t = self.distillation_temperature
+        target = ops.softmax(teacher / t)
+        soft = self._distillation_loss(target, ops.cast(y_pred, "float32") / t,
+                                       sample_weight)
+        return soft * (t * t)
+
+    def _update_rate_metrics(
+        self, hits, results, tracker, metrics, y, sample_weight, batch
+    ):
+        """Updates one rate's metrics from the slot that ran it, if any."""
+
+        def update(y_pred, loss, weight):
+            tracker.update_state(
+                unscale_loss_for_distribution(loss), sample_weight=weight
+            )
+            if metrics is not None:
+                metrics.update_state(y, y_pred, sample_weight)
+
+        if all(isinstance(hit, bool) for hit in hits):
+            for hit, (y_pred, loss) in zip(hits, results):
+                if hit:
+                    update(y_pred, loss, batch)
+            return
+        # At most one slot runs a given rate: select its outputs in the
+        # graph, so that each rate needs one conditional update, not one per
+        # slot (conditionals dominate the tracing time).
+        ran = functools.reduce(ops.logical_or, hits)
+        def select(*values):
+            return functools.reduce(
+                ops.add,
+                [ops.where(h, v, ops.zeros_like(v)) for h, v in zip(hits, values)],
+            )
+
+        y_pred = keras.tree.map_structure(select, *[y_pred for y_pred, _ in results])
+        loss = select(*[loss for _, loss in results])
+        tracker.update_state(
+            unscale_loss_for_distribution(loss),
+            sample_weight=ops.cast(ran, "float32") * ops.cast(batch, "float32"),
+        )
+        if metrics is not None:
+            ops.cond(
+                ran,
+                lambda: metrics.update_state(y, y_pred, sample_weight),
+                lambda: None,
+            )
+
+    def _test_step_at(self, rate, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self._forward(x, rate, training=False)
+        self._build_metrics(y, y_pred)
+        loss = self._compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+        )
+        self._loss_tracker.update_state(
+            unscale_loss_for_distribution(loss),
+            sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
+        )
+        logs = {"loss": self._loss_tracker.result()}
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+            logs.update(self._compile_metrics.result())
+        for metric in self._compile_loss.metrics if self._compile_loss else ():
+            logs[metric.name] = metric.result()
+        return self._reducible(logs)
+
+    def _reducible(self, logs):
+        """`logs` as the trainer reduces them (TensorFlow overrides this)."""
+        return logs
+
+    def _predict_outputs(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._forward(x, 1.0, training=False)
+
+    def _step_state_variables(self):
+        """Every variable a step's forward pass may read or update.
+
+        The model's own (weights, statistics, layers' seeds) and the
+        optimizer's (its iteration count sets the distillation warm-up, its
+        loss scale the scaled loss): what a stateless backend must feed in.
+        """
+        return list(self.variables) + list(self.optimizer.variables)
+
+    def _run_rates_only(self, logs, ran=None):
+        """`logs` without the entries of rates not run yet this epoch.
+
+        As Keras leaves `val_*` out of an epoch without validation: the
+        progress bar, `History` and `EarlyStopping`/`ModelCheckpoint` see
+        no value rather than a made-up one (the latter two skip the epoch).
+        `ran` holds the indices of the rates just run when they were sampled
+        on the host; the rates run this epoch are then known without
+        reading the trackers (which JAX holds in its training state).
+        """
+        if ran is None:
+            counts = [float(ops.convert_to_numpy(t.count)) for t in self._rate_loss_trackers]
+            run = {i for i, count in enumerate(counts) if count}
+        else:
+            self._rates_run.update(ran)
+            run = self._rates_run
+        unrun = tuple(
+            "@" + rates_lib.format_rate(rate)
+            for i, rate in enumerate(self.rates)
+            if i not in run
+        )
+        if not unrun or not isinstance(logs, dict):
+            return logs
+        return {k: v for k, v in logs.items() if not k.endswith(unrun)}
+
+    def reset_metrics(self):
+        super().reset_metrics()
+        self._rates_run = set()
+
+
+def _where_ran(ran, value):
+    value = ops.convert_to_tensor(value)
+    return ops.where(ran, value, ops.full_like(value, float("nan")))

@@ -1,0 +1,177 @@
+"""`SlicingModel` training checks, run on each backend by `checks.py`.
+
+The reference for the numbers is TensorFlow: `reference_training` runs there
+in the test process (`test_backends.py`) and here on the same saved model and
+batches, and the weights after training must agree. The rest checks what a
+user sees: per-rate logs, callbacks, evaluation, compiled steps.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+import keras_slicing
+from keras_slicing.callbacks import MinRateScheduler
+from keras_slicing.callbacks import SlicedValidation
+from tests.backends.checks import BACKEND
+from tests.backends.checks import check
+from tests.sliced_models import randomize_weights
+from tests.sliced_models import small_cnn
+from tests.sliced_models import small_mlp
+
+TRAIN_RATES = (1.0, 0.75, 0.5, 0.25)
+
+
+def distillation_model():
+    """The small CNN (with batch norm) trained on every rate with in-place
+    distillation: every trained piece of the step is used."""
+    cnn = small_cnn(bn_rates=TRAIN_RATES)
+    return keras_slicing.SlicingModel(
+        cnn.inputs, cnn.outputs, rates=TRAIN_RATES, scheduler="all",
+        distillation="inplace", distillation_temperature=2.0, seed=0,
+    )
+
+
+def reference_training(model, steps=3):
+    """SGD steps on fixed batches; returns the losses and the weights."""
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(21)
+    losses = []
+    for _ in range(steps):
+        x = rng.normal(size=(16, 8, 8, 1)).astype("float32")
+        y = rng.integers(0, 10, size=(16,)).astype("int32")
+        losses.append(model.train_on_batch(x, y, return_dict=True)["loss"])
+    return np.array(losses, "float64"), model.get_weights()
+
+
+@check
+def training_matches_tensorflow(tf_dir):
+    model = keras.saving.load_model(tf_dir / "train_init.keras")
+    losses, weights = reference_training(model)
+    want = np.load(tf_dir / "trained.npz")
+    np.testing.assert_allclose(losses, want["losses"], rtol=1e-4)
+    assert len(weights) == len(want.files) - 1
+    for i, weight in enumerate(weights):
+        # Batch-norm statistics included: the forward passes' updates of
+        # non-trainable state reach the model on every backend.
+        np.testing.assert_allclose(weight, want[f"w{i}"], rtol=1e-4, atol=1e-5)
+
+
+def _mlp_task(seed=16):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(128, 16)).astype("float32")
+    y = ((x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)).astype("int32")
+    return x, y
+
+
+def _sliced_mlp(seed=1, **kwargs):
+    mlp = small_mlp(features=16, classes=3)
+    randomize_weights(mlp, seed=17)
+    return keras_slicing.SlicingModel(
+        mlp.inputs, mlp.outputs, rates=TRAIN_RATES, seed=seed, **kwargs
+    )
+
+
+@check
+def fit_logs_each_rate_and_callbacks_run():
+    x, y = _mlp_task()
+    model = _sliced_mlp()
+    model.compile(
+        keras.optimizers.Adam(0.02),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    schedule = keras_slicing.callbacks.shrinking_schedule(model.rates, epochs_per_rate=1)
+    history = model.fit(
+        x, y, epochs=5, batch_size=32, verbose=0,
+        callbacks=[
+            SlicedValidation((x, y), rates=(1.0, 0.25)),
+            MinRateScheduler(schedule),
+        ],
+    )
+    logs = history.history
+    # Epoch 0 trains width 1 alone (min_rate 1.0): the other rates have no
+    # entry then, and every rate has one from epoch 3 on.
+    assert len(logs["loss@1"]) == 5 and len(logs["accuracy@0.25"]) == 2, {
+        k: len(v) for k, v in logs.items()
+    }
+    assert logs["min_rate"] == [1.0, 0.75, 0.5, 0.25, 0.25], logs["min_rate"]
+    assert len(logs["val_accuracy@0.25"]) == 5
+    assert logs["loss@1"][-1] < 0.7 * logs["loss@1"][0], logs["loss@1"]
+    results = model.evaluate_rates(x, y)
+    assert sorted(results) == sorted(TRAIN_RATES)
+    assert results[1.0]["accuracy"] > 0.8, results
+    np.testing.assert_allclose(
+        results[0.25]["accuracy"], logs["val_accuracy@0.25"][-1], atol=1e-6
+    )
+    # The narrow model cut out of the trained weights answers as the model.
+    full = ops.convert_to_numpy(model([x, np.full(len(x), 0.5, "float32")]))
+    np.testing.assert_allclose(
+        model.at_rate(0.5).predict(x, verbose=0), full, rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        keras_slicing.extract_submodel(model, 0.5).predict(x, verbose=0),
+        full, rtol=1e-5, atol=1e-5,
+    )
+
+
+@check
+def each_rate_set_compiles_once():
+    x, y = _mlp_task()
+    model = _sliced_mlp(scheduler="random_min_max")
+    model.compile(
+        keras.optimizers.Adam(0.02),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    traces = []
+    step = model._train_step_on
+
+    def counting_step(indices, data):
+        traces.append(indices)
+        return step(indices, data)
+
+    model._train_step_on = counting_step
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    sets = sorted(model.compiled_rate_sets)
+    if BACKEND == "jax":
+        # Widest and narrowest, plus one of the two middle rates: two sets,
+        # each traced once over 32 steps.
+        assert sets == [(1.0, 0.5, 0.25), (1.0, 0.75, 0.25)], sets
+        assert sorted(traces) == sorted(set(traces)) and len(traces) == 2, traces
+    else:  # eager: a step per batch, no compiled step kept
+        assert sets == [] and len(traces) == 32, (sets, len(traces))
+        assert {len(t) for t in traces} == {3}, traces
+
+
+@check
+def data_parallel_trains_as_one_device():
+    if BACKEND != "jax":
+        return  # keras.distribution runs on JAX only
+    import jax
+
+    devices = jax.devices("cpu")
+    assert len(devices) == 2, (
+        "XLA_FLAGS=--xla_force_host_platform_device_count=2 is not in effect: "
+        f"{devices}"
+    )
+    x, y = _mlp_task()
+    weights = {}
+    for name in ("one", "two"):
+        distribution = keras.distribution.DataParallel(
+            devices=devices if name == "two" else devices[:1]
+        )
+        with distribution.scope():
+            model = _sliced_mlp(scheduler="random_min_max")
+            model.compile(
+                keras.optimizers.Adam(0.02),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+            model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+        weights[name] = model.get_weights()
+    for one, two in zip(weights["one"], weights["two"]):
+        np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)
