@@ -1,3 +1,4 @@
+import contextlib
 import warnings
 
 import keras
@@ -356,16 +357,12 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
             else rates_lib.validate_rates(rates, "evaluate_rates: rates")
         )
         results = {}
-        previous = self._eval_rate
-        try:
-            for rate in rates:
-                self._eval_rate = rate
+        for rate in rates:
+            with self._evaluating_at(rate):
                 results[rate] = self.evaluate(
                     x, y, batch_size=batch_size, sample_weight=sample_weight,
                     steps=steps, verbose=verbose, return_dict=True,
                 )
-        finally:
-            self._eval_rate = previous
         return results
 
     def evaluate(
@@ -375,24 +372,69 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
     ):
         """As `keras.Model.evaluate`, at full width (see `evaluate_rates`).
 
-        Without `return_dict` the values come in `metrics_names` order.
+        Inputs that include the rate run at that rate. Without `return_dict`
+        the values come in `metrics_names` order.
         """
-        logs = super().evaluate(
-            self._with_rate_vectors(x), y, batch_size=batch_size,
-            verbose=verbose, sample_weight=sample_weight, steps=steps,
-            callbacks=callbacks, return_dict=True, **kwargs,
-        )
+        data, rate = self._data_and_rate(x)
+        with self._evaluating_at(rate):
+            logs = super().evaluate(
+                data, y, batch_size=batch_size,
+                verbose=verbose, sample_weight=sample_weight, steps=steps,
+                callbacks=callbacks, return_dict=True, **kwargs,
+            )
         return logs if return_dict else self._in_metrics_order(logs)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        logs = super().test_on_batch(
-            self._with_rate_vectors(x), y, sample_weight=sample_weight,
-            return_dict=True,
-        )
+        data, rate = self._data_and_rate(x)
+        with self._evaluating_at(rate):
+            logs = super().test_on_batch(
+                data, y, sample_weight=sample_weight, return_dict=True
+            )
         return logs if return_dict else self._in_metrics_order(logs)
 
     def predict(self, x, *args, **kwargs):
-        return super().predict(self._with_rate_vectors(x), *args, **kwargs)
+        data, rate = self._data_and_rate(x)
+        if rate is not None:
+            return self.at_rate(rate).predict(data, *args, **kwargs)
+        return super().predict(data, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        data, rate = self._data_and_rate(x)
+        if rate is not None:
+            return self.at_rate(rate).predict_on_batch(data)
+        return super().predict_on_batch(data)
+
+    @contextlib.contextmanager
+    def _evaluating_at(self, rate):
+        """Test steps run at `rate` inside (unchanged when `rate` is None)."""
+        previous = self._eval_rate
+        self._eval_rate = previous if rate is None else rate
+        try:
+            yield
+        finally:
+            self._eval_rate = previous
+
+    def _data_and_rate(self, x):
+        """`(data inputs, rate)` of inputs that include the rate input.
+
+        A fed rate known on the host (arrays, Python numbers, eager tensors)
+        holding one value becomes a Python float: the data then run at that
+        width with static shapes, on every backend. Anything else is passed
+        on as it is, `(x, None)`, with rates of shape `()` or `(N, 1)` made
+        the `(N,)` vectors the layers take (TensorFlow slices by a rate
+        tensor in the graph; JAX refuses it, naming the layer).
+        """
+        if not isinstance(x, (list, tuple)) or not self._has_rate(x):
+            return x, None
+        x = self._with_rate_vectors(x)  # refuses rates of other shapes
+        flat = keras.tree.flatten(x)
+        fed = [t for t, is_rate in zip(flat, self._rate_flags) if is_rate]
+        data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
+        owner = f"SlicingModel '{self.name}'"
+        rates = {backend.concrete_rate(t, owner) for t in fed}
+        if None in rates or len(rates) != 1:
+            return x, None
+        return (data[0] if len(data) == 1 else data), rates.pop()
 
     @property
     def metrics_names(self):

@@ -8,6 +8,7 @@ and outputs, one saved here loads there, and `model_cost` agrees.
 """
 
 import json
+import re
 import os
 import pathlib
 import subprocess
@@ -127,3 +128,44 @@ def test_file_saved_there_loads_on_tensorflow_with_its_outputs(run):
     for rate in checks.RATES:
         got = loaded.predict([x, np.full(len(x), rate, "float32")], verbose=0)
         np.testing.assert_allclose(got, saved[str(rate)], rtol=1e-5, atol=1e-5)
+
+
+def _readme_jax_script():
+    readme = (ROOT / "README.md").read_text()
+    scripts = [
+        code for code in re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+        if code.startswith("# KERAS_BACKEND=jax")
+    ]
+    assert len(scripts) == 1, "the README's JAX training script is missing"
+    return scripts[0]
+
+
+def test_readme_jax_script_trains_and_its_file_exports_with_tensorflow(tmp_path):
+    # The README's script, then (not in the README) the outputs JAX gives.
+    script = _readme_jax_script() + (
+        "\nnp.savez('jax_outputs.npz', x=features[:8], **{str(r): "
+        "model.at_rate(r).predict(features[:8], verbose=0) for r in (1.0, 0.5, 0.25)})\n"
+    )
+    (tmp_path / "train_jax.py").write_text(script)
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    done = subprocess.run(
+        [sys.executable, "train_jax.py"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(1.0, 0.5, 0.25)" in done.stdout or "(1.0, 0.75, 0.25)" in done.stdout, done.stdout
+    keras_cli = pathlib.Path(sys.executable).with_name("keras-slicing")
+    exported = subprocess.run(
+        [str(keras_cli), "export", "model.keras", "bundle", "--rates=1,0.5,0.25"],
+        cwd=tmp_path, env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    from keras_slicing_lite import load_bundle
+
+    bundle = load_bundle(tmp_path / "bundle")
+    want = np.load(tmp_path / "jax_outputs.npz")
+    for rate in (1.0, 0.5, 0.25):
+        got = bundle.predict(want["x"], rate=rate)
+        np.testing.assert_allclose(got, want[str(rate)], rtol=1e-5, atol=1e-5)

@@ -175,3 +175,25 @@ def data_parallel_trains_as_one_device():
         weights[name] = model.get_weights()
     for one, two in zip(weights["one"], weights["two"]):
         np.testing.assert_allclose(two, one, rtol=1e-5, atol=1e-5)
+
+
+@check
+def fed_rates_run_at_that_width():
+    x, y = _mlp_task()
+    model = _sliced_mlp()
+    model.compile(
+        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    for rate in (0.5, 0.25):
+        fed = [x, np.full((len(x), 1), rate, "float32")]
+        want = ops.convert_to_numpy(model([x, np.full(len(x), rate, "float32")]))
+        np.testing.assert_allclose(model.predict(fed, verbose=0), want, atol=1e-5)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(model.predict_on_batch(fed)), want, atol=1e-5
+        )
+        accuracy = float(np.mean(want.argmax(-1) == y))
+        logs = model.evaluate(fed, y, verbose=0, return_dict=True)
+        np.testing.assert_allclose(logs["accuracy"], accuracy, atol=1e-6)
+        by_rates = model.evaluate_rates(x, y, rates=[rate])[rate]
+        np.testing.assert_allclose(by_rates["loss"], logs["loss"], rtol=1e-5)
