@@ -12,6 +12,7 @@ import numbers
 import threading
 import time
 
+from keras_slicing_lite.planner import ArrivalRate
 from keras_slicing_lite.request import Response
 
 
@@ -47,6 +48,7 @@ class LiveServing:
                 "the batch it held when stop() timed out; try again shortly."
             )
         self._origin = time.perf_counter()
+        self._arrivals = ArrivalRate()
         self._live = []
         self._sequence = 0
         self._stopping = False
@@ -109,6 +111,7 @@ class LiveServing:
                 )
             arrival = time.perf_counter() - self._origin
             deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1e3
+            self._arrivals.add(arrival)
             self._sequence += 1
             bisect.insort(
                 self._live,
@@ -194,7 +197,6 @@ class LiveServing:
                     continue
                 outputs, bucket = self._run(rate, [entry[4] for entry in batch])
                 finish = time.perf_counter() - self._origin
-                self._observe(rate, bucket, finish - now)
                 answered = []
                 for (deadline, _, rid, arrival, _, future), out in zip(batch, outputs):
                     answered.append(Response(
@@ -204,6 +206,9 @@ class LiveServing:
                 self._count(rate, answered)
                 for (*_, future), response in zip(batch, answered):
                     future.set_result(response)
+                # The whole cycle, answering included, is what the next
+                # batch waits for.
+                self._observe(rate, bucket, time.perf_counter() - self._origin - now)
                 batch = []
         except BaseException as error:  # every waiting caller must hear of it
             with self._wakeup:
