@@ -12,6 +12,8 @@ import numbers
 import threading
 import time
 
+import numpy as np
+
 from keras_slicing_lite.planner import ArrivalRate
 from keras_slicing_lite.request import Response
 
@@ -32,7 +34,11 @@ class LiveServing:
     """The live half of `ElasticServer` (see its documentation)."""
 
     def start(self):
-        """Starts serving live requests (real clock only) on a worker thread."""
+        """Starts serving live requests (real clock only) on a worker thread.
+
+        Every width is first called once at every padded batch size, so that
+        no request waits for an interpreter to be built.
+        """
         if self.clock != "real":
             raise ValueError(
                 "ElasticServer.start: live serving runs on the wall clock; "
@@ -47,6 +53,7 @@ class LiveServing:
                 "ElasticServer.start: the previous worker is still finishing "
                 "the batch it held when stop() timed out; try again shortly."
             )
+        self._warm_up()
         self._origin = time.perf_counter()
         self._arrivals = ArrivalRate()
         self._live = []
@@ -172,6 +179,17 @@ class LiveServing:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+    def _warm_up(self):
+        # The first call of a width at a batch size builds its interpreter
+        # (tens of ms, XNNPACK packs the weights): pay it before the first
+        # request does, for every width and padded batch size.
+        shape = self.bundle.input_shape[1:]
+        if any(d is None for d in shape):
+            return  # sizes not known before requests arrive
+        for rate in self.rates:
+            for bucket in self._buckets:
+                self.bundle.predict(np.zeros((bucket, *shape), self.bundle.input_dtype), rate)
 
     def _serve_live(self):
         batch = []
