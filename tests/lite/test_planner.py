@@ -16,6 +16,7 @@ from keras_slicing_lite import LatencyProfile
 from keras_slicing_lite import Request
 from keras_slicing_lite import load_bundle
 from keras_slicing_lite.planner import ArrivalRate
+from keras_slicing_lite.planner import CostFit
 from tests.lite.conftest import RATES
 from tests.lite.conftest import toy_latency_ms
 
@@ -120,3 +121,36 @@ def test_steady_stream_reads_its_rate_and_decays_after():
 def test_negative_arrival_rate_is_refused(server):
     with pytest.raises(ValueError, match="arrival_rate must be a number >= 0"):
         server.plan([50 * MS], arrival_rate=-1.0)
+
+
+def test_cost_fit_separates_fixed_overhead_from_slowdown():
+    fit = CostFit(smoothing=0.1)
+    rng = np.random.default_rng(0)
+    for profiled in rng.uniform(0.5 * MS, 20 * MS, 200):
+        fit.add(profiled, 2 * MS + 3.0 * profiled)
+    assert fit.slowdown == pytest.approx(3.0)
+    assert fit.fixed_s == pytest.approx(2 * MS)
+    assert fit.cost_s(10 * MS) == pytest.approx(32 * MS)
+
+
+def test_cost_fit_keeps_its_slowdown_while_batches_cost_alike():
+    fit = CostFit(smoothing=0.1)
+    for profiled in (1 * MS, 10 * MS) * 50:
+        fit.add(profiled, 3.0 * profiled)
+    for _ in range(100):  # all at one cost: no slope to fit
+        fit.add(8 * MS, 25 * MS)
+    # The slope moves only while old and new batches are both in the fit.
+    assert fit.slowdown == pytest.approx(3.0, rel=0.05)
+    assert fit.fixed_s == pytest.approx(25 * MS - fit.slowdown * 8 * MS, abs=1e-6)
+    assert fit.cost_s(8 * MS) == pytest.approx(25 * MS, abs=1e-6)
+
+
+def test_a_slowed_machine_narrows_the_width_it_can_keep(server):
+    # Full width keeps up with 600/s at 0.76 utilization on the profile;
+    # once batches are seen to take twice their profiled cost it would not.
+    assert server.plan([50 * MS], arrival_rate=600.0) == (1.0, 1)
+    planner = server._planner
+    for rate, bucket in [(r, b) for r in RATES for b in (1, 2, 4, 8)] * 5:
+        planner.observe(rate, bucket, 2 * toy_latency_ms(rate, bucket) * MS)
+    assert planner.costs.slowdown == pytest.approx(2.0)
+    assert server.plan([50 * MS], arrival_rate=600.0) == (0.5, 1)

@@ -45,9 +45,11 @@ class ElasticServer(LiveServing):
       for tests, and for replaying a trace of an hour in seconds.
     - `"real"`: `replay()` sleeps until each arrival and times each batch on
       the wall clock; `start()`/`submit()`/`stop()` serve live requests from
-      other threads. Planning then adds the measured overhead of a batch
-      beyond its profiled median (queueing, stacking, a busy machine): a
-      moving average of the excess, updated after every batch.
+      other threads. Planning then corrects the profile by the costs
+      measured on the wall clock: after every batch, a weighted fit over
+      recent batches of `cost = fixed + slowdown * profiled median` (Python
+      work around a call adds about the same to each; a busy machine slows
+      every call in proportion).
 
     Live serving cannot hang a caller: a future cancelled by its caller is
     skipped; a request whose deadline has already passed is answered (late)

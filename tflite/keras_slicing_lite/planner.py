@@ -28,9 +28,13 @@ MAX_UTILIZATION = 0.8
 # within a fraction of a typical deadline, long enough to count dozens of
 # arrivals at a few thousand per second.
 ARRIVAL_WINDOW_S = 0.025
-# Weight of the newest batch in the moving average of the real-clock
-# overhead: about the last 20 batches count.
+# Weight of the newest batch in the fit of real-clock costs: about the last
+# 20 batches count.
 OVERHEAD_SMOOTHING = 0.05
+# Bounds of the fitted slowdown: a busy machine makes every call slower in
+# proportion, not by a fixed amount, but one noisy fit must not freeze the
+# server at the narrowest width forever.
+MAX_SLOWDOWN = 20.0
 
 
 class ArrivalRate:
@@ -57,6 +61,44 @@ class ArrivalRate:
         return self._rate * math.exp(-max(0.0, t - self._last) / self.window_s)
 
 
+class CostFit:
+    """Real cost of a call as `fixed_s + slowdown * profiled median`.
+
+    Another process taking the CPU makes every call slower in proportion
+    (a 3x slowdown adds 2 ms to a 1 ms call and 40 ms to a 20 ms one), while
+    Python work around a call adds about the same to each: a single additive
+    overhead learned from cheap narrow batches would promise a wide batch far
+    too soon. An exponentially weighted least-squares fit over recent
+    batches separates the two; while recent batches cost too much alike to
+    fit a slope (standard deviation under half the mean), the slowdown keeps
+    its last value and only `fixed_s` moves.
+    """
+
+    def __init__(self, smoothing=OVERHEAD_SMOOTHING):
+        self.smoothing = smoothing
+        self.slowdown = 1.0
+        self.fixed_s = 0.0
+        self._sums = (0.0, 0.0, 0.0, 0.0, 0.0)  # weight, x, y, x*x, x*y
+
+    def add(self, profiled_s, observed_s):
+        keep = 1.0 - self.smoothing
+        w, sx, sy, sxx, sxy = (v * keep for v in self._sums)
+        x, y = profiled_s, observed_s
+        self._sums = (w + 1, sx + x, sy + y, sxx + x * x, sxy + x * y)
+        w, sx, sy, sxx, sxy = self._sums
+        mean_x, mean_y = sx / w, sy / w
+        variance = sxx / w - mean_x * mean_x
+        # A slope needs batches of clearly different cost: with a spread of
+        # only a few percent, one stalled call would set it.
+        if variance > (0.5 * mean_x) ** 2:
+            slope = (sxy / w - mean_x * mean_y) / variance
+            self.slowdown = min(MAX_SLOWDOWN, max(1.0, slope))
+        self.fixed_s = max(0.0, mean_y - self.slowdown * mean_x)
+
+    def cost_s(self, planned_s):
+        return self.fixed_s + self.slowdown * planned_s
+
+
 class WidthPlanner:
     """Chooses `(rate, batch_size)` for a queue sorted by deadline.
 
@@ -76,7 +118,7 @@ class WidthPlanner:
         self._plan_s = plan_s
         self._service_s = service_s
         self._buckets = sorted({b for _, b in plan_s})
-        self.overhead_s = 0.0
+        self.costs = CostFit()
 
     def bucket(self, count):
         """The profiled batch size a batch of `count` is padded to."""
@@ -97,12 +139,11 @@ class WidthPlanner:
     def cost_per_request_s(self, rate):
         """Planned seconds per request at `rate` in full batches: its throughput."""
         full = self.max_batch_size
-        return (self._plan_s[(rate, self.bucket(full))] + self.overhead_s) / full
+        return self.costs.cost_s(self._plan_s[(rate, self.bucket(full))]) / full
 
     def observe(self, rate, bucket, seconds):
-        """Learns the overhead of a real-clock batch beyond its profiled median."""
-        excess = max(0.0, seconds - self._service_s[(rate, bucket)])
-        self.overhead_s += OVERHEAD_SMOOTHING * (excess - self.overhead_s)
+        """Learns from a real-clock batch how its cost relates to the profile."""
+        self.costs.add(self._service_s[(rate, bucket)], seconds)
 
     def _meets_deadlines(self, now, queue, rate):
         # Serving in deadline order, each batch is due at its first (earliest)
@@ -110,7 +151,7 @@ class WidthPlanner:
         finish = now
         for start in range(0, len(queue), self.max_batch_size):
             size = min(self.max_batch_size, len(queue) - start)
-            finish += self._plan_s[(rate, self.bucket(size))] + self.overhead_s
+            finish += self.costs.cost_s(self._plan_s[(rate, self.bucket(size))])
             if finish > queue[start][0] - self.reserve_s:
                 return False
         return True
