@@ -51,7 +51,7 @@ def _pace(origin, at):
         time.sleep(wait)
 
 
-def closed_loop_capacity(bundle, profile, rates, x, max_batch, count=2000):
+def closed_loop_capacity(bundle, profile, rates, x, max_batch, count=1000):
     """Requests per second a live server answers when its queue never empties.
 
     Everything is submitted at once from this thread, so the figure includes
