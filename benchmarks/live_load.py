@@ -11,6 +11,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -193,7 +194,7 @@ def live_http_run(bundle_path, rates, arrivals, x, cfg, seed, workdir):
             sent[i] = at
         errors += out["errors"]
     seconds = float(np.nanmax(sent)) if np.isfinite(sent).any() else 0.0
-    server.send_signal(15)
+    server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
     if errors:
         print(f"  HTTP client errors ({len(errors)}): {errors[:3]}")
