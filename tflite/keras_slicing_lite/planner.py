@@ -15,7 +15,8 @@ whole queue late. This planner chooses a width it could keep:
   queue does not grow while it serves.
 
 The widest rate passing both wins; when none does the server is overloaded
-and the narrowest rate drains the queue fastest.
+and the narrowest rate drains the queue fastest. Costs are the profile's,
+corrected on the real clock by `CostFit` from the batches measured.
 """
 
 import bisect
