@@ -26,10 +26,12 @@ def test_tight_deadline_narrows_the_width(server):
 
 
 def test_backlog_behind_the_batch_narrows_it(server):
-    # Nine requests due at 8 ms: a batch of 8 then one at 0.25 (0.5 ms)
-    # leaves 7.5 ms for the batch; 1.0 needs 9 ms, 0.75 needs 6.75 ms.
-    assert server.plan([8 * MS] * 9) == (0.75, 8)
-    assert server.plan([10 * MS] * 9) == (1.0, 8)
+    # Nine requests: a batch of 8 then one, both at the same rate, must end
+    # by the deadline: 9 + 2 = 11 ms at 1.0, 6.75 + 1.5 = 8.25 ms at 0.75,
+    # 4.5 + 1 = 5.5 ms at 0.5.
+    assert server.plan([8 * MS] * 9) == (0.5, 8)
+    assert server.plan([10 * MS] * 9) == (0.75, 8)
+    assert server.plan([11 * MS] * 9) == (1.0, 8)
 
 
 def test_reserve_keeps_slack_before_the_deadline(bundle_dir, toy_profile):

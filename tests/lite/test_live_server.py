@@ -101,8 +101,8 @@ def test_worker_fault_fails_held_and_queued_requests_and_later_submits(live, ref
             raise RuntimeError("injected interpreter fault")
         return real_predict(batch, rate)
 
+    live.start()  # warms every width up first: the fault is for requests
     live.bundle.predict = faulty
-    live.start()
     workers, results, _ = _clients(live, x, threads=6, per_thread=200, cancel_fraction=0.05)
     for worker in workers:
         worker.join(WAIT_S)
@@ -210,3 +210,20 @@ def test_sampled_simulated_latency_draws_measured_calls(bundle_dir, reference):
     sampled = durations("sampled")
     assert set(sampled) == {1.0, 9.0}
     assert sampled == durations("sampled")
+
+
+def test_start_calls_every_width_at_every_batch_size_before_requests(
+    bundle_dir, toy_profile
+):
+    bundle = load_bundle(bundle_dir)
+    real_predict, seen = bundle.predict, []
+
+    def counting(batch, rate):
+        seen.append((rate, len(batch)))
+        return real_predict(batch, rate)
+
+    bundle.predict = counting
+    server = ElasticServer(bundle, toy_profile, rates=[1.0, 0.25], clock="real")
+    server.start()
+    assert server.stop(timeout=WAIT_S)
+    assert sorted(seen) == sorted((r, b) for r in (1.0, 0.25) for b in (1, 2, 4, 8))

@@ -10,14 +10,13 @@ import numpy as np
 
 from keras_slicing_lite.latency_profile import STATISTICS
 from keras_slicing_lite.live import LiveServing
+from keras_slicing_lite.planner import ArrivalRate
+from keras_slicing_lite.planner import WidthPlanner
 from keras_slicing_lite.request import Request
 from keras_slicing_lite.request import Response
 
 CLOCKS = ("simulated", "real")
 SIMULATED_LATENCIES = ("p50", "sampled")
-# Weight of the newest batch in the moving average of the real-clock
-# overhead: about the last 20 batches count.
-OVERHEAD_SMOOTHING = 0.05
 
 
 class ElasticServer(LiveServing):
@@ -25,10 +24,12 @@ class ElasticServer(LiveServing):
 
     Requests wait in a queue ordered by deadline. Whenever the model is
     free, the server takes up to `max_batch_size` of them and picks the
-    widest rate at which (a) this batch finishes before its earliest deadline
-    and (b) everything still queued behind it would meet its deadline if
-    served at the narrowest rate afterwards. When no rate passes, the system
-    is overloaded and the narrowest rate answers, draining the queue fastest.
+    widest rate it could keep: (a) the whole queue, served at that rate in
+    batches of `max_batch_size`, meets every deadline, and (b) at the
+    arrival rate measured over the last few tens of milliseconds, that
+    rate's throughput keeps up with margin (utilization at most 0.8), so the
+    queue does not grow while it serves. When no rate passes, the system is
+    overloaded and the narrowest rate answers, draining the queue fastest.
     Nothing is dropped: a request that cannot be answered in time is
     answered late and counted in `stats["late"]`. Planning uses the latency
     profile (`plan_statistic`, times `headroom`); batches are padded to the
@@ -44,9 +45,11 @@ class ElasticServer(LiveServing):
       for tests, and for replaying a trace of an hour in seconds.
     - `"real"`: `replay()` sleeps until each arrival and times each batch on
       the wall clock; `start()`/`submit()`/`stop()` serve live requests from
-      other threads. Planning then adds the measured overhead of a batch
-      beyond its profiled median (queueing, stacking, a busy machine): a
-      moving average of the excess, updated after every batch.
+      other threads. Planning then corrects the profile by the costs
+      measured on the wall clock: after every batch, a weighted fit over
+      recent batches of `cost = fixed + slowdown * profiled median` (Python
+      work around a call adds about the same to each; a busy machine slows
+      every call in proportion).
 
     Live serving cannot hang a caller: a future cancelled by its caller is
     skipped; a request whose deadline has already passed is answered (late)
@@ -185,21 +188,27 @@ class ElasticServer(LiveServing):
         self.plan_statistic = plan_statistic
         self.headroom = float(headroom)
         self.reserve_ms = float(reserve_ms)
-        self._plan_s = {
-            (r, b): self.profile.latency_ms(r, b, plan_statistic) * self.headroom / 1e3
-            for r in self.rates
-            for b in self._buckets
-        }
         self._service_s = {
             (r, b): self.profile.latency_ms(r, b, "p50") / 1e3
             for r in self.rates
             for b in self._buckets
         }
+        self._planner = WidthPlanner(
+            self.rates,
+            {
+                (r, b): self.profile.latency_ms(r, b, plan_statistic) * self.headroom / 1e3
+                for r in self.rates
+                for b in self._buckets
+            },
+            self._service_s,
+            self.max_batch_size,
+            self.reserve_ms / 1e3,
+        )
+        self._arrivals = ArrivalRate()
         self._kind = bundle.output_kind
         self._lock = threading.Lock()
         self._reset_stats()
         self._thread = None
-        self._overhead_s = 0.0
         self._fault = None
 
     @property
@@ -229,12 +238,14 @@ class ElasticServer(LiveServing):
         """The exception that stopped the worker, or `None`."""
         return self._fault
 
-    def plan(self, deadlines_s, now_s=0.0):
+    def plan(self, deadlines_s, now_s=0.0, arrival_rate=None):
         """The rate and batch size the server would choose now.
 
         Args:
             deadlines_s: Deadlines of the queued requests (any order).
             now_s: The current time on the same clock.
+            arrival_rate: Requests per second arriving now. `None` uses the
+                server's own estimate from the arrivals it has seen.
 
         Returns:
             `(rate, batch_size)`.
@@ -242,7 +253,18 @@ class ElasticServer(LiveServing):
         queue = sorted((float(d), i) for i, d in enumerate(deadlines_s))
         if not queue:
             raise ValueError("ElasticServer.plan: the queue is empty.")
-        return self._plan(float(now_s), queue)
+        if arrival_rate is None:
+            arrival_rate = self._arrivals.at(float(now_s))
+        elif (
+            isinstance(arrival_rate, bool)
+            or not isinstance(arrival_rate, numbers.Real)
+            or not arrival_rate >= 0
+        ):
+            raise ValueError(
+                "ElasticServer.plan: arrival_rate must be a number >= 0 (requests "
+                f"per second) or None. Received: arrival_rate={arrival_rate!r}"
+            )
+        return self._planner.plan(float(now_s), queue, float(arrival_rate))
 
     def replay(self, requests):
         """Serves a recorded stream of requests; returns the responses.
@@ -280,6 +302,7 @@ class ElasticServer(LiveServing):
         items.sort(key=lambda item: (item[0], item[2]))
         responses = [None] * len(items)
         queue = []
+        self._arrivals = ArrivalRate()
         if self.clock == "simulated":
             now = 0.0
             rng = np.random.default_rng(self._seed)
@@ -292,6 +315,7 @@ class ElasticServer(LiveServing):
             while nxt < len(items) and items[nxt][0] <= now:
                 arrival, deadline, position, rid, x = items[nxt]
                 bisect.insort(queue, (deadline, position, rid, arrival, x))
+                self._arrivals.add(arrival)
                 nxt += 1
             if not queue:
                 wake = items[nxt][0]
@@ -324,33 +348,13 @@ class ElasticServer(LiveServing):
 
     def _plan(self, now, queue):
         """Chooses `(rate, batch_size)` for a queue sorted by deadline."""
-        count = min(len(queue), self.max_batch_size)
-        narrowest = self.rates[-1]
-        if len(self.rates) == 1:
-            return narrowest, count
-        # Latest finish of this batch that still lets the rest of the queue
-        # meet its deadlines at the narrowest rate: each later chunk starts
-        # with its earliest deadline, so only chunk heads constrain.
-        latest = queue[0][0] - self.reserve_ms / 1e3
-        backlog = 0.0
-        start = count
-        while start < len(queue):
-            size = min(self.max_batch_size, len(queue) - start)
-            backlog += self._plan_s[(narrowest, self._bucket(size))] + self._overhead_s
-            latest = min(latest, queue[start][0] - self.reserve_ms / 1e3 - backlog)
-            start += size
-        bucket = self._bucket(count)
-        for rate in self.rates:
-            if now + self._plan_s[(rate, bucket)] + self._overhead_s <= latest:
-                return rate, count
-        return narrowest, count
+        return self._planner.plan(now, queue, self._arrivals.at(now))
 
     def _observe(self, rate, bucket, seconds):
-        excess = max(0.0, seconds - self._service_s[(rate, bucket)])
-        self._overhead_s += OVERHEAD_SMOOTHING * (excess - self._overhead_s)
+        self._planner.observe(rate, bucket, seconds)
 
     def _bucket(self, count):
-        return self._buckets[bisect.bisect_left(self._buckets, count)]
+        return self._planner.bucket(count)
 
     def _run(self, rate, examples):
         count = len(examples)

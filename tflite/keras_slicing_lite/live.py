@@ -12,6 +12,9 @@ import numbers
 import threading
 import time
 
+import numpy as np
+
+from keras_slicing_lite.planner import ArrivalRate
 from keras_slicing_lite.request import Response
 
 
@@ -31,7 +34,11 @@ class LiveServing:
     """The live half of `ElasticServer` (see its documentation)."""
 
     def start(self):
-        """Starts serving live requests (real clock only) on a worker thread."""
+        """Starts serving live requests (real clock only) on a worker thread.
+
+        Every width is first called once at every padded batch size, so that
+        no request waits for an interpreter to be built.
+        """
         if self.clock != "real":
             raise ValueError(
                 "ElasticServer.start: live serving runs on the wall clock; "
@@ -46,7 +53,9 @@ class LiveServing:
                 "ElasticServer.start: the previous worker is still finishing "
                 "the batch it held when stop() timed out; try again shortly."
             )
+        self._warm_up()
         self._origin = time.perf_counter()
+        self._arrivals = ArrivalRate()
         self._live = []
         self._sequence = 0
         self._stopping = False
@@ -109,6 +118,7 @@ class LiveServing:
                 )
             arrival = time.perf_counter() - self._origin
             deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1e3
+            self._arrivals.add(arrival)
             self._sequence += 1
             bisect.insort(
                 self._live,
@@ -170,6 +180,17 @@ class LiveServing:
     def __exit__(self, *exc_info):
         self.stop()
 
+    def _warm_up(self):
+        # The first call of a width at a batch size builds its interpreter
+        # (tens of ms, XNNPACK packs the weights): pay it before the first
+        # request does, for every width and padded batch size.
+        shape = self.bundle.input_shape[1:]
+        if any(d is None for d in shape):
+            return  # sizes not known before requests arrive
+        for rate in self.rates:
+            for bucket in self._buckets:
+                self.bundle.predict(np.zeros((bucket, *shape), self.bundle.input_dtype), rate)
+
     def _serve_live(self):
         batch = []
         try:
@@ -194,7 +215,6 @@ class LiveServing:
                     continue
                 outputs, bucket = self._run(rate, [entry[4] for entry in batch])
                 finish = time.perf_counter() - self._origin
-                self._observe(rate, bucket, finish - now)
                 answered = []
                 for (deadline, _, rid, arrival, _, future), out in zip(batch, outputs):
                     answered.append(Response(
@@ -204,6 +224,9 @@ class LiveServing:
                 self._count(rate, answered)
                 for (*_, future), response in zip(batch, answered):
                     future.set_result(response)
+                # The whole cycle, answering included, is what the next
+                # batch waits for.
+                self._observe(rate, bucket, time.perf_counter() - self._origin - now)
                 batch = []
         except BaseException as error:  # every waiting caller must hear of it
             with self._wakeup:
