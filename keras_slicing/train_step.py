@@ -230,6 +230,14 @@ class SlicingTrainStep:
         """`logs` as the trainer reduces them (TensorFlow overrides this)."""
         return logs
 
+    # The stateful steps of Keras' TensorFlow and PyTorch trainers; JAX's
+    # trainer runs the same methods statelessly.
+    def test_step(self, data):
+        return self._test_step_at(self._eval_rate, data)
+
+    def predict_step(self, data):
+        return self._predict_outputs(data)
+
     def _predict_outputs(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self._forward(x, 1.0, training=False)

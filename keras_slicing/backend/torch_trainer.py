@@ -16,12 +16,6 @@ class SlicingTrainer:
     def train_step(self, data):
         return self._train_step_on(self._host_indices(), data)
 
-    def test_step(self, data):
-        return self._test_step_at(self._eval_rate, data)
-
-    def predict_step(self, data):
-        return self._predict_outputs(data)
-
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
