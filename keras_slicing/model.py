@@ -10,6 +10,7 @@ from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
+from keras_slicing.distillation import Distillation
 from keras_slicing.keras_internals import CompileMetrics
 from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
@@ -28,7 +29,6 @@ _SLICING_ARGS = (
     "distillation_warmup",
     "seed",
 )
-_DISTILLATION_MODES = (None, "inplace")
 _SEED_KEY = "rate_sampler_state"
 
 
@@ -164,46 +164,10 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
                                   "rate_probabilities")
         loss_weights = _per_rate(rate_loss_weights, given, ordered, owner,
                                  "rate_loss_weights")
-        if distillation not in _DISTILLATION_MODES:
-            raise ValueError(
-                f"{owner}: distillation must be one of {list(_DISTILLATION_MODES)}. "
-                f"Received: distillation={distillation!r}"
-            )
-        if distillation and len(self.outputs) != 1:
-            raise ValueError(
-                f"{owner}: distillation='inplace' needs a single output. "
-                f"Received: {len(self.outputs)} outputs"
-            )
-        if not 0.0 <= float(distillation_weight) <= 1.0:
-            raise ValueError(
-                f"{owner}: distillation_weight must be in [0, 1]. "
-                f"Received: distillation_weight={distillation_weight!r}"
-            )
-        try:
-            temperature = float(distillation_temperature)
-        except (TypeError, ValueError):
-            temperature = float("nan")
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(
-                f"{owner}: distillation_temperature must be a positive number. "
-                f"Received: distillation_temperature={distillation_temperature!r}"
-            )
-        if temperature != 1.0 and not distillation_from_logits:
-            raise ValueError(
-                f"{owner}: distillation_temperature needs logits "
-                "(distillation_from_logits=True). Received: "
-                f"distillation_temperature={distillation_temperature!r}"
-            )
-        if (
-            isinstance(distillation_warmup, bool)
-            or not isinstance(distillation_warmup, (int, np.integer))
-            or distillation_warmup < 0
-        ):
-            raise ValueError(
-                f"{owner}: distillation_warmup must be a non-negative integer "
-                "(optimizer steps). Received: "
-                f"distillation_warmup={distillation_warmup!r}"
-            )
+        settings = Distillation(
+            owner, len(self.outputs), distillation, distillation_weight,
+            distillation_from_logits, distillation_temperature, distillation_warmup,
+        )
         for layer in self._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, SlicedBatchNormalization):
                 for rate in ordered:
@@ -234,21 +198,19 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
                 "num_random": num_random,
                 "rate_probabilities": probabilities,
                 "rate_loss_weights": loss_weights,
-                "distillation": distillation,
-                "distillation_weight": float(distillation_weight),
-                "distillation_from_logits": bool(distillation_from_logits),
-                "distillation_temperature": temperature,
-                "distillation_warmup": int(distillation_warmup),
+                "distillation": settings.mode,
+                "distillation_weight": settings.weight,
+                "distillation_from_logits": settings.from_logits,
+                "distillation_temperature": settings.temperature,
+                "distillation_warmup": settings.warmup,
                 "seed": seed,
             }
-        self.distillation = distillation
-        self.distillation_weight = float(distillation_weight)
-        self.distillation_from_logits = bool(distillation_from_logits)
-        self.distillation_temperature = temperature
-        self.distillation_warmup = int(distillation_warmup)
-        self._distillation_loss = keras.losses.CategoricalCrossentropy(
-            from_logits=self.distillation_from_logits
-        )
+            self._distillation = settings
+        self.distillation = settings.mode
+        self.distillation_weight = settings.weight
+        self.distillation_from_logits = settings.from_logits
+        self.distillation_temperature = settings.temperature
+        self.distillation_warmup = settings.warmup
         self._host_sampled = False
         self._eval_rate = 1.0
         # Training state, not weights: the rate sampler (saved with the

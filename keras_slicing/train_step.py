@@ -90,8 +90,10 @@ class SlicingTrainStep:
                 loss = self._compile_loss(y, y_pred, sample_weight)
                 weight = ops.cast(weight, "float32")
                 if self.distillation and k:
-                    soft = self._distillation_term(teacher, y_pred, sample_weight)
-                    a = self._current_distillation_weight()
+                    soft = self._distillation.soft_target_loss(
+                        teacher, y_pred, sample_weight
+                    )
+                    a = self._distillation.weight_at(self.optimizer.iterations)
                     loss = (1.0 - a) * loss + a * soft
                     weight = weight * share
                 if k == 0:
@@ -149,23 +151,6 @@ class SlicingTrainStep:
         ran = [functools.reduce(ops.logical_or, hits) for hits in ran]
         count = functools.reduce(ops.add, [ops.cast(r, "float32") for r in ran])
         return 1.0 / ops.maximum(count, 1.0)
-
-    def _current_distillation_weight(self):
-        weight = self.distillation_weight
-        if not self.distillation_warmup:
-            return weight
-        done = ops.cast(self.optimizer.iterations, "float32")
-        return weight * ops.minimum(done / float(self.distillation_warmup), 1.0)
-
-    def _distillation_term(self, teacher, y_pred, sample_weight):
-        teacher = ops.cast(teacher, "float32")
-        if not self.distillation_from_logits:
-            return self._distillation_loss(teacher, y_pred, sample_weight)
-        t = self.distillation_temperature
-        target = ops.softmax(teacher / t)
-        soft = self._distillation_loss(target, ops.cast(y_pred, "float32") / t,
-                                       sample_weight)
-        return soft * (t * t)
 
     def _update_rate_metrics(
         self, hits, results, tracker, metrics, y, sample_weight, batch
