@@ -245,3 +245,16 @@ def test_serve_command_answers_and_stops_on_sigterm(bundle_dir, reference, tmp_p
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_query_fields_and_raw_bodies_of_variable_shape():
+    from keras_slicing_lite import http_body
+
+    assert http_body.query_fields("deadline_ms=null&rate=0.5") == {"deadline_ms": None, "rate": 0.5}
+    assert http_body.query_fields("") == {}
+    with pytest.raises(ValueError, match="rate in the query must be a finite number"):
+        http_body.query_fields("rate=inf")
+    x = np.arange(12, dtype="<i4").reshape(2, 3, 2)
+    np.testing.assert_array_equal(http_body.parse_raw(x.tobytes(), (None, 3, 2), "int32"), x)
+    with pytest.raises(ValueError, match=r"needs a fixed example shape.*\(batch, None, 2\)"):
+        http_body.parse_raw(x.tobytes(), (None, None, 2), "int32")
