@@ -110,6 +110,26 @@ def test_binary_bodies_answer_as_json_does(front, reference, rate):
         assert answer["predictions"] == np.argmax(expected[rate][:8], axis=1).tolist()
 
 
+def test_npy_answer_when_accepted(front, reference):
+    x, expected = reference
+    connection = http.client.HTTPConnection(*front.address, timeout=30)
+    try:
+        connection.request("POST", "/predict?rate=0.5", _npy(x[:5]),
+                           {**NPY, "Accept": "application/json;q=0.5, application/x-npy"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "application/x-npy"
+    outputs = np.load(io.BytesIO(body), allow_pickle=False)
+    assert outputs.shape == (5, 10) and outputs.dtype == np.float32
+    np.testing.assert_allclose(outputs, expected[0.5][:5], atol=1e-5)
+    assert response.getheader("X-Rates") == "0.5,0.5,0.5,0.5,0.5"
+    assert response.getheader("X-Late") == "0,0,0,0,0"
+    assert len(response.getheader("X-Latency-Ms").split(",")) == 5
+
+
 def test_npy_body_is_served_elastically_with_the_query_deadline(front, reference):
     x, expected = reference
     status, answer = _call(front, "POST", "/predict?deadline_ms=100", _npy(x[8:14]), NPY)

@@ -195,8 +195,25 @@ def _no_constant(name):
     raise ClientError(f"the body is not valid JSON: {name} is not a JSON number.")
 
 
-def encode_npy(array):
-    """`array` as `.npy` bytes."""
+def accepts_npy(header):
+    """Whether an `Accept` header lists `application/x-npy`."""
+    return any(media_type(part) == NPY for part in (header or "").split(","))
+
+
+def npy_answer(answer):
+    """A batch answer as `(npy bytes of the outputs, headers)`.
+
+    The outputs are float32 `(batch, ...)`; the rest of the answer rides in
+    headers, one comma-separated entry per example: `X-Rates`, `X-Late`
+    (0 or 1), `X-Latency-Ms`, and `X-Output-Kind`.
+    """
     stream = io.BytesIO()
-    np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
-    return stream.getvalue()
+    outputs = np.asarray(answer["outputs"], dtype=np.float32)
+    np.lib.format.write_array(stream, outputs, allow_pickle=False)
+    return stream.getvalue(), {
+        "Content-Type": NPY,
+        "X-Rates": ",".join(format(r, "g") for r in answer["rates"]),
+        "X-Late": ",".join(str(int(v)) for v in answer["late"]),
+        "X-Latency-Ms": ",".join(format(v, "g") for v in answer["latency_ms"]),
+        "X-Output-Kind": answer["output_kind"],
+    }

@@ -13,7 +13,8 @@ answer. Endpoints:
   application/x-npy` (a `.npy` file, never unpickled) or
   `application/octet-stream` (raw little-endian bytes in the bundle's input
   dtype), with `?deadline_ms=50&rate=0.5` in the query; JSON parsing of a
-  large example costs more than the model.
+  large example costs more than the model. `Accept: application/x-npy`
+  answers a batch with the outputs as `.npy`, the rest in `X-` headers.
 - `GET /health`: `{"status": "ok"}` (200), or 503 once the worker failed or
   the server stopped.
 - `GET /stats`: the server's counters and the HTTP ones.
@@ -369,7 +370,10 @@ def _handler(front):
                 front._count("server_errors")
                 self._error(500, f"{type(error).__name__}: {error}")
             else:
-                self._send(status, answer)
+                if http_body.accepts_npy(self.headers.get("Accept")) and "outputs" in answer:
+                    self._send(status, *http_body.npy_answer(answer))
+                else:
+                    self._send(status, answer)
 
         def _error(self, status, message, allow=None, retry_after=None):
             if 400 <= status < 500:
@@ -385,10 +389,15 @@ def _handler(front):
             self._send(status, {"error": message}, headers)
 
         def _send(self, status, payload, headers=None):
-            data = json.dumps(payload).encode("utf-8")
+            """Sends JSON, or `payload` as is when it is bytes (with its
+            Content-Type in `headers`)."""
+            data = payload
+            headers = dict(headers or {})
+            if not isinstance(payload, bytes):
+                data = json.dumps(payload).encode("utf-8")
+                headers["Content-Type"] = http_body.JSON
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
