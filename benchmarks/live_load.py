@@ -7,8 +7,10 @@ times so that JSON encoding and socket work of the clients are not bound by
 one interpreter's GIL.
 """
 
+import base64
 import concurrent.futures
 import http.client
+import io
 import json
 import os
 import signal
@@ -73,13 +75,15 @@ def closed_loop_capacity(bundle, profile, rates, x, max_batch, count=1000):
     return len(responses) / span
 
 
-def http_capacity(bundle_path, rates, x, cfg, workdir, count=600):
+def http_capacity(bundle_path, rates, x, cfg, workdir, count=600, body=None):
     """Requests per second `serve` answers over HTTP with every connection busy.
 
     All `count` requests are due at once, none cancelled: each connection
-    sends its next request as soon as the previous one is answered.
+    sends its next request as soon as the previous one is answered. `body`
+    ("npy" or "json") overrides `cfg.http_body`.
     """
-    closed = types.SimpleNamespace(**{**vars(cfg), "cancel_fraction": 0.0})
+    closed = types.SimpleNamespace(**{
+        **vars(cfg), "cancel_fraction": 0.0, "http_body": body or cfg.http_body})
     records, _, _ = live_http_run(
         bundle_path, rates, np.zeros(count), x, closed, 0, workdir)
     latencies = [r[0] for r in records if isinstance(r, tuple)]
@@ -136,7 +140,8 @@ def live_api_run(bundle, profile, rates, arrivals, x, cfg, seed):
 def live_http_run(bundle_path, rates, arrivals, x, cfg, seed, workdir):
     """Open-loop HTTP clients in `cfg.http_procs` processes against `serve`.
 
-    The server is `keras-slicing-lite serve` in its own process (as
+    `cfg.http_body` is the request body: `"npy"` (`application/x-npy`, the
+    deadline in the query) or `"json"`. The server is `keras-slicing-lite serve` in its own process (as
     deployed), reusing the profile cached beside the bundle. Each client
     process takes every `http_procs`-th arrival and keeps
     `http_clients / http_procs` keep-alive connections.
@@ -155,8 +160,13 @@ def live_http_run(bundle_path, rates, arrivals, x, cfg, seed, workdir):
         raise RuntimeError(f"keras-slicing-lite serve did not start: {line!r}")
     host, port = line.rsplit("http://", 1)[1].strip().split(":")
     # A few distinct bodies, rounded: JSON of 3,072 full-precision floats
-    # would measure float printing more than serving.
-    pool = [np.round(x[k], 4).tolist() for k in range(min(64, len(x)))]
+    # would measure float printing more than serving. The npy bodies hold
+    # the same rounded values, as float32.
+    rounded = [np.round(x[k], 4) for k in range(min(64, len(x)))]
+    if cfg.http_body == "npy":
+        pool = [base64.b64encode(_npy(v[None].astype("float32"))).decode() for v in rounded]
+    else:
+        pool = [v.tolist() for v in rounded]
     pick = np.arange(len(arrivals)) % len(pool)
     cancel = np.random.default_rng(seed).random(len(arrivals)) < cfg.cancel_fraction
     clients = []
@@ -165,6 +175,7 @@ def live_http_run(bundle_path, rates, arrivals, x, cfg, seed, workdir):
         with open(spec, "w") as f:
             json.dump({
                 "host": host, "port": int(port), "slo_ms": cfg.slo_ms,
+                "body": cfg.http_body,
                 "connections": max(1, cfg.http_clients // cfg.http_procs),
                 "pool": pool, "indices": list(range(p, len(arrivals), cfg.http_procs)),
                 "arrivals": arrivals.tolist(), "pick": pick.tolist(),
@@ -251,7 +262,12 @@ def _http_client(spec_path, result_path):
     with open(spec_path) as f:
         spec = json.load(f)
     host, port, slo = spec["host"], spec["port"], spec["slo_ms"]
-    bodies = [json.dumps({"input": x, "deadline_ms": slo}).encode() for x in spec["pool"]]
+    if spec["body"] == "npy":
+        bodies = [base64.b64decode(x) for x in spec["pool"]]
+        path, headers = f"/predict?deadline_ms={slo}", {"Content-Type": "application/x-npy"}
+    else:
+        bodies = [json.dumps({"input": x, "deadline_ms": slo}).encode() for x in spec["pool"]]
+        path, headers = "/predict", {"Content-Type": "application/json"}
     indices, arrivals = spec["indices"], spec["arrivals"]
     local = threading.local()
     records, sent, errors = {}, {}, []
@@ -261,14 +277,14 @@ def _http_client(spec_path, result_path):
         if spec["cancel"][i]:
             # A client that gives up: sends, then closes without reading.
             connection = http.client.HTTPConnection(host, port, timeout=60)
-            connection.request("POST", "/predict", body)
+            connection.request("POST", path, body, headers)
             connection.close()
             records[i] = "cancelled"
             return
         if getattr(local, "connection", None) is None:
             local.connection = http.client.HTTPConnection(host, port, timeout=60)
         try:
-            local.connection.request("POST", "/predict", body)
+            local.connection.request("POST", path, body, headers)
             response = local.connection.getresponse()
             answer = json.loads(response.read())
         except (OSError, http.client.HTTPException) as error:
@@ -284,6 +300,9 @@ def _http_client(spec_path, result_path):
             # From the scheduled arrival: a request waiting for a free
             # connection is waiting for the service.
             latency = (time.perf_counter() - scheduled) * 1e3
+            if "outputs" in answer:  # a batch (of one) sent as npy
+                answer = {key: answer[plural][0] for key, plural in (
+                    ("late", "late"), ("prediction", "predictions"), ("rate", "rates"))}
             late = answer["late"] or latency > slo
             records[i] = [latency, late, answer["prediction"], answer["rate"]]
 
@@ -302,6 +321,12 @@ def _http_client(spec_path, result_path):
             "sent": [sent[i] for i in indices],
             "errors": errors[:20],
         }, f)
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":

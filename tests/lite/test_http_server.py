@@ -4,6 +4,7 @@ Servers bind to 127.0.0.1 on a free port; nothing leaves this machine.
 """
 
 import http.client
+import io
 import json
 import os
 import re
@@ -84,6 +85,117 @@ def test_bad_request_gets_a_4xx_with_a_message(front, body, status, match):
     assert re.search(match, answer["error"]), answer
 
 
+def _npy(array, allow_pickle=False):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+NPY = {"Content-Type": "application/x-npy"}
+RAW = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.25])
+def test_binary_bodies_answer_as_json_does(front, reference, rate):
+    x, expected = reference
+    batch = x[:8].astype("float32")
+    _, by_json = _call(front, "POST", "/predict", {"inputs": batch.tolist(), "rate": rate})
+    for body, headers in [(_npy(batch), NPY), (batch.astype("<f4").tobytes(), RAW),
+                          (_npy(batch.astype(">f8")), NPY)]:
+        status, answer = _call(front, "POST", f"/predict?rate={rate}", body, headers)
+        assert status == 200, answer
+        assert answer["rates"] == [rate] * 8
+        np.testing.assert_allclose(answer["outputs"], by_json["outputs"], atol=1e-6)
+        np.testing.assert_allclose(answer["outputs"], expected[rate][:8], atol=1e-5)
+        assert answer["predictions"] == np.argmax(expected[rate][:8], axis=1).tolist()
+
+
+def test_npy_answer_when_accepted(front, reference):
+    x, expected = reference
+    connection = http.client.HTTPConnection(*front.address, timeout=30)
+    try:
+        connection.request("POST", "/predict?rate=0.5", _npy(x[:5]),
+                           {**NPY, "Accept": "application/json;q=0.5, application/x-npy"})
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert response.getheader("Content-Type") == "application/x-npy"
+    outputs = np.load(io.BytesIO(body), allow_pickle=False)
+    assert outputs.shape == (5, 10) and outputs.dtype == np.float32
+    np.testing.assert_allclose(outputs, expected[0.5][:5], atol=1e-5)
+    assert response.getheader("X-Rates") == "0.5,0.5,0.5,0.5,0.5"
+    assert response.getheader("X-Late") == "0,0,0,0,0"
+    assert len(response.getheader("X-Latency-Ms").split(",")) == 5
+
+
+def test_npy_body_is_served_elastically_with_the_query_deadline(front, reference):
+    x, expected = reference
+    status, answer = _call(front, "POST", "/predict?deadline_ms=100", _npy(x[8:14]), NPY)
+    assert status == 200 and len(answer["rates"]) == 6
+    for i, (output, rate) in enumerate(zip(answer["outputs"], answer["rates"])):
+        np.testing.assert_allclose(output, expected[rate][8 + i], atol=1e-5)
+    status, answer = _call(front, "POST", "/predict?deadline_ms=-1", _npy(x[:1]), NPY)
+    assert status == 200 and answer["late"] == [True]
+
+
+class _Trap:
+    """Unpickling it would create `path`: proof that a body was unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_pickled_npy_is_refused_and_never_unpickled(front, tmp_path):
+    trap = tmp_path / "unpickled"
+    body = _npy(np.array([_Trap(trap)], dtype=object), allow_pickle=True)
+    status, answer = _call(front, "POST", "/predict", body, NPY)
+    assert status == 400 and "pickle" in answer["error"]
+    assert not trap.exists()
+
+
+_ZEROS = np.zeros((2, 8, 8, 1), "float32")
+
+
+@pytest.mark.parametrize(
+    "path, body, headers, match",
+    [
+        ("/predict", _npy(_ZEROS.astype("int32")), NPY, r"floating inputs \(float32\).*x\.dtype=int32"),
+        ("/predict", _npy(np.zeros((2, 8, 8), "float32")), NPY, r"expected input of shape \(batch, 8, 8, 1\)"),
+        ("/predict", _npy(np.zeros((2, 8, 8, 3), "float32")), NPY, r"axis 3 should be 1"),
+        ("/predict", _npy(_ZEROS)[:-5], NPY, r"512 bytes of data, but 507 follow"),
+        ("/predict", _npy(_ZEROS) + b"\0", NPY, r"truncated or padded"),
+        ("/predict", b"PK\x03\x04 not npy", NPY, r"not a \.npy file"),
+        ("/predict", _npy(np.array(["a", "b"])), NPY, r"must hold numbers"),
+        ("/predict", _npy(np.full((1, 8, 8, 1), np.nan, "float32")), NPY, "finite"),
+        ("/predict", _npy(np.zeros((0, 8, 8, 1), "float32")), NPY, "empty"),
+        ("/predict", _ZEROS.tobytes()[:-4], RAW, r"508 bytes, not a positive multiple of 256.*\(8, 8, 1\) in float32"),
+        ("/predict", b"", RAW, r"0 bytes, not a positive multiple of 256"),
+        ("/predict?rate=0.3", _npy(_ZEROS), NPY, r"rate=0\.3 is not in this bundle"),
+        ("/predict?deadline_ms=soon", _npy(_ZEROS), NPY, r"deadline_ms in the query must be a finite number"),
+        ("/predict?deadline_ms=5&deadline_ms=6", _npy(_ZEROS), NPY, "more than once"),
+        ("/predict?batch=2", _npy(_ZEROS), NPY, r"unknown query parameter 'batch'; allowed: deadline_ms, rate"),
+        ("/predict?rate=0.5", json.dumps({"input": _ZEROS[0].tolist(), "rate": 0.5}).encode(), {},
+         "rate is given both in the query and in the body"),
+        ("/predict", _npy(_ZEROS), {"Content-Type": "image/png"}, r"not valid JSON.*received image/png"),
+    ],
+)
+def test_bad_binary_request_gets_a_400_with_a_message(front, path, body, headers, match):
+    status, answer = _call(front, "POST", path, body, headers)
+    assert status == 400
+    assert re.search(match, answer["error"]), answer
+
+
+def test_oversize_binary_body_is_refused_before_it_is_read(front):
+    body = np.zeros((1000, 8, 8, 1), "float32").tobytes()
+    status, answer = _call(front, "POST", "/predict", body, RAW)
+    assert status == 413 and "max_body_bytes=200000" in answer["error"]
+
+
 def test_wrong_paths_and_methods(front):
     assert _call(front, "GET", "/predict")[0] == 405
     assert _call(front, "POST", "/health", {})[0] == 405
@@ -94,6 +206,7 @@ def test_health_and_stats(front, reference):
     status, health = _call(front, "GET", "/health")
     assert status == 200 and health["status"] == "ok"
     assert health["rates"] == [1.0, 0.75, 0.5, 0.25]
+    assert health["input_shape"] == [None, 8, 8, 1] and health["input_dtype"] == "float32"
     _call(front, "POST", "/predict", {"inputs": reference[0][:3].tolist()})
     _call(front, "POST", "/predict", b"{")
     status, stats = _call(front, "GET", "/stats")
@@ -152,3 +265,16 @@ def test_serve_command_answers_and_stops_on_sigterm(bundle_dir, reference, tmp_p
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_query_fields_and_raw_bodies_of_variable_shape():
+    from keras_slicing_lite import http_body
+
+    assert http_body.query_fields("deadline_ms=null&rate=0.5") == {"deadline_ms": None, "rate": 0.5}
+    assert http_body.query_fields("") == {}
+    with pytest.raises(ValueError, match="rate in the query must be a finite number"):
+        http_body.query_fields("rate=inf")
+    x = np.arange(12, dtype="<i4").reshape(2, 3, 2)
+    np.testing.assert_array_equal(http_body.parse_raw(x.tobytes(), (None, 3, 2), "int32"), x)
+    with pytest.raises(ValueError, match=r"needs a fixed example shape.*\(batch, None, 2\)"):
+        http_body.parse_raw(x.tobytes(), (None, None, 2), "int32")

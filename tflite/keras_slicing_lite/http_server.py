@@ -8,14 +8,20 @@ answer. Endpoints:
 - `POST /predict` with `{"inputs": [example, ...], "deadline_ms": 50}`
   (`"input": example` for one; `"rate": 0.5` pins a width instead of letting
   the server choose): answers `{"outputs", "predictions", "rates", "late",
-  "latency_ms", "output_kind"}`, one entry per example.
+  "latency_ms", "output_kind"}`, one entry per example. The batch may
+  instead be sent as bytes (`http_body.py`): `Content-Type:
+  application/x-npy` (a `.npy` file, never unpickled) or
+  `application/octet-stream` (raw little-endian bytes in the bundle's input
+  dtype), with `?deadline_ms=50&rate=0.5` in the query; JSON parsing of a
+  large example costs more than the model. `Accept: application/x-npy`
+  answers a batch with the outputs as `.npy`, the rest in `X-` headers.
 - `GET /health`: `{"status": "ok"}` (200), or 503 once the worker failed or
   the server stopped.
 - `GET /stats`: the server's counters and the HTTP ones.
 
 A bad request gets a 4xx and a JSON `{"error": message}`: 400 for
-malformed JSON, a wrong shape or dtype, a non-finite number or an unknown
-rate; 411 without Content-Length; 413 for a body above `max_body_bytes`
+malformed JSON or .npy, a wrong shape, dtype or byte count, a
+non-finite number or an unknown rate; 411 without Content-Length; 413 for a body above `max_body_bytes`
 (refused before it is read); 404/405 for other paths and methods. A full
 queue gives 503 with `Retry-After`; a request not answered within
 `request_timeout_s` gives 504. Nothing a request sends can disturb another.
@@ -24,14 +30,15 @@ queue gives 503 with `Retry-After`; a request not answered within
 import concurrent.futures
 import http.server
 import json
-import math
 import numbers
 import sys
 import threading
 import time
+import urllib.parse
 
 import numpy as np
 
+from keras_slicing_lite import http_body
 from keras_slicing_lite import live
 from keras_slicing_lite import outputs
 
@@ -85,7 +92,7 @@ class HTTPFrontEnd:
                 )
         self.server = server
         self.bundle = server.bundle
-        self.default_deadline_ms = _deadline(default_deadline_ms, "default_deadline_ms")
+        self.default_deadline_ms = http_body.deadline(default_deadline_ms, "default_deadline_ms")
         self.max_body_bytes = int(max_body_bytes)
         self.request_timeout_s = float(request_timeout_s)
         self.verbose = verbose
@@ -137,11 +144,16 @@ class HTTPFrontEnd:
             "rates": list(self.server.rates),
             "output_kind": self.bundle.output_kind,
             "input_shape": list(self.bundle.input_shape),
+            "input_dtype": self.bundle.input_dtype,
             "queued": self.server.stats["queued"],
         }
 
-    def predict(self, body, received_s):
-        """Answers one parsed `/predict` body; returns `(status, json)`."""
+    def predict(self, body, received_s, query=None):
+        """Answers one parsed JSON `/predict` body; returns `(status, json)`.
+
+        `query`: the fields of the query string (`http_body.query_fields`);
+        a field may be given there or in the body, not in both.
+        """
         if not isinstance(body, dict):
             raise _ClientError("the body must be a JSON object with 'inputs'.")
         unknown = set(body) - {"inputs", "input", "deadline_ms", "rate"}
@@ -152,24 +164,47 @@ class HTTPFrontEnd:
             )
         if ("inputs" in body) == ("input" in body):
             raise _ClientError("give exactly one of 'inputs' (a list of examples) or 'input'.")
+        fields = dict(query or {})
+        for key in http_body.QUERY_FIELDS:
+            if key in body and key in fields:
+                raise _ClientError(f"{key} is given both in the query and in the body; give it once.")
+            if key in body:
+                fields[key] = body[key]
         single = "input" in body
-        x = _array([body["input"]] if single else body["inputs"])
-        if x.shape[0] == 0:
+        x = http_body.json_array([body["input"]] if single else body["inputs"])
+        return self._predict(x, fields, received_s, single, "predict")
+
+    def predict_array(self, x, received_s, query=None, owner="predict"):
+        """Answers a batch sent as bytes; returns `(status, json)`.
+
+        Args:
+            x: The batch, `(batch, *input_shape[1:])`, any dtype the bundle
+                accepts (see `Bundle.prepare`).
+            received_s: `time.perf_counter()` when the request arrived.
+            query: `deadline_ms` and `rate`, as `http_body.query_fields`.
+            owner: The name errors start with.
+        """
+        if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
+            raise _ClientError("inputs must be finite numbers.")
+        return self._predict(x, dict(query or {}), received_s, False, owner)
+
+    def _predict(self, x, fields, received_s, single, owner):
+        if x.ndim and x.shape[0] == 0:
             raise _ClientError("'inputs' is empty.")
         try:
-            self.bundle.prepare(x, "predict")
+            x = self.bundle.prepare(x, owner)
         except ValueError as error:
             raise _ClientError(str(error)) from None
         deadline_ms = self.default_deadline_ms
-        if "deadline_ms" in body:
+        if "deadline_ms" in fields:
             try:
-                deadline_ms = _deadline(body["deadline_ms"], "deadline_ms")
+                deadline_ms = http_body.deadline(fields["deadline_ms"], "deadline_ms")
             except ValueError as error:
                 raise _ClientError(str(error)) from None
         with self._lock:
             self._counts["examples"] += len(x)
-        if "rate" in body:
-            return 200, self._at_rate(x, body["rate"], received_s, single)
+        if "rate" in fields:
+            return 200, self._at_rate(x, fields["rate"], received_s, single)
         return 200, self._elastic(x, deadline_ms, received_s, single)
 
     def _at_rate(self, x, rate, received_s, single):
@@ -252,8 +287,7 @@ class _Server(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
-class _ClientError(ValueError):
-    """A request the client must fix: 400."""
+_ClientError = http_body.ClientError
 
 
 class _Timeout(RuntimeError):
@@ -270,23 +304,25 @@ def _handler(front):
 
         def do_GET(self):
             front._count("requests")
-            if self.path == "/health":
+            path = urllib.parse.urlsplit(self.path).path
+            if path == "/health":
                 self._send(*front.health())
-            elif self.path == "/stats":
+            elif path == "/stats":
                 self._send(200, front.stats())
-            elif self.path == "/predict":
+            elif path == "/predict":
                 self._error(405, "use POST for /predict.", allow="POST")
             else:
-                self._error(404, f"no such path {self.path!r}; try /predict, /health, /stats.")
+                self._error(404, f"no such path {path!r}; try /predict, /health, /stats.")
 
         def do_POST(self):
             received = time.perf_counter()
             front._count("requests")
-            if self.path != "/predict":
-                if self.path in ("/health", "/stats"):
-                    self._error(405, f"use GET for {self.path}.", allow="GET")
+            path, _, query = self.path.partition("?")
+            if path != "/predict":
+                if path in ("/health", "/stats"):
+                    self._error(405, f"use GET for {path}.", allow="GET")
                 else:
-                    self._error(404, f"no such path {self.path!r}; try /predict.")
+                    self._error(404, f"no such path {path!r}; try /predict.")
                 return
             length = self.headers.get("Content-Length")
             if length is None:
@@ -307,11 +343,18 @@ def _handler(front):
                 )
                 return
             raw = self.rfile.read(length)
+            kind = http_body.media_type(self.headers.get("Content-Type"))
             try:
-                body = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-                status, answer = front.predict(body, received)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                self._error(400, f"the body is not valid JSON: {error}")
+                fields = http_body.query_fields(query)
+                if kind == http_body.NPY:
+                    x = http_body.parse_npy(raw)
+                    status, answer = front.predict_array(x, received, fields, f"{kind} body")
+                elif kind == http_body.RAW:
+                    x = http_body.parse_raw(raw, front.bundle.input_shape, front.bundle.input_dtype)
+                    status, answer = front.predict_array(x, received, fields, f"{kind} body")
+                else:  # JSON, whatever the type says (curl -d sends a form type)
+                    body = http_body.parse_json(raw, kind)
+                    status, answer = front.predict(body, received, fields)
             except _ClientError as error:
                 self._error(400, str(error))
             except live.QueueFullError as error:
@@ -327,7 +370,10 @@ def _handler(front):
                 front._count("server_errors")
                 self._error(500, f"{type(error).__name__}: {error}")
             else:
-                self._send(status, answer)
+                if http_body.accepts_npy(self.headers.get("Accept")) and "outputs" in answer:
+                    self._send(status, *http_body.npy_answer(answer))
+                else:
+                    self._send(status, answer)
 
         def _error(self, status, message, allow=None, retry_after=None):
             if 400 <= status < 500:
@@ -343,10 +389,15 @@ def _handler(front):
             self._send(status, {"error": message}, headers)
 
         def _send(self, status, payload, headers=None):
-            data = json.dumps(payload).encode("utf-8")
+            """Sends JSON, or `payload` as is when it is bytes (with its
+            Content-Type in `headers`)."""
+            data = payload
+            headers = dict(headers or {})
+            if not isinstance(payload, bytes):
+                data = json.dumps(payload).encode("utf-8")
+                headers["Content-Type"] = http_body.JSON
             try:
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
@@ -360,37 +411,3 @@ def _handler(front):
                 super().log_message(format, *args)
 
     return Handler
-
-
-def _array(data):
-    try:
-        x = np.asarray(data, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise _ClientError(
-            "inputs must be a (nested) list of numbers of one shape per "
-            f"example: {error}"
-        ) from None
-    if x.ndim == 0:
-        raise _ClientError("'inputs' must be a list of examples.")
-    if not np.all(np.isfinite(x)):
-        raise _ClientError("inputs must be finite numbers.")
-    return x
-
-
-def _deadline(value, name):
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-    ):
-        raise ValueError(
-            f"{name} must be a finite number of milliseconds or null. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _no_constant(name):
-    raise _ClientError(f"the body is not valid JSON: {name} is not a JSON number.")
