@@ -20,9 +20,12 @@ Kinds of model, each trained once per seed:
 - `recipe`: `SlicingModel(inputs, outputs, rates=RATES)` with nothing else
   set: the library's defaults.
 - `random_min_max`: the paper's schedule (widest, narrowest and one random
-  rate per step), for reference.
+  rate per step, per-rate losses summed evenly), for reference.
 - `all`, `all_inplace`, `random_min_max_inplace`: the `"all"` schedule and
-  in-place distillation, to show their effect per width.
+  in-place distillation with an even sum, to show their effect per width.
+
+`--slicing_kwargs` adds SlicingModel arguments to the sliced kinds: screening
+a recipe is `--kinds=recipe --split=validation --slicing_kwargs='{...}'`.
 
 `--split=validation` trains on 80% of the training split and reports the
 other 20%: defaults are chosen there, never on the test split.
@@ -57,14 +60,16 @@ from keras_slicing import schedulers  # noqa: E402
 
 RATES = (1.0, 0.75, 0.5, 0.25)
 GROUPS = 8
+EVEN = {"rate_loss_weights": [1.0] * len(RATES)}  # the defaults weigh narrow more
 KINDS = {
     "alone": None,
     "recipe": {},
-    "random_min_max": {"scheduler": "random_min_max", "num_random": 1},
-    "all": {"scheduler": "all"},
-    "all_inplace": {"scheduler": "all", "distillation": "inplace"},
+    "random_min_max": {"scheduler": "random_min_max", "num_random": 1, **EVEN},
+    "all": {"scheduler": "all", **EVEN},
+    "all_inplace": {"scheduler": "all", "distillation": "inplace", **EVEN},
     "random_min_max_inplace": {
         "scheduler": "random_min_max", "num_random": 1, "distillation": "inplace",
+        **EVEN,
     },
 }
 EPOCHS = {"digits": 25, "mnist1d": 15}

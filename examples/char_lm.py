@@ -106,7 +106,8 @@ def sliced_lm(vocab_size, seq_len, embedding_dim, units, rates=DEFAULT_RATES, se
     logits = layers.SlicedDense(vocab_size, slice_output=False, name="logits")(h, rate)
     return keras_slicing.SlicingModel(
         [ids, rate], logits, rates=rates, scheduler="random_min_max",
-        num_random=_num_random(rates), seed=seed, name="char_lm",
+        num_random=_num_random(rates), rate_loss_weights=[1.0] * len(rates),
+        seed=seed, name="char_lm",
     )
 
 

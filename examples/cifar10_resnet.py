@@ -152,6 +152,7 @@ def preact_resnet(depth=20, base_width=16, classes=10, weight_decay=1e-4, seed=N
         rates=DEFAULT_RATES,
         scheduler="random_min_max",
         num_random=1,
+        rate_loss_weights=[1.0] * len(DEFAULT_RATES),  # the paper's even sum
         seed=seed,
         name=f"preact_resnet{depth}",
     )

@@ -2,10 +2,11 @@
 
 Trains ONE sliced CNN with group normalization on the 8x8 digits that ship
 with scikit-learn (real data, no download) with the library's defaults (rates
-1, 0.75, 0.5, 0.25, scheduler random_min_max), trains a plain CNN of each
-width on its own for comparison, then for every width prints the parameters,
-MACs, test accuracy (and that of the plain model), TFLite file size, TFLite
-accuracy and measured LiteRT latency, and writes:
+1, 0.75, 0.5, 0.25, every rate each step, narrow rates weighted more),
+trains a plain CNN of each width on its own for comparison, then for every
+width prints the parameters, MACs, test accuracy (and that of the plain
+model), TFLite file size, TFLite accuracy and measured LiteRT latency, and
+writes:
 
     OUTPUT_DIR/digits_cnn.keras          the sliced Keras model
     OUTPUT_DIR/tflite/                   one .tflite per width + manifest.json

@@ -117,7 +117,8 @@ def sliced_transformer(vocab_size, seq_len, model_dim=64, num_heads=4,
     )
     return keras_slicing.SlicingModel(
         [ids, rate], logits, rates=rates, scheduler="random_min_max",
-        num_random=char_lm._num_random(rates), seed=seed, name="text_transformer",
+        num_random=char_lm._num_random(rates), rate_loss_weights=[1.0] * len(rates),
+        seed=seed, name="text_transformer",
     )
 
 

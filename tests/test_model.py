@@ -104,7 +104,12 @@ def test_one_step_applies_summed_rate_losses_in_one_update(options):
     lr = 0.05
     model.compile(keras.optimizers.SGD(lr), LOSS)
 
-    weights = options.get("rate_loss_weights", {r: 1.0 for r in RATES})
+    # Default: the narrow rates weigh more (3 - 2r), but evenly under
+    # distillation.
+    default = {1.0: 1.0, 0.75: 1.5, 0.5: 2.0, 0.25: 2.5}
+    if options.get("distillation"):
+        default = {r: 1.0 for r in RATES}
+    weights = options.get("rate_loss_weights", default)
     alpha = options.get("distillation_weight", 0.0)
     if options.get("distillation_warmup"):
         alpha = 0.0
@@ -229,7 +234,7 @@ def test_small_cnn_learns_digits_at_every_rate_and_keeps_it_after_save(digits, t
     loaded = keras.models.load_model(tmp_path / "sliced.keras")
     assert isinstance(loaded, SlicingModel)
     assert loaded.rates == model.rates
-    assert loaded.get_config()["scheduler"] == "random_min_max"
+    assert loaded.get_config()["scheduler"] == "all"
     again = loaded.evaluate_rates(x[1400:], y[1400:])
     for rate in RATES:
         assert again[rate]["accuracy"] == pytest.approx(results[rate]["accuracy"])

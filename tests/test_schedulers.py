@@ -78,7 +78,8 @@ def test_custom_scheduler_decides_which_rates_train():
     history = model.fit(x, np.arange(64) % 10, batch_size=16, verbose=0).history
     assert history["loss@0.25"][0] > 0
     assert not {f"loss@{r:g}" for r in RATES[:3]} & set(history)  # never run
-    assert history["loss"][0] == pytest.approx(history["loss@0.25"][0])
+    # The total is the one rate's loss times its default weight, 3 - 2 * 0.25.
+    assert history["loss"][0] == pytest.approx(2.5 * history["loss@0.25"][0])
 
 
 def test_scheduler_object_survives_serialization():
