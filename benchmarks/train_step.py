@@ -49,6 +49,9 @@ flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("depth", 20, "ResNet depth, 6n+2.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds (interleaved over backends).")
 flags.DEFINE_boolean("jit", True, "Also time train_on_batch with jit_compile=True (TF, JAX).")
+flags.DEFINE_integer(
+    "threads", 0, "Compute threads per worker on every backend (0: each library's default)."
+)
 flags.DEFINE_boolean("quick", False, "Smoke run: batch 16, depth 8, 2 rounds, no jit_compile.")
 flags.DEFINE_string("worker", None, "Internal: serve timings of this backend or 'reference'.")
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/).")
@@ -56,9 +59,9 @@ FLAGS = flags.FLAGS
 
 RATES = (1.0, 0.75, 0.5, 0.25)
 REFERENCE = "reference"
-# A random_min_max step runs one of two rate sets: warm-up steps enough to
-# meet both (and compile each, where a backend compiles per set) almost surely.
-WARMUP_STEPS = 6
+# A random_min_max step runs one of two rate sets: with jit_compile, warm-up
+# steps enough to meet both (and compile each) almost surely.
+WARMUP_JIT_STEPS = 6
 
 
 def _fb(rate):
@@ -194,6 +197,29 @@ def _versions():
     return versions
 
 
+def _limit_threads(name, threads):
+    """Sets the compute threads of this worker's library, before it starts.
+
+    On a shared machine, one thread per worker keeps a backend that waits
+    at a barrier for a descheduled thread (PyTorch's OpenMP) from being
+    timed on the scheduler rather than on its kernels.
+    """
+    backend = "torch" if name == REFERENCE else name
+    if backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    elif backend == "jax" and threads == 1:  # XLA:CPU has no thread count flag
+        flags_ = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = flags_ + " --xla_cpu_multi_thread_eigen=false"
+
+
 def serve(name):
     """Builds and warms up the candidates, then times one round per request.
 
@@ -202,6 +228,8 @@ def serve(name):
     """
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    if FLAGS.threads:
+        _limit_threads(name, FLAGS.threads)
     start = time.perf_counter()
     if name == REFERENCE:
         built, info = _reference_candidates(FLAGS.batch, FLAGS.depth)
@@ -211,7 +239,7 @@ def serve(name):
     for key, fn in built.items():
         begin = time.perf_counter()
         try:
-            for _ in range(WARMUP_STEPS if key.startswith("step") else 2):
+            for _ in range(WARMUP_JIT_STEPS if key.endswith("jit_compile") else 2):
                 fn()
         except Exception as error:  # reported, not fatal: a path may not exist yet
             errors[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -240,7 +268,7 @@ def serve(name):
 def _start(name):
     env = dict(os.environ, KERAS_BACKEND="torch" if name == REFERENCE else name)
     args = [f"--worker={name}", f"--batch={FLAGS.batch}", f"--depth={FLAGS.depth}",
-            f"--jit={FLAGS.jit}"]
+            f"--jit={FLAGS.jit}", f"--threads={FLAGS.threads}"]
     process = subprocess.Popen(
         [sys.executable, __file__, *args], env=env, cwd=ROOT, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -332,7 +360,7 @@ def main(_):
         {
             "machine": facts,
             "flags": {k: FLAGS[k].value for k in
-                      ("batch", "depth", "repeats", "jit", "quick")},
+                      ("batch", "depth", "repeats", "jit", "threads", "quick")},
             "rates": RATES,
             "results": results,
         },
