@@ -7,6 +7,7 @@ fake tensors of shape inference and `torch.compile`) cannot size a slice.
 """
 
 import torch
+from torch.nn import functional
 
 from keras_slicing.backend import common
 
@@ -64,3 +65,26 @@ def dim(x, axis):
 
 
 assert_true = common.eager_assert
+
+
+def packed(block):
+    """A sliced block as a packed copy (PyTorch slices to a strided view).
+
+    The oneDNN convolution backward of torch 2.13 on CPU crashes on some
+    strided kernels (a 1x1 block of a wider 1x1 kernel, stride 2); the
+    other backends' slice op makes a packed block anyway. A block that is
+    the whole tensor is contiguous already and is returned as it is.
+    """
+    return block.contiguous()
+
+
+def fused_group_norm(x, groups, gamma, beta, epsilon):
+    """Group norm of channels-last `x` with PyTorch's fused kernel.
+
+    Keras' composite group norm runs some ten element-wise ops and their
+    gradients eagerly, over half of a sliced ResNet-20 step on this
+    backend; the fused kernel is one pass each way. The channels-last data
+    is viewed channels-first, without a copy.
+    """
+    outputs = functional.group_norm(torch.movedim(x, -1, 1), groups, gamma, beta, epsilon)
+    return torch.movedim(outputs, 1, -1)

@@ -25,14 +25,7 @@ def leading_block(tensor, sizes):
         tensor.shape[axis] if size is None else size
         for axis, size in enumerate(sizes)
     ]
-    block = ops.slice(tensor, [0] * len(shape), shape)
-    if keras.backend.backend() == "torch" and tuple(shape) != tuple(tensor.shape):
-        # PyTorch slices to a strided view; the oneDNN convolution backward
-        # (torch 2.13, CPU) crashes on some such kernels (a 1x1 block of a
-        # wider 1x1 kernel, stride 2), so hand it a packed copy, as the
-        # other backends' slice op makes.
-        block = block.contiguous()
-    return block
+    return backend.packed(ops.slice(tensor, [0] * len(shape), shape))
 
 
 def plain_config(layer, name):

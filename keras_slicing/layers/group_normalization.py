@@ -71,8 +71,11 @@ class SlicedGroupNormalization(SlicedLayerMixin, keras.layers.GroupNormalization
         dtype = keras.backend.result_type(inputs.dtype, "float32")
         x = ops.cast(inputs, dtype)
         groups = n // per_group
-        if keras.backend.backend() == "torch":
-            return ops.cast(self._torch_group_norm(x, groups, n, dtype), self.compute_dtype)
+        if backend.fused_group_norm is not None:
+            gamma = ops.cast(self.gamma.value[:n], dtype) if self.scale else None
+            beta = ops.cast(self.beta.value[:n], dtype) if self.center else None
+            outputs = backend.fused_group_norm(x, groups, gamma, beta, self.epsilon)
+            return ops.cast(outputs, self.compute_dtype)
         shape = ops.shape(x)
         grouped = ops.reshape(x, (*shape[:-1], groups, per_group))
         rank = len(grouped.shape)
@@ -91,22 +94,6 @@ class SlicedGroupNormalization(SlicedLayerMixin, keras.layers.GroupNormalization
             res = res + ops.cast(beta, dtype)
         outputs = ops.reshape(grouped * inv + res, shape)
         return ops.cast(outputs, self.compute_dtype)
-
-    def _torch_group_norm(self, x, groups, n, dtype):
-        """PyTorch's fused kernel: one pass forward and one backward.
-
-        The composite of `call` runs some ten element-wise passes and their
-        gradients as separate eager ops, over half the ResNet-20 step on
-        the PyTorch backend. Channels-last data is viewed as channels-first
-        (no copy); the kernel reads that layout as it is.
-        """
-        import torch
-        from torch.nn import functional as F
-
-        gamma = ops.cast(self.gamma.value[:n], dtype) if self.scale else None
-        beta = ops.cast(self.beta.value[:n], dtype) if self.center else None
-        outputs = F.group_norm(torch.movedim(x, -1, 1), groups, gamma, beta, self.epsilon)
-        return torch.movedim(outputs, 1, -1)
 
     def get_config(self):
         return {**super().get_config(), "slice_groups": self.slice_groups}
