@@ -128,7 +128,7 @@ def _model(seed=3):
     h = keras.layers.ReLU()(h)
     h = keras.layers.GlobalAveragePooling2D()(h)
     y = layers.SlicedDense(10, slice_output=False)(h, rate)
-    model = SlicingModel([x, rate], y, seed=seed)
+    model = SlicingModel([x, rate], y, scheduler="random_min_max", seed=seed)
     model.compile(
         keras.optimizers.SGD(0.5),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
