@@ -281,12 +281,6 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
         """
         return [tuple(self.rates[i] for i in key) for key in self._compiled_rate_sets]
 
-    def _keep_compiled_rate_sets(self, steps):
-        # The trainer's own dict, filled as steps are compiled (an attribute
-        # set the usual way would be a tracked copy of it).
-        with tracking.DotNotTrackScope():
-            self._compiled_rate_sets = steps
-
     def at_rate(self, rate):
         """A `keras.Model` of the data inputs alone running at `rate`.
 

@@ -45,7 +45,9 @@ class SlicingTrainer:
         out_shardings = None
         if keras.distribution.distribution() is not None:
             out_shardings = (None, self._get_state_sharding_spec())
-        steps = {}
+        # Filled as steps are compiled; `compiled_rate_sets` reads it.
+        steps = self._compiled_rate_sets
+        steps.clear()
 
         def train_function(state, iterator):
             key = self._host_indices()
@@ -57,7 +59,6 @@ class SlicingTrainer:
             logs, state = steps[key](state, iterator)
             return self._run_rates_only(logs, ran=key), state
 
-        self._keep_compiled_rate_sets(steps)
         self.train_function = train_function
         return train_function
 

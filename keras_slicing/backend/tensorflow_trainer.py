@@ -24,7 +24,9 @@ class SlicingTrainer:
         if self.train_function is not None and not force:
             return self.train_function
         if self._host_sampled:
-            steps = {}
+            # Filled as steps are compiled; `compiled_rate_sets` reads it.
+            steps = self._compiled_rate_sets
+            steps.clear()
 
             def train_function(iterator):
                 key = self._host_indices()
@@ -34,7 +36,6 @@ class SlicingTrainer:
                     )
                 return self._run_rates_only(steps[key](iterator), ran=key)
 
-            self._keep_compiled_rate_sets(steps)
         else:
             super().make_train_function(force)
             step = self.train_function
