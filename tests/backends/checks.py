@@ -34,9 +34,18 @@ BACKEND = keras.backend.backend()
 CHECKS = []
 
 
-def check(fn):
-    CHECKS.append(fn)
-    return fn
+# Checks of one backend's own feature, by name: reported as not run elsewhere.
+BACKEND_ONLY = {}
+
+
+def check(fn=None, *, backend=None):
+    def register(fn):
+        CHECKS.append(fn)
+        if backend is not None:
+            BACKEND_ONLY[fn.__name__] = backend
+        return fn
+
+    return register if fn is None else register(fn)
 
 
 def _close(got, want, atol=1e-5):
@@ -324,6 +333,9 @@ def main(out, tf_dir):
 
     results, seconds = {}, {}
     for fn in CHECKS:
+        if BACKEND_ONLY.get(fn.__name__, BACKEND) != BACKEND:
+            results[fn.__name__] = "not run: " + BACKEND_ONLY[fn.__name__] + " only"
+            continue
         # Not keras.utils.set_random_seed: it imports TensorFlow when installed.
         keras.utils.clear_session()
         np.random.seed(0)

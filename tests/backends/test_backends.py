@@ -106,6 +106,8 @@ def run(request, launched):
 @pytest.mark.parametrize("name", CHECK_NAMES)
 def test_check_passes(run, name):
     _, results = run
+    if name in checks.BACKEND_ONLY and results[name].startswith("not run"):
+        pytest.skip(results[name])  # another backend's feature, not a pass
     assert results[name] == "ok", results[name]
 
 

@@ -148,10 +148,8 @@ def each_rate_set_compiles_once():
         assert {len(t) for t in traces} == {3}, traces
 
 
-@check
+@check(backend="jax")  # keras.distribution runs on JAX only
 def data_parallel_trains_as_one_device():
-    if BACKEND != "jax":
-        return  # keras.distribution runs on JAX only
     import jax
 
     devices = jax.devices("cpu")
