@@ -35,8 +35,9 @@ concrete_value = _impl.concrete_value
 tensor_rate_groups = _impl.tensor_rate_groups
 dim = _impl.dim
 assert_true = _impl.assert_true
-packed = _impl.packed
+leading_slice = _impl.leading_slice
 fused_group_norm = _impl.fused_group_norm
+channels_last_conv = _impl.channels_last_conv
 # Rates sampled on the host before each training step (a set of rates per
 # compiled step) rather than inside it: JAX and PyTorch always, TensorFlow
 # under XLA.

@@ -3,6 +3,7 @@
 import numbers
 
 import numpy as np
+from keras import ops
 
 
 def _not_a_number(rate, owner):
@@ -68,3 +69,8 @@ def eager_assert(condition, message):
     """Raises `ValueError(message)` unless `condition` (known now) holds."""
     if not bool(condition):
         raise ValueError(message)
+
+
+def leading_slice(tensor, shape):
+    """`tensor[:shape[0], :shape[1], ...]`, one slice op."""
+    return ops.slice(tensor, [0] * len(shape), shape)

@@ -65,10 +65,11 @@ def dim(x, axis):
 assert_true = common.eager_assert
 
 
-def packed(block):
-    """A sliced block, packed already (the slice op copies here)."""
-    return block
+leading_slice = common.leading_slice
 
 
 # No fused kernel: the layers' composite `keras.ops` group norm is used.
 fused_group_norm = None
+
+# Keras' own convolution (`keras.ops.conv`) is used.
+channels_last_conv = None

@@ -112,10 +112,11 @@ def assert_true(condition, message):
     return tf.debugging.Assert(condition, [message])
 
 
-def packed(block):
-    """A sliced block, packed already (the slice op copies here)."""
-    return block
+leading_slice = common.leading_slice
 
 
 # No fused kernel: the layers' composite `keras.ops` group norm is used.
 fused_group_norm = None
+
+# Keras' own convolution (`keras.ops.conv`) is used.
+channels_last_conv = None

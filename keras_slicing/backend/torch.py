@@ -7,6 +7,7 @@ fake tensors of shape inference and `torch.compile`) cannot size a slice.
 """
 
 import torch
+from keras import ops
 from torch.nn import functional
 
 from keras_slicing.backend import common
@@ -67,15 +68,15 @@ def dim(x, axis):
 assert_true = common.eager_assert
 
 
-def packed(block):
-    """A sliced block as a packed copy (PyTorch slices to a strided view).
+def leading_slice(tensor, shape):
+    """`tensor[:shape[0], :shape[1], ...]` as a packed copy.
 
-    The oneDNN convolution backward of torch 2.13 on CPU crashes on some
-    strided kernels (a 1x1 block of a wider 1x1 kernel, stride 2); the
-    other backends' slice op makes a packed block anyway. A block that is
-    the whole tensor is contiguous already and is returned as it is.
+    Indexing, not `keras.ops.slice`: a layer slices its weights at every
+    call, and the Keras op's dispatch costs more than the copy of a small
+    kernel. Packed as the other backends' slice op packs it, so that no
+    kernel reaches a convolution as a strided view.
     """
-    return block.contiguous()
+    return tensor[tuple(slice(0, size) for size in shape)].contiguous()
 
 
 def fused_group_norm(x, groups, gamma, beta, epsilon):
@@ -83,8 +84,65 @@ def fused_group_norm(x, groups, gamma, beta, epsilon):
 
     Keras' composite group norm runs some ten element-wise ops and their
     gradients eagerly, over half of a sliced ResNet-20 step on this
-    backend; the fused kernel is one pass each way. The channels-last data
-    is viewed channels-first, without a copy.
+    backend; the fused kernel is one pass each way. Its channels-last
+    kernel vectorizes over channels and crawls on the few channels of a
+    narrow width (forward+backward of 128x32x32x4 in 2 groups: 13 ms, 6 ms
+    through a channels-first copy; at 16 channels and more the copies cost
+    more than they save), so few channels go through a channels-first copy.
     """
+    if x.shape[-1] < CHANNELS_LAST_GROUP_NORM_MIN:
+        x = torch.movedim(x, -1, 1).contiguous()
+        outputs = functional.group_norm(x, groups, gamma, beta, epsilon)
+        return torch.movedim(outputs, 1, -1).contiguous()
     outputs = functional.group_norm(torch.movedim(x, -1, 1), groups, gamma, beta, epsilon)
+    return torch.movedim(outputs, 1, -1)
+
+
+# Fewest channels the channels-last group norm kernel is run on (see above).
+CHANNELS_LAST_GROUP_NORM_MIN = 16
+
+
+def channels_last_conv(inputs, kernel, strides, padding, dilation_rate):
+    """A 1D or 2D convolution of channels-last data, `keras.ops.conv`'s result.
+
+    Two reasons not to call `keras.ops.conv` here:
+    - the weight gradient of torch 2.13's CPU convolution crashes the
+      process (a segfault or a corrupted heap) for a strided 1x1 kernel
+      with fewer than 8 input channels in channels-last memory, which is a
+      sliced ResNet's shortcut at r = 0.25. A 1x1 convolution is a matrix
+      product of the subsampled input, so it runs as one.
+    - Keras copies channels-last data to channels-first and back to
+      channels-last memory for every convolution; the channels-first view
+      of channels-last data is channels-last memory already.
+    """
+    inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel)
+    spatial = inputs.ndim - 2
+    kernel_size = tuple(kernel.shape[:spatial])
+    if all(size == 1 for size in kernel_size):
+        index = (slice(None),) + tuple(slice(None, None, s) for s in strides)
+        return torch.matmul(inputs[index], kernel.reshape(kernel.shape[-2:]))
+    if padding == "same":
+        pads = []
+        for axis in range(spatial):
+            size, stride = inputs.shape[1 + axis], strides[axis]
+            extent = (kernel_size[axis] - 1) * dilation_rate[axis] + 1
+            outputs = -(-size // stride)
+            total = max((outputs - 1) * stride + extent - size, 0)
+            pads.append((total // 2, total - total // 2))
+        if all(before == after for before, after in pads):
+            padding = tuple(before for before, _ in pads)
+        else:  # TensorFlow's "same" puts the odd pixel last
+            flat = [0, 0]  # channels, then the spatial axes from the last
+            for before, after in reversed(pads):
+                flat += [before, after]
+            inputs = functional.pad(inputs, flat)
+            padding = 0
+    else:
+        padding = 0
+    weights = torch.permute(kernel, (spatial + 1, spatial, *range(spatial)))
+    convolve = functional.conv1d if spatial == 1 else functional.conv2d
+    outputs = convolve(
+        torch.movedim(inputs, -1, 1), weights, stride=tuple(strides),
+        padding=padding, dilation=tuple(dilation_rate),
+    )
     return torch.movedim(outputs, 1, -1)

@@ -25,7 +25,7 @@ def leading_block(tensor, sizes):
         tensor.shape[axis] if size is None else size
         for axis, size in enumerate(sizes)
     ]
-    return backend.packed(ops.slice(tensor, [0] * len(shape), shape))
+    return backend.leading_slice(tensor, shape)
 
 
 def plain_config(layer, name):
@@ -194,6 +194,18 @@ class SlicedConvolutionMixin(SlicedProjectionMixin):
 
     def _full_width(self):
         return self.filters
+
+    def convolution_op(self, inputs, kernel):
+        # A causal Conv1D has padded its inputs already.
+        padding = "valid" if self.padding == "causal" else self.padding
+        if backend.channels_last_conv is not None:
+            return backend.channels_last_conv(
+                inputs, kernel, tuple(self.strides), padding, tuple(self.dilation_rate)
+            )
+        return ops.conv(
+            inputs, kernel, strides=list(self.strides), padding=padding,
+            dilation_rate=self.dilation_rate, data_format=self.data_format,
+        )
 
     def _bias_and_activation(self, outputs, bias):
         if bias is not None:

@@ -66,17 +66,8 @@ class SlicedConv1D(SlicedConvolutionMixin, keras.layers.Conv1D):
 
     def call(self, inputs, rate=None):
         kernel, bias = self._active_kernel_and_bias(inputs, rate)
-        padding = self.padding
-        if padding == "causal":
+        if self.padding == "causal":
             # As keras.layers.Conv1D: pad on the left, then a valid conv.
             inputs = ops.pad(inputs, self._compute_causal_padding())
-            padding = "valid"
-        outputs = ops.conv(
-            inputs,
-            kernel,
-            strides=list(self.strides),
-            padding=padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
+        outputs = self.convolution_op(inputs, kernel)
         return self._bias_and_activation(outputs, bias)

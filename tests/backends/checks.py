@@ -110,6 +110,65 @@ def conv2d_matches_plain_conv2d():
 
 
 @check
+def convolutions_match_plain_keras_in_every_geometry():
+    """Strides, "same"/"valid" on odd and even sizes, dilation, 1x1 kernels:
+    the sliced convolutions equal Keras' own (PyTorch runs its own conv)."""
+    rng = np.random.default_rng(11)
+    cases = [
+        (kernel, stride, padding, dilation, size)
+        for kernel in (1, 3) for stride in (1, 2) for padding in ("same", "valid")
+        for dilation in (1, 2) for size in (7, 8)
+        if stride == 1 or dilation == 1
+    ]
+    for sliced, plain, rank in (
+        (layers.SlicedConv2D, keras.layers.Conv2D, 2),
+        (layers.SlicedConv1D, keras.layers.Conv1D, 1),
+    ):
+        for kernel, stride, padding, dilation, size in cases:
+            args = dict(strides=stride, padding=padding, dilation_rate=dilation)
+            layer = sliced(8, kernel, slice_groups=4, **args)
+            shape = (2,) + (size,) * rank + (8,)
+            layer.build((None,) + shape[1:])
+            _randomize(layer, 12)
+            kernel_w, bias = layer.get_weights()
+            twin = plain(4, kernel, **args)
+            twin.build(shape[:-1] + (4,))
+            twin.set_weights([kernel_w[..., :4, :4], bias[:4]])
+            x = rng.normal(size=shape[:-1] + (4,)).astype("float32")
+            try:
+                _close(layer(x, 0.5), twin(x), atol=1e-4)
+            except AssertionError as error:
+                raise AssertionError(f"{sliced.__name__} {args} size={size}") from error
+
+
+@check
+def strided_pointwise_conv_trains_at_four_channels():
+    """The shortcut of a sliced ResNet at r = 0.25: a strided 1x1 conv on 4
+    channels. Its weight gradient crashed torch 2.13's CPU convolution."""
+    inputs = keras.Input((8, 8, 3))
+    rate = keras.Input((), name="rate")
+    hidden = layers.SlicedConv2D(16, 3, padding="same", slice_groups=4, slice_input=False)
+    shortcut = layers.SlicedConv2D(16, 1, strides=2, slice_groups=4, slice_output=False)
+    h = hidden(inputs, rate)
+    model = keras.Model([inputs, rate], shortcut(h, rate))
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+    rates = np.full(8, 0.25, "float32")
+    target = rng.normal(size=(8, 4, 4, 16)).astype("float32")
+    sub = keras.Model([inputs, rate], h).predict([x, rates], verbose=0)[:, ::2, ::2]
+    assert sub.shape[-1] == 4
+    kernel, bias = [w.copy() for w in shortcut.get_weights()]
+    model.train_on_batch([x, rates], target)
+    # numpy: y = h[:, ::2, ::2] @ K[:4] + b, with the 4 active channels of h.
+    error = sub @ kernel[0, 0, :4] + bias - target
+    grad = 2 * np.einsum("bhwi,bhwo->io", sub, error) / target.size
+    expected = kernel.copy()
+    expected[0, 0, :4] -= 0.5 * grad
+    np.testing.assert_allclose(shortcut.get_weights()[0], expected, rtol=1e-4, atol=1e-5)
+
+
+@check
 def depthwise_conv2d_matches_plain_depthwise():
     layer = layers.SlicedDepthwiseConv2D(3, slice_groups=4, depth_multiplier=2)
     layer.build((None, 6, 6, 8))
