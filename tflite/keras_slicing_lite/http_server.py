@@ -28,18 +28,14 @@ queue gives 503 with `Retry-After`; a request not answered within
 """
 
 import concurrent.futures
-import http.server
-import json
 import numbers
-import sys
 import threading
 import time
-import urllib.parse
 
 import numpy as np
 
 from keras_slicing_lite import http_body
-from keras_slicing_lite import live
+from keras_slicing_lite import http_handler
 from keras_slicing_lite import outputs
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
@@ -99,7 +95,7 @@ class HTTPFrontEnd:
         self._counts = {"requests": 0, "examples": 0, "client_errors": 0,
                         "rejected": 0, "timeouts": 0, "server_errors": 0}
         self._lock = threading.Lock()
-        self._httpd = _Server((host, port), _handler(self))
+        self._httpd = http_handler.Server((host, port), http_handler.handler(self))
 
     @property
     def address(self):
@@ -155,19 +151,19 @@ class HTTPFrontEnd:
         a field may be given there or in the body, not in both.
         """
         if not isinstance(body, dict):
-            raise _ClientError("the body must be a JSON object with 'inputs'.")
+            raise http_body.ClientError("the body must be a JSON object with 'inputs'.")
         unknown = set(body) - {"inputs", "input", "deadline_ms", "rate"}
         if unknown:
-            raise _ClientError(
+            raise http_body.ClientError(
                 f"unknown keys {sorted(unknown)}; allowed: inputs (or input), "
                 "deadline_ms, rate."
             )
         if ("inputs" in body) == ("input" in body):
-            raise _ClientError("give exactly one of 'inputs' (a list of examples) or 'input'.")
+            raise http_body.ClientError("give exactly one of 'inputs' (a list of examples) or 'input'.")
         fields = dict(query or {})
         for key in http_body.QUERY_FIELDS:
             if key in body and key in fields:
-                raise _ClientError(f"{key} is given both in the query and in the body; give it once.")
+                raise http_body.ClientError(f"{key} is given both in the query and in the body; give it once.")
             if key in body:
                 fields[key] = body[key]
         single = "input" in body
@@ -185,22 +181,22 @@ class HTTPFrontEnd:
             owner: The name errors start with.
         """
         if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
-            raise _ClientError("inputs must be finite numbers.")
+            raise http_body.ClientError("inputs must be finite numbers.")
         return self._predict(x, dict(query or {}), received_s, False, owner)
 
     def _predict(self, x, fields, received_s, single, owner):
         if x.ndim and x.shape[0] == 0:
-            raise _ClientError("'inputs' is empty.")
+            raise http_body.ClientError("'inputs' is empty.")
         try:
             x = self.bundle.prepare(x, owner)
         except ValueError as error:
-            raise _ClientError(str(error)) from None
+            raise http_body.ClientError(str(error)) from None
         deadline_ms = self.default_deadline_ms
         if "deadline_ms" in fields:
             try:
                 deadline_ms = http_body.deadline(fields["deadline_ms"], "deadline_ms")
             except ValueError as error:
-                raise _ClientError(str(error)) from None
+                raise http_body.ClientError(str(error)) from None
         with self._lock:
             self._counts["examples"] += len(x)
         if "rate" in fields:
@@ -211,7 +207,7 @@ class HTTPFrontEnd:
         try:
             rate = self.bundle.resolve_rates([rate], "predict").pop()
         except ValueError as error:
-            raise _ClientError(str(error)) from None
+            raise http_body.ClientError(str(error)) from None
         out = self.bundle.predict(x, rate)
         elapsed = (time.perf_counter() - received_s) * 1e3
         return self._answer(out, [rate] * len(x), [False] * len(x), [elapsed] * len(x), single)
@@ -234,7 +230,7 @@ class HTTPFrontEnd:
         if waited.not_done:
             for future in futures:
                 future.cancel()
-            raise _Timeout(
+            raise http_body.RequestTimeout(
                 f"not answered within request_timeout_s={self.request_timeout_s}."
             )
         responses = [future.result() for future in futures]
@@ -271,143 +267,3 @@ class HTTPFrontEnd:
     def _count(self, key):
         with self._lock:
             self._counts[key] += 1
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    # The listen backlog: the default of 5 resets connections that arrive
-    # together in a burst before the accept loop takes them.
-    request_queue_size = 128
-
-    def handle_error(self, request, client_address):
-        # A client that hangs up (one that gave up waiting) is routine, not
-        # an error worth a traceback.
-        error = sys.exc_info()[1]
-        if not isinstance(error, (ConnectionResetError, BrokenPipeError)):
-            super().handle_error(request, client_address)
-
-
-_ClientError = http_body.ClientError
-
-
-class _Timeout(RuntimeError):
-    """Not answered in time: 504."""
-
-
-def _handler(front):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "keras-slicing-lite"
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in two writes: with Nagle's algorithm the
-        # body would wait for the client's delayed ACK (40 ms on Linux).
-        disable_nagle_algorithm = True
-
-        def do_GET(self):
-            front._count("requests")
-            path = urllib.parse.urlsplit(self.path).path
-            if path == "/health":
-                self._send(*front.health())
-            elif path == "/stats":
-                self._send(200, front.stats())
-            elif path == "/predict":
-                self._error(405, "use POST for /predict.", allow="POST")
-            else:
-                self._error(404, f"no such path {path!r}; try /predict, /health, /stats.")
-
-        def do_POST(self):
-            received = time.perf_counter()
-            front._count("requests")
-            path, _, query = self.path.partition("?")
-            if path != "/predict":
-                if path in ("/health", "/stats"):
-                    self._error(405, f"use GET for {path}.", allow="GET")
-                else:
-                    self._error(404, f"no such path {path!r}; try /predict.")
-                return
-            length = self.headers.get("Content-Length")
-            if length is None:
-                self._error(411, "a Content-Length header is required.")
-                return
-            try:
-                length = int(length)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._error(400, f"bad Content-Length {length!r}.")
-                return
-            if length > front.max_body_bytes:
-                self._error(
-                    413,
-                    f"the body has {length} bytes; at most "
-                    f"max_body_bytes={front.max_body_bytes} are accepted.",
-                )
-                return
-            raw = self.rfile.read(length)
-            kind = http_body.media_type(self.headers.get("Content-Type"))
-            try:
-                fields = http_body.query_fields(query)
-                if kind == http_body.NPY:
-                    x = http_body.parse_npy(raw)
-                    status, answer = front.predict_array(x, received, fields, f"{kind} body")
-                elif kind == http_body.RAW:
-                    x = http_body.parse_raw(raw, front.bundle.input_shape, front.bundle.input_dtype)
-                    status, answer = front.predict_array(x, received, fields, f"{kind} body")
-                else:  # JSON, whatever the type says (curl -d sends a form type)
-                    body = http_body.parse_json(raw, kind)
-                    status, answer = front.predict(body, received, fields)
-            except _ClientError as error:
-                self._error(400, str(error))
-            except live.QueueFullError as error:
-                front._count("rejected")
-                self._error(503, str(error), retry_after="1")
-            except _Timeout as error:
-                front._count("timeouts")
-                self._error(504, str(error))
-            except (live.ServerStoppedError, live.ServerFailedError) as error:
-                front._count("server_errors")
-                self._error(503, str(error))
-            except Exception as error:  # the worker's fault, as the future says
-                front._count("server_errors")
-                self._error(500, f"{type(error).__name__}: {error}")
-            else:
-                if http_body.accepts_npy(self.headers.get("Accept")) and "outputs" in answer:
-                    self._send(status, *http_body.npy_answer(answer))
-                else:
-                    self._send(status, answer)
-
-        def _error(self, status, message, allow=None, retry_after=None):
-            if 400 <= status < 500:
-                front._count("client_errors")
-            # The body may be unread: end the connection rather than parse
-            # its rest as the next request.
-            self.close_connection = True
-            headers = {"Connection": "close"}
-            if allow:
-                headers["Allow"] = allow
-            if retry_after:
-                headers["Retry-After"] = retry_after
-            self._send(status, {"error": message}, headers)
-
-        def _send(self, status, payload, headers=None):
-            """Sends JSON, or `payload` as is when it is bytes (with its
-            Content-Type in `headers`)."""
-            data = payload
-            headers = dict(headers or {})
-            if not isinstance(payload, bytes):
-                data = json.dumps(payload).encode("utf-8")
-                headers["Content-Type"] = http_body.JSON
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client left; nothing else to do for it
-
-        def log_message(self, format, *args):
-            if front.verbose:
-                super().log_message(format, *args)
-
-    return Handler
