@@ -37,6 +37,13 @@ def handler(front):
         # body would wait for the client's delayed ACK (40 ms on Linux).
         disable_nagle_algorithm = True
 
+        def parse_request(self):
+            # Stamped as soon as the request line is in, before the
+            # headers are parsed: a request's deadline runs from here.
+            self.received = time.perf_counter()
+            self.cpu = time.thread_time()
+            return super().parse_request()
+
         def do_GET(self):
             front._count("requests")
             path = urllib.parse.urlsplit(self.path).path
@@ -50,7 +57,7 @@ def handler(front):
                 self._error(404, f"no such path {path!r}; try /predict, /health, /stats.")
 
         def do_POST(self):
-            received = time.perf_counter()
+            received = self.received
             front._count("requests")
             path, _, query = self.path.partition("?")
             if path != "/predict":
@@ -109,6 +116,7 @@ def handler(front):
                     self._send(status, *http_body.npy_answer(answer))
                 else:
                     self._send(status, answer)
+                front.delivered(time.thread_time() - self.cpu)
 
         def _error(self, status, message, allow=None, retry_after=None):
             if 400 <= status < 500:

@@ -25,6 +25,11 @@ non-finite number or an unknown rate; 411 without Content-Length; 413 for a body
 (refused before it is read); 404/405 for other paths and methods. A full
 queue gives 503 with `Retry-After`; a request not answered within
 `request_timeout_s` gives 504. Nothing a request sends can disturb another.
+
+The deadline is the client's, who has an answer only once it is sent, and
+the front end's threads share the processor with the model: it measures
+both what a reply takes after the model's output and its own processor
+time per request, and tells the server's planner (`ElasticServer.front_end`).
 """
 
 import concurrent.futures
@@ -40,6 +45,45 @@ from keras_slicing_lite import outputs
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# Weight of the newest reply in the delivery estimate: about the last 20
+# count, so that it rises within a few tens of milliseconds of a burst.
+DELIVERY_SMOOTHING = 0.05
+# Mean absolute deviations above the mean that the delivery reserve covers:
+# replies wait for the interpreter lock behind other threads, so their
+# times have a long tail, and the reserve must cover most of it.
+DELIVERY_SPREAD = 3.0
+
+
+class DeliveryTime:
+    """A running high estimate of the seconds from an answer to its reply.
+
+    `estimate_s` is an exponentially weighted mean of the measured times
+    plus `spread` weighted mean absolute deviations (for exponentially
+    distributed times, about their 95th percentile).
+
+    Args:
+        smoothing: Weight of the newest measurement, in (0, 1].
+        spread: Deviations above the mean.
+    """
+
+    def __init__(self, smoothing=DELIVERY_SMOOTHING, spread=DELIVERY_SPREAD):
+        self.smoothing = float(smoothing)
+        self.spread = float(spread)
+        self.mean_s = None
+        self.deviation_s = 0.0
+
+    def add(self, seconds):
+        if self.mean_s is None:
+            self.mean_s = float(seconds)
+            return
+        self.deviation_s += self.smoothing * (abs(seconds - self.mean_s) - self.deviation_s)
+        self.mean_s += self.smoothing * (seconds - self.mean_s)
+
+    @property
+    def estimate_s(self):
+        if self.mean_s is None:
+            return 0.0
+        return self.mean_s + self.spread * self.deviation_s
 
 
 class HTTPFrontEnd:
@@ -55,6 +99,16 @@ class HTTPFrontEnd:
         request_timeout_s: Most seconds a request waits for its answer
             before a 504. Defaults to 30.
         verbose: Log every request to stderr. Defaults to `False`.
+        measure_front_end: Measure what the front end adds to each request
+            and tell the server's planner (`ElasticServer.front_end`): the
+            time from the model's output to the reply written (waiting for
+            a handler thread, serializing, sending; a running high
+            estimate, `DeliveryTime`), which it plans to finish earlier by,
+            and the handler threads' processor time per request (a running
+            mean), which it counts against each width's throughput.
+            Defaults to `True`: the deadline is the client's, who has the
+            answer only once it is sent, and the front end's work competes
+            with the model's for the processor.
 
     Example:
 
@@ -72,6 +126,7 @@ class HTTPFrontEnd:
         max_body_bytes=DEFAULT_MAX_BODY_BYTES,
         request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
         verbose=False,
+        measure_front_end=True,
     ):
         for name, value in (
             ("max_body_bytes", max_body_bytes),
@@ -92,6 +147,11 @@ class HTTPFrontEnd:
         self.max_body_bytes = int(max_body_bytes)
         self.request_timeout_s = float(request_timeout_s)
         self.verbose = verbose
+        self.measure_front_end = bool(measure_front_end)
+        self._delivery = DeliveryTime()
+        self._cost_s = None  # handler processor seconds per request
+        # When the answer of the request a handler thread serves was ready.
+        self._answered = threading.local()
         self._counts = {"requests": 0, "examples": 0, "client_errors": 0,
                         "rejected": 0, "timeouts": 0, "server_errors": 0}
         self._lock = threading.Lock()
@@ -126,6 +186,8 @@ class HTTPFrontEnd:
     def stats(self):
         with self._lock:
             counts = dict(self._counts)
+            counts["delivery_ms"] = round(self._delivery.estimate_s * 1e3, 3)
+            counts["cost_ms"] = round((self._cost_s or 0.0) * 1e3, 3)
         server = self.server.stats
         server["by_rate"] = {format(r, "g"): n for r, n in server["by_rate"].items()}
         return {"http": counts, "server": server}
@@ -213,7 +275,7 @@ class HTTPFrontEnd:
         return self._answer(out, [rate] * len(x), [False] * len(x), [elapsed] * len(x), single)
 
     def _elastic(self, x, deadline_ms, received_s, single):
-        futures = []
+        futures, submitted = [], []
         try:
             for example in x:
                 # The deadline counts from when the request arrived, so time
@@ -221,6 +283,7 @@ class HTTPFrontEnd:
                 left = None
                 if deadline_ms is not None:
                     left = deadline_ms - (time.perf_counter() - received_s) * 1e3
+                submitted.append(time.perf_counter())
                 futures.append(self.server.submit(example, deadline_ms=left))
             waited = concurrent.futures.wait(futures, timeout=self.request_timeout_s)
         except BaseException:
@@ -234,6 +297,11 @@ class HTTPFrontEnd:
                 f"not answered within request_timeout_s={self.request_timeout_s}."
             )
         responses = [future.result() for future in futures]
+        # On this clock: the server measures latency from its own arrival,
+        # just after `submitted` (so this errs early, on the safe side).
+        self._answered.at = max(
+            t + r.latency_ms / 1e3 for t, r in zip(submitted, responses))
+        self._answered.count = len(responses)
         return self._answer(
             np.stack([r.output for r in responses]),
             [r.rate for r in responses],
@@ -263,6 +331,29 @@ class HTTPFrontEnd:
                 "output_kind": kind,
             }
         return answer
+
+    def delivered(self, cpu_s):
+        """Measures the request this handler thread just answered.
+
+        Only requests the server chose the width of are measured: a request
+        that pins a rate runs the model on the handler thread itself.
+
+        Args:
+            cpu_s: The thread's processor seconds on the request
+                (`time.thread_time()`), from its request line to its reply.
+        """
+        answered = getattr(self._answered, "at", None)
+        if answered is None:
+            return
+        self._answered.at = None
+        with self._lock:
+            self._delivery.add(time.perf_counter() - answered)
+            delivery = self._delivery.estimate_s
+            per_request = cpu_s / self._answered.count
+            cost = self._cost_s = per_request if self._cost_s is None else (
+                self._cost_s + DELIVERY_SMOOTHING * (per_request - self._cost_s))
+        if self.measure_front_end:
+            self.server.front_end(delivery_ms=delivery * 1e3, cost_ms=cost * 1e3)
 
     def _count(self, key):
         with self._lock:
