@@ -247,6 +247,8 @@ class HTTPFrontEnd:
         return self._predict(x, dict(query or {}), received_s, False, owner)
 
     def _predict(self, x, fields, received_s, single, owner):
+        # Nothing measured for this request until its answer is ready.
+        self._answered.at = None
         if x.ndim and x.shape[0] == 0:
             raise http_body.ClientError("'inputs' is empty.")
         try:
@@ -297,8 +299,9 @@ class HTTPFrontEnd:
                 f"not answered within request_timeout_s={self.request_timeout_s}."
             )
         responses = [future.result() for future in futures]
-        # On this clock: the server measures latency from its own arrival,
-        # just after `submitted` (so this errs early, on the safe side).
+        # When the output was ready, on this clock: the server's latency
+        # runs from its arrival stamp, taken just after `submitted`, so
+        # this is a little early and the reply time errs long (safe).
         self._answered.at = max(
             t + r.latency_ms / 1e3 for t, r in zip(submitted, responses))
         self._answered.count = len(responses)
