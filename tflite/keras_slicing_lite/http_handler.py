@@ -16,6 +16,8 @@ from keras_slicing_lite import live
 
 
 class Server(http.server.ThreadingHTTPServer):
+    """One thread per connection; hang-ups are not errors."""
+
     daemon_threads = True
     # The listen backlog: the default of 5 resets connections that arrive
     # together in a burst before the accept loop takes them.
@@ -30,6 +32,8 @@ class Server(http.server.ThreadingHTTPServer):
 
 
 def handler(front):
+    """The request handler class of `front`, an `HTTPFrontEnd`."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "keras-slicing-lite"
         protocol_version = "HTTP/1.1"
