@@ -273,6 +273,9 @@ def _http_client(spec_path, result_path):
     records, sent, errors = {}, {}, []
 
     def call(i, scheduled):
+        # Sent when a connection takes it: a request waiting for a free
+        # connection counts as client lag.
+        sent[i] = time.perf_counter() - origin
         body = bodies[spec["pick"][i]]
         if spec["cancel"][i]:
             # A client that gives up: sends, then closes without reading.
@@ -306,13 +309,25 @@ def _http_client(spec_path, result_path):
             late = answer["late"] or latency > slo
             records[i] = [latency, late, answer["prediction"], answer["rate"]]
 
-    print("ready", flush=True)
-    start_at = float(sys.stdin.readline())
-    origin = time.perf_counter() + (start_at - time.time())
+    def connect(barrier):
+        # Every pool thread opens its keep-alive connection before the
+        # clock starts (the barrier makes the pool start them all): opened
+        # on the first request, in the first burst, the accepts and the
+        # server's new handler threads would be counted as serving time.
+        local.connection = http.client.HTTPConnection(host, port, timeout=60)
+        local.connection.request("GET", "/health")
+        local.connection.getresponse().read()
+        barrier.wait(timeout=60)
+
     with concurrent.futures.ThreadPoolExecutor(spec["connections"]) as pool:
+        barrier = threading.Barrier(spec["connections"])
+        for opened in [pool.submit(connect, barrier) for _ in range(spec["connections"])]:
+            opened.result()
+        print("ready", flush=True)
+        start_at = float(sys.stdin.readline())
+        origin = time.perf_counter() + (start_at - time.time())
         for i in indices:
             _pace(origin, arrivals[i])
-            sent[i] = time.perf_counter() - origin
             pool.submit(call, i, origin + arrivals[i])
     with open(result_path, "w") as f:
         json.dump({

@@ -37,6 +37,10 @@ class ClientError(ValueError):
     """A request the client must fix: 400."""
 
 
+class RequestTimeout(RuntimeError):
+    """Not answered within `request_timeout_s`: 504."""
+
+
 def media_type(header):
     """The media type of a `Content-Type` or `Accept` value, lower case."""
     return (header or "").split(";", 1)[0].strip().lower()

@@ -25,25 +25,65 @@ non-finite number or an unknown rate; 411 without Content-Length; 413 for a body
 (refused before it is read); 404/405 for other paths and methods. A full
 queue gives 503 with `Retry-After`; a request not answered within
 `request_timeout_s` gives 504. Nothing a request sends can disturb another.
+
+The deadline is the client's, who has an answer only once it is sent, and
+the front end's threads share the processor with the model: it measures
+both what a reply takes after the model's output and its own processor
+time per request, and tells the server's planner (`ElasticServer.front_end`).
 """
 
 import concurrent.futures
-import http.server
-import json
 import numbers
-import sys
 import threading
 import time
-import urllib.parse
 
 import numpy as np
 
 from keras_slicing_lite import http_body
-from keras_slicing_lite import live
+from keras_slicing_lite import http_handler
 from keras_slicing_lite import outputs
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
+# Weight of the newest reply in the delivery estimate: about the last 20
+# count, so that it rises within a few tens of milliseconds of a burst.
+DELIVERY_SMOOTHING = 0.05
+# Mean absolute deviations above the mean that the delivery reserve covers:
+# replies wait for the interpreter lock behind other threads, so their
+# times have a long tail, and the reserve must cover most of it.
+DELIVERY_SPREAD = 3.0
+
+
+class DeliveryTime:
+    """A running high estimate of the seconds from an answer to its reply.
+
+    `estimate_s` is an exponentially weighted mean of the measured times
+    plus `spread` weighted mean absolute deviations (for exponentially
+    distributed times, about their 95th percentile).
+
+    Args:
+        smoothing: Weight of the newest measurement, in (0, 1].
+        spread: Deviations above the mean.
+    """
+
+    def __init__(self, smoothing=DELIVERY_SMOOTHING, spread=DELIVERY_SPREAD):
+        self.smoothing = float(smoothing)
+        self.spread = float(spread)
+        self.mean_s = None
+        self.deviation_s = 0.0
+
+    def add(self, seconds):
+        if self.mean_s is None:
+            self.mean_s = float(seconds)
+            return
+        self.deviation_s += self.smoothing * (abs(seconds - self.mean_s) - self.deviation_s)
+        self.mean_s += self.smoothing * (seconds - self.mean_s)
+
+    @property
+    def estimate_s(self):
+        if self.mean_s is None:
+            return 0.0
+        return self.mean_s + self.spread * self.deviation_s
 
 
 class HTTPFrontEnd:
@@ -59,6 +99,16 @@ class HTTPFrontEnd:
         request_timeout_s: Most seconds a request waits for its answer
             before a 504. Defaults to 30.
         verbose: Log every request to stderr. Defaults to `False`.
+        measure_front_end: Measure what the front end adds to each request
+            and tell the server's planner (`ElasticServer.front_end`): the
+            time from the model's output to the reply written (waiting for
+            a handler thread, serializing, sending; a running high
+            estimate, `DeliveryTime`), which it plans to finish earlier by,
+            and the handler threads' processor time per request (a running
+            mean), which it counts against each width's throughput.
+            Defaults to `True`: the deadline is the client's, who has the
+            answer only once it is sent, and the front end's work competes
+            with the model's for the processor.
 
     Example:
 
@@ -76,6 +126,7 @@ class HTTPFrontEnd:
         max_body_bytes=DEFAULT_MAX_BODY_BYTES,
         request_timeout_s=DEFAULT_REQUEST_TIMEOUT_S,
         verbose=False,
+        measure_front_end=True,
     ):
         for name, value in (
             ("max_body_bytes", max_body_bytes),
@@ -96,10 +147,15 @@ class HTTPFrontEnd:
         self.max_body_bytes = int(max_body_bytes)
         self.request_timeout_s = float(request_timeout_s)
         self.verbose = verbose
+        self.measure_front_end = bool(measure_front_end)
+        self._delivery = DeliveryTime()
+        self._cost_s = None  # handler processor seconds per request
+        # When the answer of the request a handler thread serves was ready.
+        self._answered = threading.local()
         self._counts = {"requests": 0, "examples": 0, "client_errors": 0,
                         "rejected": 0, "timeouts": 0, "server_errors": 0}
         self._lock = threading.Lock()
-        self._httpd = _Server((host, port), _handler(self))
+        self._httpd = http_handler.Server((host, port), http_handler.handler(self))
 
     @property
     def address(self):
@@ -130,6 +186,8 @@ class HTTPFrontEnd:
     def stats(self):
         with self._lock:
             counts = dict(self._counts)
+            counts["delivery_ms"] = round(self._delivery.estimate_s * 1e3, 3)
+            counts["cost_ms"] = round((self._cost_s or 0.0) * 1e3, 3)
         server = self.server.stats
         server["by_rate"] = {format(r, "g"): n for r, n in server["by_rate"].items()}
         return {"http": counts, "server": server}
@@ -155,19 +213,19 @@ class HTTPFrontEnd:
         a field may be given there or in the body, not in both.
         """
         if not isinstance(body, dict):
-            raise _ClientError("the body must be a JSON object with 'inputs'.")
+            raise http_body.ClientError("the body must be a JSON object with 'inputs'.")
         unknown = set(body) - {"inputs", "input", "deadline_ms", "rate"}
         if unknown:
-            raise _ClientError(
+            raise http_body.ClientError(
                 f"unknown keys {sorted(unknown)}; allowed: inputs (or input), "
                 "deadline_ms, rate."
             )
         if ("inputs" in body) == ("input" in body):
-            raise _ClientError("give exactly one of 'inputs' (a list of examples) or 'input'.")
+            raise http_body.ClientError("give exactly one of 'inputs' (a list of examples) or 'input'.")
         fields = dict(query or {})
         for key in http_body.QUERY_FIELDS:
             if key in body and key in fields:
-                raise _ClientError(f"{key} is given both in the query and in the body; give it once.")
+                raise http_body.ClientError(f"{key} is given both in the query and in the body; give it once.")
             if key in body:
                 fields[key] = body[key]
         single = "input" in body
@@ -185,22 +243,24 @@ class HTTPFrontEnd:
             owner: The name errors start with.
         """
         if x.dtype.kind in "fc" and not np.all(np.isfinite(x)):
-            raise _ClientError("inputs must be finite numbers.")
+            raise http_body.ClientError("inputs must be finite numbers.")
         return self._predict(x, dict(query or {}), received_s, False, owner)
 
     def _predict(self, x, fields, received_s, single, owner):
+        # Nothing measured for this request until its answer is ready.
+        self._answered.at = None
         if x.ndim and x.shape[0] == 0:
-            raise _ClientError("'inputs' is empty.")
+            raise http_body.ClientError("'inputs' is empty.")
         try:
             x = self.bundle.prepare(x, owner)
         except ValueError as error:
-            raise _ClientError(str(error)) from None
+            raise http_body.ClientError(str(error)) from None
         deadline_ms = self.default_deadline_ms
         if "deadline_ms" in fields:
             try:
                 deadline_ms = http_body.deadline(fields["deadline_ms"], "deadline_ms")
             except ValueError as error:
-                raise _ClientError(str(error)) from None
+                raise http_body.ClientError(str(error)) from None
         with self._lock:
             self._counts["examples"] += len(x)
         if "rate" in fields:
@@ -211,13 +271,13 @@ class HTTPFrontEnd:
         try:
             rate = self.bundle.resolve_rates([rate], "predict").pop()
         except ValueError as error:
-            raise _ClientError(str(error)) from None
+            raise http_body.ClientError(str(error)) from None
         out = self.bundle.predict(x, rate)
         elapsed = (time.perf_counter() - received_s) * 1e3
         return self._answer(out, [rate] * len(x), [False] * len(x), [elapsed] * len(x), single)
 
     def _elastic(self, x, deadline_ms, received_s, single):
-        futures = []
+        futures, submitted = [], []
         try:
             for example in x:
                 # The deadline counts from when the request arrived, so time
@@ -225,6 +285,7 @@ class HTTPFrontEnd:
                 left = None
                 if deadline_ms is not None:
                     left = deadline_ms - (time.perf_counter() - received_s) * 1e3
+                submitted.append(time.perf_counter())
                 futures.append(self.server.submit(example, deadline_ms=left))
             waited = concurrent.futures.wait(futures, timeout=self.request_timeout_s)
         except BaseException:
@@ -234,10 +295,16 @@ class HTTPFrontEnd:
         if waited.not_done:
             for future in futures:
                 future.cancel()
-            raise _Timeout(
+            raise http_body.RequestTimeout(
                 f"not answered within request_timeout_s={self.request_timeout_s}."
             )
         responses = [future.result() for future in futures]
+        # When the output was ready, on this clock: the server's latency
+        # runs from its arrival stamp, taken just after `submitted`, so
+        # this is a little early and the reply time errs long (safe).
+        self._answered.at = max(
+            t + r.latency_ms / 1e3 for t, r in zip(submitted, responses))
+        self._answered.count = len(responses)
         return self._answer(
             np.stack([r.output for r in responses]),
             [r.rate for r in responses],
@@ -268,146 +335,29 @@ class HTTPFrontEnd:
             }
         return answer
 
+    def delivered(self, cpu_s):
+        """Measures the request this handler thread just answered.
+
+        Only requests the server chose the width of are measured: a request
+        that pins a rate runs the model on the handler thread itself.
+
+        Args:
+            cpu_s: The thread's processor seconds on the request
+                (`time.thread_time()`), from its request line to its reply.
+        """
+        answered = getattr(self._answered, "at", None)
+        if answered is None:
+            return
+        self._answered.at = None
+        with self._lock:
+            self._delivery.add(time.perf_counter() - answered)
+            delivery = self._delivery.estimate_s
+            per_request = cpu_s / self._answered.count
+            cost = self._cost_s = per_request if self._cost_s is None else (
+                self._cost_s + DELIVERY_SMOOTHING * (per_request - self._cost_s))
+        if self.measure_front_end:
+            self.server.front_end(delivery_ms=delivery * 1e3, cost_ms=cost * 1e3)
+
     def _count(self, key):
         with self._lock:
             self._counts[key] += 1
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    # The listen backlog: the default of 5 resets connections that arrive
-    # together in a burst before the accept loop takes them.
-    request_queue_size = 128
-
-    def handle_error(self, request, client_address):
-        # A client that hangs up (one that gave up waiting) is routine, not
-        # an error worth a traceback.
-        error = sys.exc_info()[1]
-        if not isinstance(error, (ConnectionResetError, BrokenPipeError)):
-            super().handle_error(request, client_address)
-
-
-_ClientError = http_body.ClientError
-
-
-class _Timeout(RuntimeError):
-    """Not answered in time: 504."""
-
-
-def _handler(front):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "keras-slicing-lite"
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in two writes: with Nagle's algorithm the
-        # body would wait for the client's delayed ACK (40 ms on Linux).
-        disable_nagle_algorithm = True
-
-        def do_GET(self):
-            front._count("requests")
-            path = urllib.parse.urlsplit(self.path).path
-            if path == "/health":
-                self._send(*front.health())
-            elif path == "/stats":
-                self._send(200, front.stats())
-            elif path == "/predict":
-                self._error(405, "use POST for /predict.", allow="POST")
-            else:
-                self._error(404, f"no such path {path!r}; try /predict, /health, /stats.")
-
-        def do_POST(self):
-            received = time.perf_counter()
-            front._count("requests")
-            path, _, query = self.path.partition("?")
-            if path != "/predict":
-                if path in ("/health", "/stats"):
-                    self._error(405, f"use GET for {path}.", allow="GET")
-                else:
-                    self._error(404, f"no such path {path!r}; try /predict.")
-                return
-            length = self.headers.get("Content-Length")
-            if length is None:
-                self._error(411, "a Content-Length header is required.")
-                return
-            try:
-                length = int(length)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._error(400, f"bad Content-Length {length!r}.")
-                return
-            if length > front.max_body_bytes:
-                self._error(
-                    413,
-                    f"the body has {length} bytes; at most "
-                    f"max_body_bytes={front.max_body_bytes} are accepted.",
-                )
-                return
-            raw = self.rfile.read(length)
-            kind = http_body.media_type(self.headers.get("Content-Type"))
-            try:
-                fields = http_body.query_fields(query)
-                if kind == http_body.NPY:
-                    x = http_body.parse_npy(raw)
-                    status, answer = front.predict_array(x, received, fields, f"{kind} body")
-                elif kind == http_body.RAW:
-                    x = http_body.parse_raw(raw, front.bundle.input_shape, front.bundle.input_dtype)
-                    status, answer = front.predict_array(x, received, fields, f"{kind} body")
-                else:  # JSON, whatever the type says (curl -d sends a form type)
-                    body = http_body.parse_json(raw, kind)
-                    status, answer = front.predict(body, received, fields)
-            except _ClientError as error:
-                self._error(400, str(error))
-            except live.QueueFullError as error:
-                front._count("rejected")
-                self._error(503, str(error), retry_after="1")
-            except _Timeout as error:
-                front._count("timeouts")
-                self._error(504, str(error))
-            except (live.ServerStoppedError, live.ServerFailedError) as error:
-                front._count("server_errors")
-                self._error(503, str(error))
-            except Exception as error:  # the worker's fault, as the future says
-                front._count("server_errors")
-                self._error(500, f"{type(error).__name__}: {error}")
-            else:
-                if http_body.accepts_npy(self.headers.get("Accept")) and "outputs" in answer:
-                    self._send(status, *http_body.npy_answer(answer))
-                else:
-                    self._send(status, answer)
-
-        def _error(self, status, message, allow=None, retry_after=None):
-            if 400 <= status < 500:
-                front._count("client_errors")
-            # The body may be unread: end the connection rather than parse
-            # its rest as the next request.
-            self.close_connection = True
-            headers = {"Connection": "close"}
-            if allow:
-                headers["Allow"] = allow
-            if retry_after:
-                headers["Retry-After"] = retry_after
-            self._send(status, {"error": message}, headers)
-
-        def _send(self, status, payload, headers=None):
-            """Sends JSON, or `payload` as is when it is bytes (with its
-            Content-Type in `headers`)."""
-            data = payload
-            headers = dict(headers or {})
-            if not isinstance(payload, bytes):
-                data = json.dumps(payload).encode("utf-8")
-                headers["Content-Type"] = http_body.JSON
-            try:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client left; nothing else to do for it
-
-        def log_message(self, format, *args):
-            if front.verbose:
-                super().log_message(format, *args)
-
-    return Handler

@@ -127,6 +127,51 @@ class LiveServing:
             self._wakeup.notify()
         return future
 
+    def front_end(self, delivery_ms=0.0, cost_ms=0.0):
+        """Tells the planner what a front end adds to every request.
+
+        A front end that parses requests and sends answers (`HTTPFrontEnd`)
+        measures both and keeps them up to date here:
+
+        - `delivery_ms`: time from an answer to its reply sent. Every batch
+          is planned to finish that much more before its deadlines (on top
+          of `reserve_ms`), so that the reply, not only the output, is in
+          time. Deadlines, and what counts as late, do not change.
+        - `cost_ms`: processor time the front end spends per request. The
+          arrival-rate check counts it with the model's cost per request:
+          its threads share the processor (and the interpreter lock) with
+          the model, so a width the model alone could keep up with may not
+          leave them enough.
+
+        Args:
+            delivery_ms: Milliseconds, a number >= 0. Defaults to 0.
+            cost_ms: Milliseconds per request, a number >= 0. Defaults to 0.
+        """
+        for name, value in (("delivery_ms", delivery_ms), ("cost_ms", cost_ms)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not value >= 0
+                or not math.isfinite(value)
+            ):
+                raise ValueError(
+                    f"ElasticServer.front_end: {name} must be a number >= 0. "
+                    f"Received: {name}={value!r}"
+                )
+        # Float assignments: the worker reads each whole, no lock needed.
+        self._planner.delivery_s = float(delivery_ms) / 1e3
+        self._planner.front_end_s = float(cost_ms) / 1e3
+
+    @property
+    def delivery_ms(self):
+        """Milliseconds of delivery reserved by `front_end` (0 until set)."""
+        return self._planner.delivery_s * 1e3
+
+    @property
+    def front_end_cost_ms(self):
+        """Front-end milliseconds per request set by `front_end` (0 until set)."""
+        return self._planner.front_end_s * 1e3
+
     def stop(self, timeout=None):
         """Stops live serving; returns whether every queued request was answered.
 

@@ -110,12 +110,20 @@ class WidthPlanner:
             call, from which the real-clock overhead is measured.
         max_batch_size: Most requests per call.
         reserve_s: Seconds to plan to finish before each deadline.
+
+    Two costs of a front end, 0 until set (`ElasticServer.front_end`):
+    `delivery_s` is planned before each deadline as well (the time from an
+    answer to its reply sent), and `front_end_s` is added to the cost per
+    request of every width in the arrival-rate check (processor time the
+    front end's threads take from the model's).
     """
 
     def __init__(self, rates, plan_s, service_s, max_batch_size, reserve_s=0.0):
         self.rates = tuple(rates)
         self.max_batch_size = int(max_batch_size)
         self.reserve_s = float(reserve_s)
+        self.delivery_s = 0.0
+        self.front_end_s = 0.0
         self._plan_s = plan_s
         self._service_s = service_s
         self._buckets = sorted({b for _, b in plan_s})
@@ -131,7 +139,8 @@ class WidthPlanner:
         if len(self.rates) == 1:
             return self.rates[0], count
         for rate in self.rates:
-            if arrival_rate * self.cost_per_request_s(rate) > MAX_UTILIZATION:
+            per_request = self.cost_per_request_s(rate) + self.front_end_s
+            if arrival_rate * per_request > MAX_UTILIZATION:
                 continue
             if self._meets_deadlines(now, queue, rate):
                 return rate, count
@@ -150,9 +159,10 @@ class WidthPlanner:
         # Serving in deadline order, each batch is due at its first (earliest)
         # deadline; later arrivals are due later and do not delay the queue.
         finish = now
+        reserve = self.reserve_s + self.delivery_s
         for start in range(0, len(queue), self.max_batch_size):
             size = min(self.max_batch_size, len(queue) - start)
             finish += self.costs.cost_s(self._plan_s[(rate, self.bucket(size))])
-            if finish > queue[start][0] - self.reserve_s:
+            if finish > queue[start][0] - reserve:
                 return False
         return True
