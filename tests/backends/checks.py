@@ -109,10 +109,11 @@ def conv2d_matches_plain_conv2d():
         _close(_both_rates(layer, x, rate), plain(x), atol=1e-4)
 
 
-@check
+@check(backend="torch")
 def convolutions_match_plain_keras_in_every_geometry():
     """Strides, "same"/"valid" on odd and even sizes, dilation, 1x1 kernels:
-    the sliced convolutions equal Keras' own (PyTorch runs its own conv)."""
+    the sliced convolutions equal Keras' own. PyTorch alone runs its own
+    convolution (`backend.channels_last_conv`); the others run Keras'."""
     rng = np.random.default_rng(11)
     cases = [
         (kernel, stride, padding, dilation, size)
