@@ -11,7 +11,8 @@ what the model is (its rates, scheduler, configuration), only how its inputs
 reach the layers.
 
 It reads what `SlicingModel` sets up: `_rate_flags` (which inputs are
-rates), `_eval_rate` (the rate test steps run at) and `at_rate`.
+rates), `_eval_rate` (the rate test steps run at) and `at_rate`; `evaluate`
+orders its values by `_in_metrics_order` (`keras_slicing/compiling.py`).
 """
 
 import contextlib
