@@ -4,8 +4,9 @@ Bundle format v2 (read by the edge runtime; documented in the README):
 `BUNDLE/manifest.json` and `BUNDLE/rate_{format_rate(r)}.tflite` per rate.
 The manifest is read back, here and on the edge, by the one reader of the
 TensorFlow-free `keras_slicing_lite.manifest`; what an output means and how
-it is scored comes from `keras_slicing_lite.outputs`. Reading and editing
-the converted flatbuffers is `tflite_flatbuffer.py`.
+it is scored comes from `keras_slicing_lite.outputs`. Telling a Keras
+model's output kind and scoring a file by it is `output_kind.py`; reading and
+editing the converted flatbuffers, `tflite_flatbuffer.py`.
 """
 
 import contextlib
@@ -18,7 +19,6 @@ import shutil
 import uuid
 import warnings
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras_slicing_lite import manifest as manifest_lib
@@ -26,11 +26,11 @@ from keras_slicing_lite import outputs as outputs_lib
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import output_kind as output_kind_lib
 from keras_slicing import rates as rates_lib
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
 from keras_slicing.interpreter import load_interpreter
-from keras_slicing.interpreter import run_tflite
 from keras_slicing.tflite_flatbuffer import check_builtin_ops
 from keras_slicing.tflite_flatbuffer import share_output_quantization
 # Part of this module's API: benchmarks and tests import it from here.
@@ -120,7 +120,7 @@ def export_tflite(
         representative = _check_examples(
             representative_data, data_input, "representative_data"
         )
-    kind = _output_kind(model, output, output_kind)
+    kind = output_kind_lib.infer(model, output, output_kind)
     evaluation = _check_evaluation(evaluation_data, data_input, output, kind)
     metric = outputs_lib.metric_name(kind)
     output_dir = pathlib.Path(output_dir).absolute()
@@ -166,7 +166,7 @@ def export_tflite(
                 metric: None,
             }
             if evaluation is not None:
-                entry[metric] = _score(interpreter, kind, *evaluation)
+                entry[metric] = output_kind_lib.score(interpreter, kind, *evaluation)
             entries.append(entry)
         manifest = {
             "format": FORMAT,
@@ -348,97 +348,6 @@ def _check_evaluation(evaluation_data, data_input, output, kind):
             f"Received: {len(x)} and {len(y)}"
         )
     return x, y
-
-
-def _score(interpreter, kind, x, y, batch_size=256):
-    outputs = np.concatenate(
-        [
-            run_tflite(interpreter, x[start : start + batch_size])
-            for start in range(0, len(x), batch_size)
-        ]
-    )
-    return outputs_lib.score(kind, outputs, y)
-
-
-_CATEGORICAL_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
-                       "categorical_focal_crossentropy", "categorical_hinge")
-_BINARY_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy", "hinge",
-                  "squared_hinge")
-_REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error", "huber",
-                      "log_cosh", "mean_squared_logarithmic_error",
-                      "mean_absolute_percentage_error", "mse", "mae", "msle",
-                      "mape", "logcosh", "huber_loss")
-
-
-def _output_kind(model, output, output_kind):
-    """The kind of the model's output: given, or inferred (see export_tflite)."""
-    if output_kind is not None:
-        if output_kind not in outputs_lib.MANIFEST_KINDS:
-            raise ValueError(
-                "export_tflite: output_kind must be one of "
-                f"{', '.join(outputs_lib.MANIFEST_KINDS)}. Received: "
-                f"output_kind={output_kind!r}"
-            )
-        return output_kind
-    units = output.shape[-1] if len(output.shape) > 1 else None
-    activation = _final_activation(output)
-    loss = _loss_family(model)
-    if activation == "softmax" and loss in (None, "categorical"):
-        return "multiclass_probabilities"
-    if activation == "sigmoid" and loss in (None, "binary"):
-        return "binary_probability" if units == 1 else "multilabel_probabilities"
-    if activation == "linear":
-        if loss == "categorical" and units != 1:
-            return "multiclass_logits"
-        if loss == "binary":
-            return "binary_logit" if units == 1 else "multilabel_logits"
-        if loss == "regression":
-            return "regression"
-        if loss is None and units is not None and units > 1:
-            # A bundle's long-standing meaning (format v1): class logits.
-            return "multiclass_logits"
-    elif activation not in ("softmax", "sigmoid") and loss in (None, "regression"):
-        return "regression"
-    raise ValueError(
-        f"export_tflite: cannot tell what the output of model '{model.name}' "
-        f"means: a {activation} output of {units} unit(s) with "
-        f"{'no compiled loss' if loss is None else f'a {loss} loss'}. "
-        "Pass output_kind, one of "
-        f"{', '.join(outputs_lib.MANIFEST_KINDS)} (a linear single unit is "
-        "'binary_logit' or 'regression')."
-    )
-
-
-def _final_activation(output):
-    """`"softmax"`, `"sigmoid"`, `"linear"` or another name: the last layer's."""
-    layer = output._keras_history.operation
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return "linear"
-    name = getattr(activation, "__name__", str(activation))
-    return "linear" if name in ("linear", "identity") else name
-
-
-def _loss_family(model):
-    """`"categorical"`, `"binary"`, `"regression"` or `None` (not compiled)."""
-    loss = getattr(model, "loss", None)
-    if loss is None or isinstance(loss, (list, tuple, dict)):
-        return None
-    if isinstance(loss, str):
-        name = loss
-    else:
-        name = getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    name = name.lower()
-    for family, names in (
-        ("categorical", _CATEGORICAL_LOSSES),
-        ("binary", _BINARY_LOSSES),
-        ("regression", _REGRESSION_LOSSES),
-    ):
-        if name in names:
-            return family
-    return None
 
 
 def _describe_tensors(interpreter, data_input, output):
