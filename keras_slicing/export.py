@@ -4,7 +4,9 @@ Bundle format v2 (read by the edge runtime; documented in the README):
 `BUNDLE/manifest.json` and `BUNDLE/rate_{format_rate(r)}.tflite` per rate.
 The manifest is read back, here and on the edge, by the one reader of the
 TensorFlow-free `keras_slicing_lite.manifest`; what an output means and how
-it is scored comes from `keras_slicing_lite.outputs`.
+it is scored comes from `keras_slicing_lite.outputs`. Telling a Keras
+model's output kind and scoring a file by it is `output_kind.py`; reading and
+editing the converted flatbuffers, `tflite_flatbuffer.py`.
 """
 
 import contextlib
@@ -17,8 +19,6 @@ import shutil
 import uuid
 import warnings
 
-import flatbuffers
-import keras
 import numpy as np
 import tensorflow as tf
 from keras_slicing_lite import manifest as manifest_lib
@@ -26,11 +26,15 @@ from keras_slicing_lite import outputs as outputs_lib
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import output_kind as output_kind_lib
 from keras_slicing import rates as rates_lib
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
 from keras_slicing.interpreter import load_interpreter
-from keras_slicing.interpreter import run_tflite
+from keras_slicing.tflite_flatbuffer import check_builtin_ops
+from keras_slicing.tflite_flatbuffer import share_output_quantization
+# Part of this module's API: benchmarks and tests import it from here.
+from keras_slicing.tflite_flatbuffer import tflite_op_names  # noqa: F401
 
 FORMAT = manifest_lib.FORMAT
 FORMAT_VERSION = manifest_lib.FORMAT_VERSION
@@ -116,7 +120,7 @@ def export_tflite(
         representative = _check_examples(
             representative_data, data_input, "representative_data"
         )
-    kind = _output_kind(model, output, output_kind)
+    kind = output_kind_lib.infer(model, output, output_kind)
     evaluation = _check_evaluation(evaluation_data, data_input, output, kind)
     metric = outputs_lib.metric_name(kind)
     output_dir = pathlib.Path(output_dir).absolute()
@@ -134,7 +138,7 @@ def export_tflite(
             )
             check_builtin_ops(contents[rate], f"rate {rates_lib.format_rate(rate)}")
         if int8_io:
-            contents = _share_output_quantization(contents)
+            contents = share_output_quantization(contents)
         entries = []
         tensors = None
         for rate, content in contents.items():
@@ -162,7 +166,7 @@ def export_tflite(
                 metric: None,
             }
             if evaluation is not None:
-                entry[metric] = _score(interpreter, kind, *evaluation)
+                entry[metric] = output_kind_lib.score(interpreter, kind, *evaluation)
             entries.append(entry)
         manifest = {
             "format": FORMAT,
@@ -228,137 +232,6 @@ def convert_to_tflite(
             "ignore", message="Statistics for quantized inputs were expected"
         )
         return converter.convert()
-
-
-def _share_output_quantization(contents):
-    """Gives every file's int8 output one scale and zero point.
-
-    Calibration quantizes each width's output over its own range, but a
-    runtime switching widths reads every output with the manifest's single
-    scale and zero point. Files whose parameters differ get a final
-    QUANTIZE op that requantizes into the union of all ranges.
-    """
-    schema = _schema()
-    params = {}
-    for rate, content in contents.items():
-        flatbuffer = schema.Model.GetRootAs(content, 0)
-        subgraph = flatbuffer.Subgraphs(0)
-        tensor = subgraph.Tensors(subgraph.Outputs(0))
-        quantization = tensor.Quantization()
-        params[rate] = (
-            float(quantization.Scale(0)),
-            int(quantization.ZeroPoint(0)),
-        )
-    low = min((-128 - zero_point) * scale for scale, zero_point in params.values())
-    high = max((127 - zero_point) * scale for scale, zero_point in params.values())
-    scale = float(np.float32((high - low) / 255.0))
-    zero_point = int(np.clip(round(-128 - low / scale), -128, 127))
-    return {
-        rate: content
-        if params[rate] == (scale, zero_point)
-        else _append_requantize(content, scale, zero_point)
-        for rate, content in contents.items()
-    }
-
-
-def _append_requantize(content, scale, zero_point):
-    schema = _schema()
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
-    subgraph = model.subgraphs[0]
-    source_index = subgraph.outputs[0]
-    source = subgraph.tensors[source_index]
-    target = schema.TensorT()
-    target.shape = source.shape
-    target.shapeSignature = source.shapeSignature
-    target.type = source.type
-    target.name = source.name
-    source.name = (source.name or b"output") + b"_before_requantize"
-    model.buffers.append(schema.BufferT())
-    target.buffer = len(model.buffers) - 1
-    target.quantization = schema.QuantizationParametersT()
-    target.quantization.scale = [scale]
-    target.quantization.zeroPoint = [zero_point]
-    subgraph.tensors.append(target)
-    target_index = len(subgraph.tensors) - 1
-
-    quantize = schema.BuiltinOperator.QUANTIZE
-    codes = model.operatorCodes
-    opcode = next(
-        (
-            i for i, code in enumerate(codes)
-            if max(code.builtinCode, code.deprecatedBuiltinCode) == quantize
-        ),
-        None,
-    )
-    if opcode is None:
-        code = schema.OperatorCodeT()
-        code.builtinCode = quantize
-        code.deprecatedBuiltinCode = quantize
-        codes.append(code)
-        opcode = len(codes) - 1
-    # Version 2 of QUANTIZE covers int8 -> int8 requantization.
-    codes[opcode].version = max(codes[opcode].version, 2)
-    operator = schema.OperatorT()
-    operator.opcodeIndex = opcode
-    operator.inputs = [source_index]
-    operator.outputs = [target_index]
-    operator.builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
-    operator.builtinOptions = schema.QuantizeOptionsT()
-    subgraph.operators.append(operator)
-    subgraph.outputs = [target_index]
-    for signature in model.signatureDefs or []:
-        for output in signature.outputs or []:
-            if output.tensorIndex == source_index:
-                output.tensorIndex = target_index
-    builder = flatbuffers.Builder(len(content) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def tflite_op_names(content):
-    """Operator names of a `.tflite` flatbuffer; custom ops by their code."""
-    return [name for name, _ in _operator_codes(content)]
-
-
-def check_builtin_ops(content, what="model"):
-    """Raises a `ValueError` if the flatbuffer holds Flex or custom ops."""
-    custom = [name for name, is_custom in _operator_codes(content) if is_custom]
-    if custom:
-        raise ValueError(
-            f"{what}: the converted file holds operators outside the TFLite "
-            f"builtins (Flex or custom), which phone runtimes do not ship. "
-            f"Received: {custom}"
-        )
-
-
-def _schema():
-    """The flatbuffer schema of `.tflite` files (generated Python)."""
-    try:
-        from tensorflow.lite.python import schema_py_generated as schema
-    except ImportError:
-        from ai_edge_litert import schema_py_generated as schema
-    return schema
-
-
-def _operator_codes(content):
-    schema = _schema()
-    names = {
-        value: key
-        for key, value in vars(schema.BuiltinOperator).items()
-        if not key.startswith("_")
-    }
-    flatbuffer = schema.Model.GetRootAs(content, 0)
-    codes = []
-    for i in range(flatbuffer.OperatorCodesLength()):
-        code = flatbuffer.OperatorCodes(i)
-        # Codes above 127 live only in builtin_code; older files only fill
-        # deprecated_builtin_code.
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            codes.append(((code.CustomCode() or b"").decode(), True))
-        else:
-            codes.append((names.get(builtin, str(builtin)), False))
-    return codes
 
 
 def tflite_file_name(rate):
@@ -475,97 +348,6 @@ def _check_evaluation(evaluation_data, data_input, output, kind):
             f"Received: {len(x)} and {len(y)}"
         )
     return x, y
-
-
-def _score(interpreter, kind, x, y, batch_size=256):
-    outputs = np.concatenate(
-        [
-            run_tflite(interpreter, x[start : start + batch_size])
-            for start in range(0, len(x), batch_size)
-        ]
-    )
-    return outputs_lib.score(kind, outputs, y)
-
-
-_CATEGORICAL_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
-                       "categorical_focal_crossentropy", "categorical_hinge")
-_BINARY_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy", "hinge",
-                  "squared_hinge")
-_REGRESSION_LOSSES = ("mean_squared_error", "mean_absolute_error", "huber",
-                      "log_cosh", "mean_squared_logarithmic_error",
-                      "mean_absolute_percentage_error", "mse", "mae", "msle",
-                      "mape", "logcosh", "huber_loss")
-
-
-def _output_kind(model, output, output_kind):
-    """The kind of the model's output: given, or inferred (see export_tflite)."""
-    if output_kind is not None:
-        if output_kind not in outputs_lib.MANIFEST_KINDS:
-            raise ValueError(
-                "export_tflite: output_kind must be one of "
-                f"{', '.join(outputs_lib.MANIFEST_KINDS)}. Received: "
-                f"output_kind={output_kind!r}"
-            )
-        return output_kind
-    units = output.shape[-1] if len(output.shape) > 1 else None
-    activation = _final_activation(output)
-    loss = _loss_family(model)
-    if activation == "softmax" and loss in (None, "categorical"):
-        return "multiclass_probabilities"
-    if activation == "sigmoid" and loss in (None, "binary"):
-        return "binary_probability" if units == 1 else "multilabel_probabilities"
-    if activation == "linear":
-        if loss == "categorical" and units != 1:
-            return "multiclass_logits"
-        if loss == "binary":
-            return "binary_logit" if units == 1 else "multilabel_logits"
-        if loss == "regression":
-            return "regression"
-        if loss is None and units is not None and units > 1:
-            # A bundle's long-standing meaning (format v1): class logits.
-            return "multiclass_logits"
-    elif activation not in ("softmax", "sigmoid") and loss in (None, "regression"):
-        return "regression"
-    raise ValueError(
-        f"export_tflite: cannot tell what the output of model '{model.name}' "
-        f"means: a {activation} output of {units} unit(s) with "
-        f"{'no compiled loss' if loss is None else f'a {loss} loss'}. "
-        "Pass output_kind, one of "
-        f"{', '.join(outputs_lib.MANIFEST_KINDS)} (a linear single unit is "
-        "'binary_logit' or 'regression')."
-    )
-
-
-def _final_activation(output):
-    """`"softmax"`, `"sigmoid"`, `"linear"` or another name: the last layer's."""
-    layer = output._keras_history.operation
-    if isinstance(layer, keras.layers.Softmax):
-        return "softmax"
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return "linear"
-    name = getattr(activation, "__name__", str(activation))
-    return "linear" if name in ("linear", "identity") else name
-
-
-def _loss_family(model):
-    """`"categorical"`, `"binary"`, `"regression"` or `None` (not compiled)."""
-    loss = getattr(model, "loss", None)
-    if loss is None or isinstance(loss, (list, tuple, dict)):
-        return None
-    if isinstance(loss, str):
-        name = loss
-    else:
-        name = getattr(loss, "name", None) or getattr(loss, "__name__", "")
-    name = name.lower()
-    for family, names in (
-        ("categorical", _CATEGORICAL_LOSSES),
-        ("binary", _BINARY_LOSSES),
-        ("regression", _REGRESSION_LOSSES),
-    ):
-        if name in names:
-            return family
-    return None
 
 
 def _describe_tensors(interpreter, data_input, output):

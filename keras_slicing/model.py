@@ -1,4 +1,12 @@
-import contextlib
+"""`SlicingModel`: what the model is and the API it adds to `keras.Model`.
+
+This module holds its rates, scheduler and distillation settings, the plain
+models of one width (`at_rate`), `evaluate_rates` and saving; the rest of its
+behaviour is in mixins of their own: `compiling.py` (`compile` and the per-rate
+metrics), `rate_inputs.py` (inputs fed with the rate or without it),
+`train_step.py` (the steps) and `backend/*_trainer.py` (how each backend
+takes gradients and compiles the steps).
+"""
 
 import keras
 import numpy as np
@@ -9,10 +17,11 @@ from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
+from keras_slicing.compiling import SlicingCompile
 from keras_slicing.distillation import Distillation
-from keras_slicing.keras_internals import CompileMetrics
 from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.rate_inputs import SlicingRateInputs
 from keras_slicing.train_step import SlicingTrainStep
 
 _SLICING_ARGS = (
@@ -32,7 +41,13 @@ _SEED_KEY = "rate_sampler_state"
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
-class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
+class SlicingModel(
+    backend.SlicingTrainer,
+    SlicingTrainStep,
+    SlicingCompile,
+    SlicingRateInputs,
+    keras.Model,
+):
     """A functional model that trains all its slice rates at once.
 
     Build it like a functional `keras.Model` whose inputs include
@@ -269,18 +284,6 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
             )
         self._min_rate.assign(value)
 
-    @property
-    def compiled_rate_sets(self):
-        """The sets of rates that have their own compiled training step.
-
-        Where the rates are sampled on the host and steps are compiled (JAX;
-        TensorFlow with `jit_compile=True`), each distinct set of rates a
-        step ran gets one compiled step, built once: a tuple of rates per
-        entry, widest first. Empty where one traced step serves every rate
-        (TensorFlow's default) and where steps run eagerly (PyTorch).
-        """
-        return [tuple(self.rates[i] for i in key) for key in self._compiled_rate_sets]
-
     def at_rate(self, rate):
         """A `keras.Model` of the data inputs alone running at `rate`.
 
@@ -335,269 +338,6 @@ class SlicingModel(backend.SlicingTrainer, SlicingTrainStep, keras.Model):
                     steps=steps, verbose=verbose, return_dict=True,
                 )
         return results
-
-    def evaluate(
-        self, x=None, y=None, batch_size=None, verbose="auto",
-        sample_weight=None, steps=None, callbacks=None, return_dict=False,
-        **kwargs,
-    ):
-        """As `keras.Model.evaluate`, at full width (see `evaluate_rates`).
-
-        Inputs that include the rate run at that rate. Without `return_dict`
-        the values come in `metrics_names` order.
-        """
-        data, rate = self._data_and_rate(x)
-        with self._evaluating_at(rate):
-            logs = super().evaluate(
-                data, y, batch_size=batch_size,
-                verbose=verbose, sample_weight=sample_weight, steps=steps,
-                callbacks=callbacks, return_dict=True, **kwargs,
-            )
-        return logs if return_dict else self._in_metrics_order(logs)
-
-    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        data, rate = self._data_and_rate(x)
-        with self._evaluating_at(rate):
-            logs = super().test_on_batch(
-                data, y, sample_weight=sample_weight, return_dict=True
-            )
-        return logs if return_dict else self._in_metrics_order(logs)
-
-    def predict(self, x, *args, **kwargs):
-        data, rate = self._data_and_rate(x)
-        if rate is not None:
-            return self.at_rate(rate).predict(data, *args, **kwargs)
-        return super().predict(data, *args, **kwargs)
-
-    def predict_on_batch(self, x):
-        data, rate = self._data_and_rate(x)
-        if rate is not None:
-            return self.at_rate(rate).predict_on_batch(data)
-        return super().predict_on_batch(data)
-
-    @contextlib.contextmanager
-    def _evaluating_at(self, rate):
-        """Test steps run at `rate` inside (unchanged when `rate` is None)."""
-        previous = self._eval_rate
-        self._eval_rate = previous if rate is None else rate
-        try:
-            yield
-        finally:
-            self._eval_rate = previous
-
-    def _data_and_rate(self, x):
-        """`(data inputs, rate)` of inputs that include the rate input.
-
-        A fed rate known on the host (arrays, Python numbers, eager tensors)
-        holding one value becomes a Python float: the data then run at that
-        width with static shapes, on every backend. Anything else is passed
-        on as it is, `(x, None)`, with rates of shape `()` or `(N, 1)` made
-        the `(N,)` vectors the layers take (TensorFlow slices by a rate
-        tensor in the graph; JAX refuses it, naming the layer).
-        """
-        if not isinstance(x, (list, tuple)) or not self._has_rate(x):
-            return x, None
-        x = self._with_rate_vectors(x)  # refuses rates of other shapes
-        flat = keras.tree.flatten(x)
-        fed = [t for t, is_rate in zip(flat, self._rate_flags) if is_rate]
-        data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
-        owner = f"SlicingModel '{self.name}'"
-        rates = {backend.concrete_rate(t, owner) for t in fed}
-        if None in rates or len(rates) != 1:
-            return x, None
-        return (data[0] if len(data) == 1 else data), rates.pop()
-
-    @property
-    def metrics_names(self):
-        """The names of the values `evaluate` returns, in that order.
-
-        The loss, then the compiled metrics (known once they are built, after
-        the first `fit` or `evaluate`); the per-rate training entries of
-        `fit` are not among them.
-        """
-        names = []
-        for metric in super().metrics:
-            if isinstance(metric, CompileMetrics):
-                names += [m.name for m in metric.metrics]
-            else:
-                names.append(metric.name)
-        return names
-
-    def _in_metrics_order(self, logs):
-        names = [n for n in self.metrics_names if n in logs]
-        names += sorted(n for n in logs if n not in names)
-        values = [logs[n] for n in names]
-        return values[0] if len(values) == 1 else values
-
-    # ------------------------------------------------------------- compile
-
-    @tracking.no_automatic_dependency_tracking
-    def compile(
-        self,
-        optimizer="rmsprop",
-        loss=None,
-        loss_weights=None,
-        metrics=None,
-        weighted_metrics=None,
-        run_eagerly=False,
-        steps_per_execution=1,
-        jit_compile="auto",
-        auto_scale_loss=True,
-    ):
-        """Configures training, as `keras.Model.compile`.
-
-        `loss` is required. `metrics` are tracked per rate in training.
-
-        The rates of a step are sampled inside the compiled step on
-        TensorFlow (a tensor rate, one trace for every rate). Where shapes
-        must be static, they are sampled on the host before each step (same
-        scheduler and seed) and each distinct set of rates gets its own
-        step, in which every rate is a constant:
-        - TensorFlow with `jit_compile=True` (XLA rejects the dynamic shapes
-          of a tensor rate): one XLA-compiled step per set of rates;
-        - JAX, always: one `jax.jit`-compiled step per set of rates
-          (`jit_compile` `"auto"` or `True`), or eager steps with
-          `jit_compile=False`;
-        - PyTorch, always: eager steps, or with `jit_compile=True` each
-          width's forward pass compiled once by `torch.compile` with its
-          `"aot_eager"` backend (the backward pass and the update stay
-          eager). It removes the Python work of running the layers, most
-          of a narrow width's time on a CPU, for a compilation of tens of
-          seconds per rate (`benchmarks/torch_compile.py`).
-        The usual schedulers give a few sets (`"random_min_max"` over four
-        rates: two), listed in `compiled_rate_sets` once they ran.
-        """
-        if loss is None:
-            raise ValueError(
-                f"SlicingModel '{self.name}': compile() needs a loss: the "
-                "train step sums the compiled loss over the sampled rates. "
-                "Received: loss=None"
-            )
-        jit = jit_compile is True or (jit_compile == "auto" and backend.BACKEND == "jax")
-        jit = jit and not run_eagerly
-        # PyTorch compiles the widths' forward passes only (see above), not
-        # Keras' whole predict or test function.
-        self._compiled_widths = {} if jit and backend.BACKEND == "torch" else None
-        if self._compiled_widths is not None:
-            jit = False
-        host_sampled = backend.HOST_SAMPLED_RATES or jit
-        super().compile(
-            optimizer=optimizer,
-            loss=loss,
-            loss_weights=loss_weights,
-            metrics=metrics,
-            weighted_metrics=weighted_metrics,
-            run_eagerly=run_eagerly,
-            steps_per_execution=steps_per_execution,
-            jit_compile=False if host_sampled else jit_compile,
-            auto_scale_loss=auto_scale_loss,
-        )
-        self._host_sampled = host_sampled
-        self._compiled_rate_sets = {}
-        if host_sampled:
-            # Keras refuses XLA for layers with supports_jit=False, which is
-            # about tensor rates; this path feeds every layer a constant.
-            self._jit_compile = jit
-            if jit_compile is True:
-                self._compile_config.config["jit_compile"] = True
-        self._rate_loss_trackers = [
-            keras.metrics.Mean(name=f"loss@{rates_lib.format_rate(r)}")
-            for r in self.rates
-        ]
-        self._rate_compile_metrics = [
-            CompileMetrics(metrics, weighted_metrics, output_names=self.output_names)
-            if metrics is not None or weighted_metrics is not None
-            else None
-            for _ in self.rates
-        ]
-        self._test_functions = {}
-
-    def compile_from_config(self, config):
-        config = keras.saving.deserialize_keras_object(config)
-        self.compile(**config)
-        if self.optimizer is not None and self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        # Unbuilt copies hold no state yet (and cannot report a result).
-        per_rate = self._rate_loss_trackers + [
-            m for m in self._rate_compile_metrics if m is not None and m.built
-        ]
-        return super().metrics + per_rate
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        # Under a distribution strategy Keras builds the compiled metrics
-        # from symbolic outputs before the first step; the per-rate copies
-        # are built at the same moment, outside the replicated step.
-        self._build_metrics(y, y_pred)
-        return super().compute_metrics(x, y, y_pred, sample_weight)
-
-    def _build_metrics(self, y, y_pred):
-        for metrics in (self._compile_metrics, *self._rate_compile_metrics):
-            if metrics is not None and not metrics.built:
-                metrics.build(y, y_pred)
-
-    # --------------------------------------------------------------- steps
-
-    def __call__(self, inputs, *args, **kwargs):
-        if not self._has_rate(inputs):
-            inputs = self._with_rate(inputs, 1.0)
-        return super().__call__(self._with_rate_vectors(inputs), *args, **kwargs)
-
-    # ------------------------------------------------------------- helpers
-
-    def _has_rate(self, inputs):
-        return len(keras.tree.flatten(inputs)) == len(self._rate_flags)
-
-    def _with_rate(self, inputs, rate):
-        """The model inputs with every rate input set to `rate`."""
-        data = keras.tree.flatten(inputs)
-        if len(data) != self._rate_flags.count(False):
-            raise ValueError(
-                f"SlicingModel '{self.name}': expected "
-                f"{self._rate_flags.count(False)} data input(s), optionally "
-                f"with the rate ({len(self._rate_flags)} in all). Received "
-                f"{len(data)} input(s)."
-            )
-        if any(isinstance(t, keras.KerasTensor) for t in data):
-            raise ValueError(
-                f"SlicingModel '{self.name}': called on symbolic tensors "
-                "without a rate. Pass the rate input too: model([x, rate])."
-            )
-        data = [ops.convert_to_tensor(t) for t in data]
-        batch = ops.shape(data[0])[0]
-        vector = ops.ones((batch,), "float32") * ops.cast(rate, "float32")
-        data = iter(data)
-        return [vector if is_rate else next(data) for is_rate in self._rate_flags]
-
-    def _with_rate_vectors(self, inputs):
-        """Fed rates of shape `()` or `(N, 1)` as the `(N,)` vectors expected."""
-        if not isinstance(inputs, (list, tuple)) or not self._has_rate(inputs):
-            return inputs
-        flat = keras.tree.flatten(inputs)
-        rates = [t for t, is_rate in zip(flat, self._rate_flags) if is_rate]
-        if all(len(getattr(t, "shape", ())) == 1 for t in rates):
-            return inputs  # already vectors (or symbolic: left to the layers)
-        data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
-        batch = getattr(data[0], "shape", (None,))[0] if data else 1
-        if batch is None:
-            return inputs
-        return [
-            rates_lib.rate_vector(t, batch, f"SlicingModel '{self.name}'")
-            if is_rate else t
-            for t, is_rate in zip(flat, self._rate_flags)
-        ]
-
-    def _forward(self, x, rate, training):
-        if self._has_rate(x):
-            return self(x, training=training)
-        if isinstance(rate, float):
-            flat = keras.tree.flatten(x)
-            return self._width_forward(rate)(
-                flat[0] if len(flat) == 1 else flat, training=training
-            )
-        return self(self._with_rate(x, rate), training=training)
 
     # ---------------------------------------------------------- serialize
 
