@@ -16,8 +16,7 @@ Measured:
   column to compare with the MACs ratio.
 - one `random_min_max` training step (widest + narrowest + one random
   width, losses summed, one SGD update): `SlicingModel.train_on_batch`
-  compiled by default and with `jit_compile=True` (XLA on TensorFlow and
-  JAX; on PyTorch each width's forward pass under `torch.compile`);
+  compiled by default and, on TensorFlow and JAX, with `jit_compile=True`;
   the reference's `RandomMinMaxStep`. A path that fails reports
   "n/a: <error>".
 
@@ -49,7 +48,7 @@ flags.DEFINE_boolean("reference", True, "Also time the plain PyTorch reference."
 flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("depth", 20, "ResNet depth, 6n+2.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds (interleaved over backends).")
-flags.DEFINE_boolean("jit", True, "Also time train_on_batch with jit_compile=True.")
+flags.DEFINE_boolean("jit", True, "Also time train_on_batch with jit_compile=True (TF, JAX).")
 flags.DEFINE_integer(
     "threads", 0, "Compute threads per worker on every backend (0: each library's default)."
 )
@@ -104,7 +103,7 @@ def _keras_candidates(batch, depth, jit):
     candidates = {_fb(r): make(model.at_rate(r), loss, xt, yt) for r in RATES}
 
     variants = {"step": None}
-    if jit:
+    if jit and backend in ("tensorflow", "jax"):
         variants["step jit_compile"] = True
     for name, jit_compile in variants.items():
         keras.utils.set_random_seed(0)

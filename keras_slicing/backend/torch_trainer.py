@@ -2,18 +2,13 @@
 
 PyTorch runs eagerly, so each step's rates are sampled on the host and reach
 the layers as Python floats: every slice is a view of known size, with no
-device-to-host read of a rate tensor.
-
-With `compile(jit_compile=True)` each width's forward pass is compiled by
-`torch.compile` once, on its first step, with the `"aot_eager"` backend: the
-graph is captured and its ATen ops run without the Python work of Keras'
-layer calls, which is most of a narrow width's time on a CPU. Inductor, the
-default backend, compiled longer and ran slower there
-(`benchmarks/torch_compile.py`). The loss, the backward pass and the update
-stay eager, so the compiled graphs are only the widths'.
+device-to-host read of a rate tensor. `torch.compile` is not used
+(`compile(jit_compile=True)` is ignored with a warning): the widths' forward
+passes under its `"aot_eager"` backend compiled for about 50 s each and ran
+at 0.96x eager at full width and 1.9x at r = 0.25 in one run, 0.7x at r = 0.25
+in another (`benchmarks/torch_compile.py`), and the `random_min_max` step
+with them was slower than eager; eager is the reliable choice on a CPU.
 """
-
-import types
 
 import torch
 
@@ -48,24 +43,6 @@ class SlicingTrainer:
             self._test_functions[rate] = test_function
         self.test_function = self._test_functions[rate]
         return self.test_function
-
-    def _width_forward(self, rate):
-        if self._compiled_widths is None:
-            return self.at_rate(rate)
-        if rate not in self._compiled_widths:
-            width = self.at_rate(rate)
-
-            def forward(inputs, training=False):
-                return width(inputs, training=training)
-
-            # Each width is its own function object with its own cache, so
-            # the widths do not count against one another's recompile limit.
-            forward = types.FunctionType(
-                forward.__code__.replace(), forward.__globals__,
-                closure=forward.__closure__,
-            )
-            self._compiled_widths[rate] = torch.compile(forward, backend="aot_eager")
-        return self._compiled_widths[rate]
 
     def _loss_and_gradients(self, loss_fn, variables):
         for variable in variables:
