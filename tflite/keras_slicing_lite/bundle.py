@@ -10,6 +10,7 @@ import threading
 import numpy as np
 
 from keras_slicing_lite import cascade
+from keras_slicing_lite import inputs
 from keras_slicing_lite import manifest as manifest_lib
 from keras_slicing_lite import profiling
 from keras_slicing_lite import runtime
@@ -332,57 +333,8 @@ class Bundle:
         Raises:
             ValueError: naming the shape or dtype received and the expected.
         """
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{owner}: x is not array-like: {error}") from None
-        expected = self.input_shape
-        shown = _format_shape(expected)
-        if x.ndim != len(expected):
-            hint = (
-                " For a single example add the batch axis: x[None]."
-                if x.ndim == len(expected) - 1
-                else ""
-            )
-            raise ValueError(
-                f"{owner}: expected input of shape {shown}. "
-                f"Received: x.shape={x.shape}.{hint}"
-            )
-        for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), 1):
-            if want is not None and want != got:
-                raise ValueError(
-                    f"{owner}: expected input of shape {shown}; axis {axis} "
-                    f"should be {want}. Received: x.shape={x.shape}"
-                )
-        model_dtype = self._input_dtype
-        if model_dtype.kind == "f":
-            if x.dtype.kind != "f":
-                raise ValueError(
-                    f"{owner}: this bundle takes floating inputs "
-                    f"({model_dtype.name}). Received: x.dtype={x.dtype}. "
-                    "Convert (and scale) the data as in training first."
-                )
-            return np.ascontiguousarray(x, dtype=model_dtype)
-        if x.dtype == model_dtype:
-            return np.ascontiguousarray(x)
-        scale, zero_point = self._input_quantization
-        if x.dtype.kind in "iu" and scale == 0:
-            # Token ids of another integer width: cast when every id fits.
-            info = np.iinfo(model_dtype)
-            if x.size and (x.min() < info.min or x.max() > info.max):
-                raise ValueError(
-                    f"{owner}: ids must fit {model_dtype.name}. Received "
-                    f"values in [{x.min()}, {x.max()}]"
-                )
-            return np.ascontiguousarray(x, model_dtype)
-        if x.dtype.kind == "f" and scale > 0:
-            info = np.iinfo(model_dtype)
-            q = np.round(x / scale) + zero_point
-            return np.ascontiguousarray(np.clip(q, info.min, info.max), model_dtype)
-        accepted = f"{model_dtype.name}" + (" or floating" if scale > 0 else "")
-        raise ValueError(
-            f"{owner}: this bundle takes {accepted} inputs. "
-            f"Received: x.dtype={x.dtype}"
+        return inputs.prepare(
+            x, self.input_shape, self._input_dtype, self._input_quantization, owner
         )
 
     def _output_dims(self, n):
@@ -496,7 +448,7 @@ def _check_tensor(path, role, detail, spec):
     ):
         raise manifest_lib.BundleError(
             f"load_bundle: {path}: the {role} tensor has shape "
-            f"{_format_shape(actual)} but the manifest says "
+            f"{inputs.format_shape(actual)} but the manifest says "
             f"{role}.shape={spec['shape']}."
         )
     scale, zero_point = detail.get("quantization", (0.0, 0))
@@ -517,6 +469,3 @@ def _check_tensor(path, role, detail, spec):
 def _format_rates(rates):
     return ", ".join(format(r, "g") for r in rates)
 
-
-def _format_shape(shape):
-    return "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + ")"
