@@ -150,7 +150,7 @@ def _measure(bundle, sizes, repeats, warmup, key):
         )
     # This module is the bundle's own: it times the bare interpreter call
     # and keeps one cached interpreter per profiled batch size.
-    bundle._capacity = max(bundle._capacity, len(sizes))
+    bundle._interpreters.keep_at_least(len(sizes))
     rng = np.random.default_rng(0)
     batches = {}
     for size in sizes:
