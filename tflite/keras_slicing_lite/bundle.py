@@ -1,18 +1,22 @@
-"""A verified keras-slicing bundle: one TFLite model per width."""
+"""A verified keras-slicing bundle: one TFLite model per width.
 
-import collections
+`Bundle` is the API; the work beneath it lives beside it: `inputs.py`
+checks and converts batches, `interpreters.py` loads and runs the files,
+`cascade.py` and `profiling.py` hold the cascade and the latency profile.
+"""
+
 import copy
 import math
 import numbers
 import pathlib
-import threading
 
 import numpy as np
 
 from keras_slicing_lite import cascade
+from keras_slicing_lite import inputs
 from keras_slicing_lite import manifest as manifest_lib
 from keras_slicing_lite import profiling
-from keras_slicing_lite import runtime
+from keras_slicing_lite.interpreters import Interpreters
 from keras_slicing_lite.profiling import DEFAULT_BATCH_SIZES
 
 
@@ -101,19 +105,13 @@ class Bundle:
         self.path = pathlib.Path(path)
         self._manifest = copy.deepcopy(manifest)
         self._entries = {float(e["rate"]): e for e in self._manifest["rates"]}
-        self._contents = {float(r): c for r, c in contents.items()}
-        self.num_threads = num_threads
-        self._capacity = max_cached_shapes
-        self._lock = threading.Lock()
-        self._interpreters = {rate: collections.OrderedDict() for rate in self._entries}
         self._input_spec = self._manifest["input"]
         self._output_spec = self._manifest["output"]
         self._input_dtype = np.dtype(self._input_spec["dtype"])
-        loaded = {}
-        for rate in self.rates:
-            loaded[rate] = self._load_and_check(rate)
-        for rate, (shape, runner) in loaded.items():
-            self._interpreters[rate][shape] = runner
+        self._interpreters = Interpreters(
+            self.path, self._manifest, contents, num_threads, max_cached_shapes
+        )
+        self._input_quantization = self._interpreters.input_quantization
 
     @property
     def rates(self):
@@ -124,6 +122,15 @@ class Bundle:
     def manifest(self):
         """A copy of the manifest."""
         return copy.deepcopy(self._manifest)
+
+    @property
+    def num_threads(self):
+        """Interpreter threads per call, or `None` (the runtime chooses)."""
+        return self._interpreters.num_threads
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._interpreters.num_threads = value
 
     @property
     def input_shape(self):
@@ -332,143 +339,17 @@ class Bundle:
         Raises:
             ValueError: naming the shape or dtype received and the expected.
         """
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{owner}: x is not array-like: {error}") from None
-        expected = self.input_shape
-        shown = _format_shape(expected)
-        if x.ndim != len(expected):
-            hint = (
-                " For a single example add the batch axis: x[None]."
-                if x.ndim == len(expected) - 1
-                else ""
-            )
-            raise ValueError(
-                f"{owner}: expected input of shape {shown}. "
-                f"Received: x.shape={x.shape}.{hint}"
-            )
-        for axis, (want, got) in enumerate(zip(expected[1:], x.shape[1:]), 1):
-            if want is not None and want != got:
-                raise ValueError(
-                    f"{owner}: expected input of shape {shown}; axis {axis} "
-                    f"should be {want}. Received: x.shape={x.shape}"
-                )
-        model_dtype = self._input_dtype
-        if model_dtype.kind == "f":
-            if x.dtype.kind != "f":
-                raise ValueError(
-                    f"{owner}: this bundle takes floating inputs "
-                    f"({model_dtype.name}). Received: x.dtype={x.dtype}. "
-                    "Convert (and scale) the data as in training first."
-                )
-            return np.ascontiguousarray(x, dtype=model_dtype)
-        if x.dtype == model_dtype:
-            return np.ascontiguousarray(x)
-        scale, zero_point = self._input_quantization
-        if x.dtype.kind in "iu" and scale == 0:
-            # Token ids of another integer width: cast when every id fits.
-            info = np.iinfo(model_dtype)
-            if x.size and (x.min() < info.min or x.max() > info.max):
-                raise ValueError(
-                    f"{owner}: ids must fit {model_dtype.name}. Received "
-                    f"values in [{x.min()}, {x.max()}]"
-                )
-            return np.ascontiguousarray(x, model_dtype)
-        if x.dtype.kind == "f" and scale > 0:
-            info = np.iinfo(model_dtype)
-            q = np.round(x / scale) + zero_point
-            return np.ascontiguousarray(np.clip(q, info.min, info.max), model_dtype)
-        accepted = f"{model_dtype.name}" + (" or floating" if scale > 0 else "")
-        raise ValueError(
-            f"{owner}: this bundle takes {accepted} inputs. "
-            f"Received: x.dtype={x.dtype}"
+        return inputs.prepare(
+            x, self.input_shape, self._input_dtype, self._input_quantization, owner
         )
 
     def _output_dims(self, n):
         return (n, *(d if d is not None else 0 for d in self.output_shape[1:]))
 
     def _run(self, rate, batch):
-        n = batch.shape[0]
-        if n == 0:
+        if batch.shape[0] == 0:
             return np.zeros(self._output_dims(0), np.float32)
-        with self._lock:
-            interpreter, input_index, output_index = self._runner(rate, batch.shape)
-            interpreter.set_tensor(input_index, batch)
-            interpreter.invoke()
-            out = interpreter.get_tensor(output_index)
-        scale, zero_point = self._output_quantization
-        if out.dtype.kind in "iu" and scale > 0:
-            return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
-        return out.astype(np.float32, copy=True)
-
-    def _runner(self, rate, shape):
-        cache = self._interpreters[rate]
-        shape = tuple(int(d) for d in shape)
-        if shape in cache:
-            cache.move_to_end(shape)
-            return cache[shape]
-        interpreter = runtime.make_interpreter(self._contents[rate], self.num_threads)
-        detail = interpreter.get_input_details()[0]
-        if tuple(detail["shape"]) != shape:
-            interpreter.resize_tensor_input(detail["index"], list(shape))
-        interpreter.allocate_tensors()
-        runner = (interpreter, detail["index"], interpreter.get_output_details()[0]["index"])
-        cache[shape] = runner
-        while len(cache) > self._capacity:
-            cache.popitem(last=False)
-        return runner
-
-    def _load_and_check(self, rate):
-        """Loads the file of `rate` and checks its tensors against the manifest."""
-        entry = self._entries[rate]
-        path = self.path / entry["file"]
-        try:
-            interpreter = runtime.make_interpreter(
-                self._contents[rate], self.num_threads
-            )
-            interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as error:
-            hint = ""
-            if (
-                runtime.runtime_name() == "tflite_runtime"
-                and self._manifest.get("quantization") == "dynamic"
-            ):
-                hint = (
-                    " tflite_runtime cannot run dynamic-range models converted "
-                    "by TensorFlow >= 2.18: install ai-edge-litert, or export "
-                    "the bundle with quantization float32, float16 or int8."
-                )
-            raise manifest_lib.BundleError(
-                f"load_bundle: {path} could not be loaded by "
-                f"{runtime.runtime_name()}: {error}.{hint}"
-            ) from None
-        inputs = interpreter.get_input_details()
-        outputs = interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise manifest_lib.BundleError(
-                f"load_bundle: {path} has {len(inputs)} inputs and "
-                f"{len(outputs)} outputs; a bundle model has exactly one of each."
-            )
-        quantization = {}
-        for role, detail, spec in (
-            ("input", inputs[0], self._input_spec),
-            ("output", outputs[0], self._output_spec),
-        ):
-            quantization[role] = _check_tensor(path, role, detail, spec)
-        if rate == self.rates[0]:
-            self._input_quantization = quantization["input"]
-            self._output_quantization = quantization["output"]
-        elif (quantization["input"], quantization["output"]) != (
-            self._input_quantization,
-            self._output_quantization,
-        ):
-            raise manifest_lib.BundleError(
-                f"load_bundle: {path} quantizes its input/output differently "
-                "from the widest rate's file; every width must share them."
-            )
-        shape = tuple(int(d) for d in inputs[0]["shape"])
-        return shape, (interpreter, inputs[0]["index"], outputs[0]["index"])
+        return self._interpreters.run(rate, batch)
 
     def __repr__(self):
         name = self._manifest.get("model_name", "?")
@@ -478,45 +359,6 @@ class Bundle:
         )
 
 
-def _check_tensor(path, role, detail, spec):
-    """Compares a tensor of the file with the manifest; returns (scale, zero_point)."""
-    dtype = np.dtype(detail["dtype"]).name
-    if dtype != spec["dtype"]:
-        raise manifest_lib.BundleError(
-            f"load_bundle: {path}: the {role} tensor is {dtype} but the "
-            f"manifest says {role}.dtype={spec['dtype']!r}."
-        )
-    signature = detail.get("shape_signature")
-    if signature is None or len(signature) == 0:
-        signature = detail["shape"]
-    actual = [None if d < 0 else int(d) for d in signature]
-    if len(actual) != len(spec["shape"]) or any(
-        want is not None and got is not None and want != got
-        for want, got in zip(spec["shape"][1:], actual[1:])
-    ):
-        raise manifest_lib.BundleError(
-            f"load_bundle: {path}: the {role} tensor has shape "
-            f"{_format_shape(actual)} but the manifest says "
-            f"{role}.shape={spec['shape']}."
-        )
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    scale, zero_point = float(scale), int(zero_point)
-    declared = spec.get("quantization")
-    if declared is not None and (
-        not math.isclose(declared["scale"], scale, rel_tol=1e-6)
-        or declared["zero_point"] != zero_point
-    ):
-        raise manifest_lib.BundleError(
-            f"load_bundle: {path}: the {role} tensor is quantized with "
-            f"scale={scale}, zero_point={zero_point} but the manifest says "
-            f"{role}.quantization={declared}."
-        )
-    return scale, zero_point
-
-
 def _format_rates(rates):
     return ", ".join(format(r, "g") for r in rates)
 
-
-def _format_shape(shape):
-    return "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + ")"

@@ -25,7 +25,7 @@ import urllib.parse
 
 import numpy as np
 
-from keras_slicing_lite.bundle import _format_shape
+from keras_slicing_lite.inputs import format_shape
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -181,7 +181,7 @@ def parse_raw(raw, input_shape, dtype):
     if any(d is None for d in example):
         raise ClientError(
             f"{RAW} needs a fixed example shape, and this bundle's input "
-            f"shape is {_format_shape(input_shape)}; send {NPY} (or JSON) instead."
+            f"shape is {format_shape(input_shape)}; send {NPY} (or JSON) instead."
         )
     dtype = np.dtype(dtype).newbyteorder("<")
     per_example = math.prod(example) * dtype.itemsize

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 
 from keras_slicing_lite import runtime
+from keras_slicing_lite.inputs import format_shape
 from keras_slicing_lite.latency_profile import LatencyProfile
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
@@ -144,12 +145,12 @@ def _measure(bundle, sizes, repeats, warmup, key):
     if any(d is None for d in bundle.input_shape[1:]):
         raise ValueError(
             "profile: the input shape has variable dimensions "
-            f"{_format_shape(bundle.input_shape)}; profiling needs a fixed "
+            f"{format_shape(bundle.input_shape)}; profiling needs a fixed "
             "example shape."
         )
     # This module is the bundle's own: it times the bare interpreter call
     # and keeps one cached interpreter per profiled batch size.
-    bundle._capacity = max(bundle._capacity, len(sizes))
+    bundle._interpreters.keep_at_least(len(sizes))
     rng = np.random.default_rng(0)
     batches = {}
     for size in sizes:
@@ -204,6 +205,3 @@ def _check_batch_sizes(batch_sizes):
 def _format_rates(rates):
     return ", ".join(format(r, "g") for r in rates)
 
-
-def _format_shape(shape):
-    return "(" + ", ".join("batch" if i == 0 else str(d) for i, d in enumerate(shape)) + ")"
