@@ -144,8 +144,8 @@ def test_full_queue_rejects_at_once(bundle_dir, toy_profile, reference):
     )
     gate = threading.Event()
     real_predict = server.bundle.predict
-    server.bundle.predict = lambda batch, rate: gate.wait(WAIT_S) and real_predict(batch, rate)
-    with server:
+    with server:  # warms every width up first: the gate is for requests
+        server.bundle.predict = lambda batch, rate: gate.wait(WAIT_S) and real_predict(batch, rate)
         first = server.submit(x[0])
         while server.stats["queued"]:  # the worker holds the first one
             time.sleep(0.001)
