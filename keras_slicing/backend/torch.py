@@ -90,12 +90,13 @@ def fused_group_norm(x, groups, gamma, beta, epsilon):
     through a channels-first copy; at 16 channels and more the copies cost
     more than they save), so few channels go through a channels-first copy.
     """
-    if x.shape[-1] < CHANNELS_LAST_GROUP_NORM_MIN:
-        x = torch.movedim(x, -1, 1).contiguous()
-        outputs = functional.group_norm(x, groups, gamma, beta, epsilon)
-        return torch.movedim(outputs, 1, -1).contiguous()
-    outputs = functional.group_norm(torch.movedim(x, -1, 1), groups, gamma, beta, epsilon)
-    return torch.movedim(outputs, 1, -1)
+    few = x.shape[-1] < CHANNELS_LAST_GROUP_NORM_MIN
+    x = torch.movedim(x, -1, 1)
+    outputs = functional.group_norm(
+        x.contiguous() if few else x, groups, gamma, beta, epsilon
+    )
+    outputs = torch.movedim(outputs, 1, -1)
+    return outputs.contiguous() if few else outputs
 
 
 # Fewest channels the channels-last group norm kernel is run on (see above).

@@ -16,8 +16,9 @@ def is_static_int(value, expected):
 def leading_block(tensor, sizes):
     """`tensor[:sizes[0], :sizes[1], ...]`; `None` keeps a whole axis.
 
-    A single slice op (not strided slicing): its gradient is a pad, and a
-    block that covers the whole tensor is forwarded without a copy.
+    One slice of the backend (`backend.leading_slice`), not strided
+    slicing: its gradient is a pad, and a block that covers the whole
+    tensor is forwarded without a copy.
     """
     if isinstance(tensor, keras.Variable):
         tensor = tensor.value  # JAX slices arrays, not variables

@@ -16,7 +16,7 @@ import pytest
 from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import HTTPFrontEnd
 from keras_slicing_lite import load_bundle
-from keras_slicing_lite.http_server import DeliveryTime
+from keras_slicing_lite.http_server import RunningEstimate
 from tests.lite.conftest import RATES
 from tests.lite.conftest import toy_latency_ms
 
@@ -75,7 +75,7 @@ def test_front_end_rejects_bad_values(server, kwargs, name):
 def test_delivery_estimate_is_a_weighted_mean_plus_spread():
     times = np.array([0.002, 0.004, 0.003, 0.020, 0.002, 0.010, 0.001])
     a, spread = 0.2, 3.0
-    estimate = DeliveryTime(smoothing=a, spread=spread)
+    estimate = RunningEstimate(smoothing=a, spread=spread)
     # Reference: the mean after n updates weighs sample k by a(1-a)^(n-k),
     # the first sample by (1-a)^n; the deviation the same way over
     # |sample - mean before it|, starting from 0.
@@ -89,7 +89,7 @@ def test_delivery_estimate_is_a_weighted_mean_plus_spread():
     for t in times:
         estimate.add(t)
     assert estimate.estimate_s == pytest.approx(means[-1] + spread * deviation)
-    assert DeliveryTime().estimate_s == 0.0  # nothing measured, nothing reserved
+    assert RunningEstimate().estimate_s == 0.0  # nothing measured, nothing reserved
 
 
 def _post_npy(front, x, deadline_ms=1000):

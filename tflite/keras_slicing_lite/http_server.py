@@ -45,7 +45,7 @@ from keras_slicing_lite import outputs
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
-# Weight of the newest reply in the delivery estimate: about the last 20
+# Weight of the newest request in the front end's estimates: about the last 20
 # count, so that it rises within a few tens of milliseconds of a burst.
 DELIVERY_SMOOTHING = 0.05
 # Mean absolute deviations above the mean that the delivery reserve covers:
@@ -54,12 +54,13 @@ DELIVERY_SMOOTHING = 0.05
 DELIVERY_SPREAD = 3.0
 
 
-class DeliveryTime:
-    """A running high estimate of the seconds from an answer to its reply.
+class RunningEstimate:
+    """A running estimate of a time: a weighted mean plus `spread` deviations.
 
     `estimate_s` is an exponentially weighted mean of the measured times
     plus `spread` weighted mean absolute deviations (for exponentially
-    distributed times, about their 95th percentile).
+    distributed times and `spread=3`, about their 95th percentile; with
+    `spread=0`, the mean).
 
     Args:
         smoothing: Weight of the newest measurement, in (0, 1].
@@ -103,7 +104,7 @@ class HTTPFrontEnd:
             and tell the server's planner (`ElasticServer.front_end`): the
             time from the model's output to the reply written (waiting for
             a handler thread, serializing, sending; a running high
-            estimate, `DeliveryTime`), which it plans to finish earlier by,
+            estimate, `RunningEstimate`), which it plans to finish earlier by,
             and the handler threads' processor time per request (a running
             mean), which it counts against each width's throughput.
             Defaults to `True`: the deadline is the client's, who has the
@@ -148,8 +149,9 @@ class HTTPFrontEnd:
         self.request_timeout_s = float(request_timeout_s)
         self.verbose = verbose
         self.measure_front_end = bool(measure_front_end)
-        self._delivery = DeliveryTime()
-        self._cost_s = None  # handler processor seconds per request
+        self._delivery = RunningEstimate()
+        # Handler processor seconds per request: their mean.
+        self._cost = RunningEstimate(spread=0.0)
         # When the answer of the request a handler thread serves was ready.
         self._answered = threading.local()
         self._counts = {"requests": 0, "examples": 0, "client_errors": 0,
@@ -187,7 +189,7 @@ class HTTPFrontEnd:
         with self._lock:
             counts = dict(self._counts)
             counts["delivery_ms"] = round(self._delivery.estimate_s * 1e3, 3)
-            counts["cost_ms"] = round((self._cost_s or 0.0) * 1e3, 3)
+            counts["cost_ms"] = round(self._cost.estimate_s * 1e3, 3)
         server = self.server.stats
         server["by_rate"] = {format(r, "g"): n for r, n in server["by_rate"].items()}
         return {"http": counts, "server": server}
@@ -351,10 +353,8 @@ class HTTPFrontEnd:
         self._answered.at = None
         with self._lock:
             self._delivery.add(time.perf_counter() - answered)
-            delivery = self._delivery.estimate_s
-            per_request = cpu_s / self._answered.count
-            cost = self._cost_s = per_request if self._cost_s is None else (
-                self._cost_s + DELIVERY_SMOOTHING * (per_request - self._cost_s))
+            self._cost.add(cpu_s / self._answered.count)
+            delivery, cost = self._delivery.estimate_s, self._cost.estimate_s
         if self.measure_front_end:
             self.server.front_end(delivery_ms=delivery * 1e3, cost_ms=cost * 1e3)
 

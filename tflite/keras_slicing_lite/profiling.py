@@ -3,7 +3,6 @@
 The implementation of `Bundle.profile` and `Bundle.select_rate`.
 """
 
-import math
 import numbers
 import os
 import pathlib
