@@ -16,7 +16,9 @@ Measured:
   column to compare with the MACs ratio.
 - one `random_min_max` training step (widest + narrowest + one random
   width, losses summed, one SGD update): `SlicingModel.train_on_batch`
-  compiled by default and, on TensorFlow and JAX, with `jit_compile=True`;
+  compiled by default and with `jit_compile=True` (XLA on TensorFlow and
+  JAX; on PyTorch each width's forward pass captured by `torch.compile`'s
+  `"eager"` backend);
   the reference's `RandomMinMaxStep`. A path that fails reports
   "n/a: <error>".
 
@@ -24,7 +26,9 @@ Each backend runs in its own interpreter (one Keras backend per process).
 All workers are started first (one after the other, so the first-call times
 are not shared), then the parent asks them in turn for one timed round each:
 a slow phase of a shared machine then falls on every backend alike, and the
-medians of the rounds are reported.
+medians of the rounds are reported. The step table also gives the median
+over rounds of each round's ratio to the reference's step, which cancels
+the machine's slower phases better than the ratio of the medians.
 """
 
 import json
@@ -48,7 +52,7 @@ flags.DEFINE_boolean("reference", True, "Also time the plain PyTorch reference."
 flags.DEFINE_integer("batch", 128, "Batch size.")
 flags.DEFINE_integer("depth", 20, "ResNet depth, 6n+2.")
 flags.DEFINE_integer("repeats", 5, "Timed rounds (interleaved over backends).")
-flags.DEFINE_boolean("jit", True, "Also time train_on_batch with jit_compile=True (TF, JAX).")
+flags.DEFINE_boolean("jit", True, "Also time train_on_batch with jit_compile=True.")
 flags.DEFINE_integer(
     "threads", 0, "Compute threads per worker on every backend (0: each library's default)."
 )
@@ -103,7 +107,7 @@ def _keras_candidates(batch, depth, jit):
     candidates = {_fb(r): make(model.at_rate(r), loss, xt, yt) for r in RATES}
 
     variants = {"step": None}
-    if jit and backend in ("tensorflow", "jax"):
+    if jit:
         variants["step jit_compile"] = True
     for name, jit_compile in variants.items():
         keras.utils.set_random_seed(0)
@@ -337,6 +341,7 @@ def main(_):
         ["rate", *names, "MACs x r=1"], rows,
     )
     reference = results.get(REFERENCE, {}).get("ms", {}).get("step")
+    reference_rounds = samples.get(REFERENCE, {}).get("step")
     rows = []
     for name in names:
         for key in ("step", "step jit_compile"):
@@ -344,15 +349,22 @@ def main(_):
             if key not in result["ms"] and key not in result["errors"]:
                 continue
             cell = _cell(result, key)
-            ratio = ""
+            ratio = paired = ""
             if key in result["ms"] and reference:
                 ratio = f"{result['ms'][key] / reference:.2f}"
+                # Each round times every worker back to back, so the ratio
+                # within a round cancels the machine's slower phases.
+                paired = statistics.median(
+                    a / b for a, b in zip(samples[name][key], reference_rounds)
+                )
+                result.setdefault("paired_ratio", {})[key] = paired
+                paired = f"{paired:.2f}"
             label = "RandomMinMaxStep" if name == REFERENCE else (
                 "train_on_batch" + (", jit_compile=True" if "jit" in key else ""))
-            rows.append([name, label, cell, ratio])
+            rows.append([name, label, cell, ratio, paired])
     common.print_table(
         f"one random_min_max training step (3 widths, one SGD update), ms; {shape}",
-        ["backend", "path", "ms", "x reference"], rows,
+        ["backend", "path", "ms", "x reference", "x reference, per round"], rows,
     )
     facts = {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
     common.write_json(

@@ -12,7 +12,6 @@ are `keras_slicing/train_step.py`, and how each backend compiles them is in
 It reads `rates`, set up by `SlicingModel`.
 """
 
-import warnings
 
 import keras
 
@@ -52,10 +51,12 @@ class SlicingCompile:
         - JAX, always: one `jax.jit`-compiled step per set of rates
           (`jit_compile` `"auto"` or `True`), or eager steps with
           `jit_compile=False`;
-        - PyTorch, always: eager steps (a `jit_compile=True` is ignored
-          with a warning: `torch.compile` of the widths' forward passes
-          compiled for about 50 s per width and did not run reliably
-          faster on a CPU, see `benchmarks/torch_compile.py`).
+        - PyTorch, always: eager steps, or with `jit_compile=True` each
+          width's forward pass captured once by `torch.compile` with its
+          `"eager"` backend (the backward pass and the update stay
+          uncompiled). It removes the Python work of running the layers
+          for a capture of tens of seconds per rate; see the README's
+          backend section for when it pays.
         The usual schedulers give a few sets (`"random_min_max"` over four
         rates: two), listed in `compiled_rate_sets` once they ran.
         """
@@ -66,15 +67,12 @@ class SlicingCompile:
                 "Received: loss=None"
             )
         jit = jit_compile is True or (jit_compile == "auto" and backend.BACKEND == "jax")
-        if backend.BACKEND == "torch" and jit_compile is True:
-            warnings.warn(
-                f"SlicingModel '{self.name}': jit_compile=True is ignored on "
-                "the PyTorch backend; the training steps run eagerly (see "
-                "compile's docstring).",
-                stacklevel=2,
-            )
-            jit = False
         jit = jit and not run_eagerly
+        # PyTorch compiles the widths' forward passes only (see above), not
+        # Keras' whole predict or test function.
+        self._compiled_widths = {} if jit and backend.BACKEND == "torch" else None
+        if self._compiled_widths is not None:
+            jit = False
         host_sampled = backend.HOST_SAMPLED_RATES or jit
         super().compile(
             optimizer=optimizer,

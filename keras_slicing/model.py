@@ -214,6 +214,7 @@ class SlicingModel(
             self._rate_flags = [id(t) in rate_ids for t in self.inputs]
             self._loss_weights = loss_weights or [1.0] * len(ordered)
             self._at_rate_models = {}
+            self._compiled_widths = None  # PyTorch with jit_compile=True
             self._test_functions = {}
             self._rate_loss_trackers = []
             self._rate_compile_metrics = []

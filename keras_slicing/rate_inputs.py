@@ -42,7 +42,7 @@ class SlicingRateInputs:
             return self(x, training=training)
         if isinstance(rate, float):
             flat = keras.tree.flatten(x)
-            return self.at_rate(rate)(
+            return self._width_forward(rate)(
                 flat[0] if len(flat) == 1 else flat, training=training
             )
         return self(self._with_rate(x, rate), training=training)

@@ -70,6 +70,10 @@ class SlicingTrainStep:
             plan.append((ops.take(rates, index), weight, hits))
         return plan
 
+    def _width_forward(self, rate):
+        """The callable that runs the data inputs at the Python-float `rate`."""
+        return self.at_rate(rate)
+
     def _train_step_on(self, indices, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if self._has_rate(x):

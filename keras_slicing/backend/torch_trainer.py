@@ -2,14 +2,21 @@
 
 PyTorch runs eagerly, so each step's rates are sampled on the host and reach
 the layers as Python floats: every slice is a view of known size, with no
-device-to-host read of a rate tensor. `torch.compile` is not used
-(`compile(jit_compile=True)` is ignored with a warning): the widths' forward
-passes under its `"aot_eager"` backend compiled for about 50 s each and ran
-at 0.96x eager at full width and 1.9x at r = 0.25 in one run, 0.7x at r = 0.25
-in another (`benchmarks/torch_compile.py`), and the `random_min_max` step
-with them was slower than eager; eager is the reliable choice on a CPU.
+device-to-host read of a rate tensor.
+
+With `compile(jit_compile=True)` each width's forward pass is captured once,
+on its first step, by `torch.compile` with its `"eager"` backend: Dynamo
+records the width's ATen ops and replays them without the Python work of
+Keras' layer calls, and the ops themselves are PyTorch's own kernels, the
+ones an uncompiled step runs. The `"aot_eager"` backend (decomposed ops)
+and Inductor (generated kernels) ran slower on a CPU
+(`benchmarks/torch_compile.py`). The loss, the backward pass and the update
+stay uncompiled, so the captured graphs are only the widths'.
 """
 
+import types
+
+import keras
 import torch
 
 
@@ -43,6 +50,32 @@ class SlicingTrainer:
             self._test_functions[rate] = test_function
         self.test_function = self._test_functions[rate]
         return self.test_function
+
+    def _width_forward(self, rate):
+        if self._compiled_widths is None:
+            return self.at_rate(rate)
+        if rate not in self._compiled_widths:
+            width = self.at_rate(rate)
+
+            def forward(inputs, training=False):
+                return width(inputs, training=training)
+
+            # Each width is its own function object with its own cache, so
+            # the widths do not count against one another's recompile limit.
+            forward = types.FunctionType(
+                forward.__code__.replace(), forward.__globals__,
+                closure=forward.__closure__,
+            )
+            compiled = torch.compile(forward, backend="eager", dynamic=False)
+
+            def convert_then_run(inputs, training=False, compiled=compiled):
+                # Dynamo breaks the graph on numpy inputs (train_on_batch
+                # passes them through), so they become tensors first.
+                inputs = keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
+                return compiled(inputs, training=training)
+
+            self._compiled_widths[rate] = convert_then_run
+        return self._compiled_widths[rate]
 
     def _loss_and_gradients(self, loss_fn, variables):
         for variable in variables:

@@ -132,7 +132,9 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
             autocast=False,
         )
         self.input_spec = keras.layers.InputSpec(ndim=len(input_shape))
-        self._reduction_axes = list(range(len(input_shape) - 1))
+        # A tuple: Keras tracks a list attribute as a TrackedList, which
+        # torch.compile cannot pass to torch.mean (a graph break per call).
+        self._reduction_axes = tuple(range(len(input_shape) - 1))
         self.built = True
 
     def row_of(self, rate):

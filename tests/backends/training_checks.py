@@ -32,12 +32,13 @@ def distillation_model():
     )
 
 
-def reference_training(model, steps=3):
+def reference_training(model, steps=3, **compile_kwargs):
     """SGD steps on fixed batches; returns the losses and the weights."""
     model.compile(
         keras.optimizers.SGD(0.05),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        **compile_kwargs,
     )
     rng = np.random.default_rng(21)
     losses = []
@@ -58,6 +59,27 @@ def training_matches_tensorflow(tf_dir):
     for i, weight in enumerate(weights):
         # Batch-norm statistics included: the forward passes' updates of
         # non-trainable state reach the model on every backend.
+        np.testing.assert_allclose(weight, want[f"w{i}"], rtol=1e-4, atol=1e-5)
+
+
+@check(backend="torch")
+def torch_compiled_widths_match_tensorflow(tf_dir):
+    """jit_compile=True on PyTorch: each width's forward pass compiled by
+    torch.compile as one graph (numpy batches, as train_on_batch passes
+    them), batch-norm updates and distillation included."""
+    from torch._dynamo.utils import counters  # Dynamo's own tally, test only
+
+    model = keras.saving.load_model(tf_dir / "train_init.keras")
+    counters.clear()
+    losses, weights = reference_training(model, jit_compile=True)
+    assert sorted(model._compiled_widths) == sorted(TRAIN_RATES), model._compiled_widths
+    # A graph break falls back to running the layers one by one: slower
+    # than not compiling, and silent.
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == len(TRAIN_RATES), dict(counters["stats"])
+    want = np.load(tf_dir / "trained.npz")
+    np.testing.assert_allclose(losses, want["losses"], rtol=1e-4)
+    for i, weight in enumerate(weights):
         np.testing.assert_allclose(weight, want[f"w{i}"], rtol=1e-4, atol=1e-5)
 
 
