@@ -299,21 +299,28 @@ def report(results):
                 mean, std = stats[kind][rate]
                 row.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
             if "alone" in kinds:
-                alone = stats["alone"][rate][0]
-                row += [f"{100 * (stats[k][rate][0] - alone):+.1f}"
+                row += [difference(per_set["accuracy"][k][rate],
+                                   per_set["accuracy"]["alone"][rate])
                         for k in kinds if k != "alone"]
             rows.append(row)
         rows.append(["cost"] + [f"{per_set['step_cost'][k]:.2f}" for k in kinds]
                     + ["" for k in kinds if k != "alone" and "alone" in kinds])
         header = ["width", *kinds]
         if "alone" in kinds:
-            header += [f"{k} - alone" for k in kinds if k != "alone"]
+            header += [f"{k} - alone (± s.e.)" for k in kinds if k != "alone"]
         common.print_table(
             f"{results['split']} accuracy (%) on {name}, {per_set['epochs']} "
             f"epochs, {seeds} (mean ± sample std; cost: full-width "
             "passes per training step)",
             header, rows,
         )
+
+
+def difference(values, alone):
+    """Mean difference in points, ± its standard error (independent runs)."""
+    values, alone = np.asarray(values, float), np.asarray(alone, float)
+    variance = sum(v.var(ddof=1) / len(v) for v in (values, alone) if len(v) > 1)
+    return f"{100 * (values.mean() - alone.mean()):+.1f} ± {100 * np.sqrt(variance):.1f}"
 
 
 def summary(values):
