@@ -9,9 +9,12 @@ on its first step, by `torch.compile` with its `"eager"` backend: Dynamo
 records the width's ATen ops and replays them without the Python work of
 Keras' layer calls, and the ops themselves are PyTorch's own kernels, the
 ones an uncompiled step runs. The `"aot_eager"` backend (decomposed ops)
-and Inductor (generated kernels) ran slower on a CPU
-(`benchmarks/torch_compile.py`). The loss, the backward pass and the update
-stay uncompiled, so the captured graphs are only the widths'.
+ran slower on a CPU (`benchmarks/torch_compile.py`). `dynamic=False` makes
+the rate and the shapes constants of each width's graph; numpy inputs are
+converted first. Either left out breaks the graph at every layer, and the
+layers then run one by one, slower than uncompiled. The loss, the backward
+pass and the update stay uncompiled, so the captured graphs are only the
+widths'.
 """
 
 import types
