@@ -6,6 +6,7 @@ cancelled must end answered or failed, within a timeout.
 """
 
 import concurrent.futures
+import itertools
 import random
 import threading
 import time
@@ -25,14 +26,18 @@ WAIT_S = 20
 
 
 def _clients(server, x, threads, per_thread, cancel_fraction, seed=0):
-    """Submits from `threads` threads; returns [(future, cancelled)], errors."""
+    """Submits from `threads` threads; returns [(future, cancelled)], errors.
+
+    `per_thread=None` submits until the server refuses a request.
+    """
     results, errors, lock = [], [], threading.Lock()
 
     def client(k):
         rng = random.Random(seed + k)
-        for i in range(per_thread):
+        count = itertools.count() if per_thread is None else range(per_thread)
+        for i in count:
             try:
-                future = server.submit(x[(k * per_thread + i) % len(x)], deadline_ms=50)
+                future = server.submit(x[(k * 1000 + i) % len(x)], deadline_ms=50)
             except (ServerStoppedError, ServerFailedError, QueueFullError) as error:
                 with lock:
                     errors.append(error)
@@ -41,7 +46,7 @@ def _clients(server, x, threads, per_thread, cancel_fraction, seed=0):
             with lock:
                 results.append((future, cancelled))
 
-    workers = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    workers = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(threads)]
     for worker in workers:
         worker.start()
     return workers, results, errors
@@ -122,8 +127,13 @@ def test_worker_fault_fails_held_and_queued_requests_and_later_submits(live, ref
 def test_stop_during_load_answers_or_fails_every_request(live, reference):
     x, _ = reference
     live.start()
-    workers, results, errors = _clients(live, x, threads=6, per_thread=2000, cancel_fraction=0.1)
-    time.sleep(0.3)
+    # The clients submit until refused, so they are still submitting when
+    # stop() comes, however fast the machine (a fixed count could all be in
+    # before it).
+    workers, results, errors = _clients(live, x, threads=6, per_thread=None, cancel_fraction=0.1)
+    deadline = time.perf_counter() + WAIT_S
+    while len(results) < 500 and time.perf_counter() < deadline:
+        time.sleep(0.01)
     began = time.perf_counter()
     live.stop(timeout=0.05)
     assert time.perf_counter() - began < 5
@@ -131,7 +141,7 @@ def test_stop_during_load_answers_or_fails_every_request(live, reference):
         worker.join(WAIT_S)
         assert not worker.is_alive()
     futures = _settled(results)
-    assert errors and all(isinstance(e, ServerStoppedError) for e in errors)
+    assert len(errors) == 6 and all(isinstance(e, ServerStoppedError) for e in errors), errors
     for future in futures:
         error = future.exception(timeout=0)
         assert error is None or isinstance(error, ServerStoppedError)
