@@ -316,14 +316,14 @@ class Bundle:
         ):
             raise ValueError(
                 f"{owner}: rate must be one of the bundle's rates "
-                f"{_format_rates(self.rates)}. Received: rate={rate!r}"
+                f"{profiling.format_rates(self.rates)}. Received: rate={rate!r}"
             )
         for known in self._entries:
             if abs(known - float(rate)) <= 1e-9:
                 return known
         raise ValueError(
             f"{owner}: rate={float(rate):g} is not in this bundle. Available "
-            f"rates: {_format_rates(self.rates)}"
+            f"rates: {profiling.format_rates(self.rates)}"
         )
 
     def prepare(self, x, owner="predict"):
@@ -355,10 +355,5 @@ class Bundle:
         name = self._manifest.get("model_name", "?")
         return (
             f"Bundle({str(self.path)!r}, model_name={name!r}, "
-            f"rates=[{_format_rates(self.rates)}])"
+            f"rates=[{profiling.format_rates(self.rates)}])"
         )
-
-
-def _format_rates(rates):
-    return ", ".join(format(r, "g") for r in rates)
-

@@ -88,7 +88,7 @@ def select_rate(
         if missing:
             raise ValueError(
                 "select_rate: the manifest has no MACs for rates "
-                f"{_format_rates(missing)}, so macs_budget cannot be used."
+                f"{format_rates(missing)}, so macs_budget cannot be used."
             )
     if latency_budget_ms is not None and profile is None:
         profile = bundle.profile()
@@ -200,7 +200,7 @@ def _check_batch_sizes(batch_sizes):
     return tuple(int(s) for s in sizes)
 
 
-
-def _format_rates(rates):
+def format_rates(rates):
+    """`1, 0.5, 0.25`: rates as error messages list them."""
     return ", ".join(format(r, "g") for r in rates)
 
