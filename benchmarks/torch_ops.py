@@ -38,6 +38,7 @@ KINDS = {
     "add": ("aten::add", "aten::add_"),
 }
 OTHER, OUTSIDE, WALL = "other ATen ops", "outside ATen ops", "wall"
+KIND_OF = {op: kind for kind, ops in KINDS.items() for op in ops}
 
 
 def profile(fn, repeats):
@@ -51,10 +52,9 @@ def profile(fn, repeats):
         for _ in range(repeats):
             fn()
         wall = (time.perf_counter() - begin) * 1e3 / repeats
-    kind_of = {op: kind for kind, ops in KINDS.items() for op in ops}
     totals = dict.fromkeys([*KINDS, OTHER], 0.0)
     for event in prof.key_averages():
-        kind = kind_of.get(event.key, OTHER)
+        kind = KIND_OF.get(event.key, OTHER)
         totals[kind] += event.self_cpu_time_total / 1e3 / repeats
     totals[OUTSIDE] = wall - sum(totals.values())
     totals[WALL] = wall

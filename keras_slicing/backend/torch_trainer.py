@@ -10,16 +10,17 @@ records the width's ATen ops and replays them without the Python work of
 Keras' layer calls, and the ops themselves are PyTorch's own kernels, the
 ones an uncompiled step runs. The `"aot_eager"` backend (decomposed ops)
 ran slower on a CPU (`benchmarks/torch_compile.py`). `dynamic=False` makes
-the rate and the shapes constants of each width's graph; numpy inputs are
-converted first. Either left out breaks the graph at every layer, and the
-layers then run one by one, slower than uncompiled. The loss, the backward
-pass and the update stay uncompiled, so the captured graphs are only the
-widths'.
+the rate and the shapes constants of each width's graph; numpy batches
+become tensors once per step, before any width runs. Either left out breaks
+the graph at every layer, and the layers then run one by one, slower than
+uncompiled. The loss, the backward pass and the update stay uncompiled, so
+the captured graphs are only the widths'.
 """
 
 import types
 
 import keras
+import numpy as np
 import torch
 
 
@@ -36,7 +37,11 @@ class SlicingTrainer:
 
         def train_function(data):
             key = self._host_indices()
-            return self._run_rates_only(self._train_step_on(key, data[0]), ran=key)
+            # train_on_batch hands numpy arrays through: one conversion per
+            # step instead of one per width, and no numpy reaches a width
+            # captured by torch.compile (Dynamo breaks the graph on it).
+            batch = keras.tree.map_structure(_as_tensor, data[0])
+            return self._run_rates_only(self._train_step_on(key, batch), ran=key)
 
         self.train_function = train_function
         return train_function
@@ -69,15 +74,9 @@ class SlicingTrainer:
                 forward.__code__.replace(), forward.__globals__,
                 closure=forward.__closure__,
             )
-            compiled = torch.compile(forward, backend="eager", dynamic=False)
-
-            def convert_then_run(inputs, training=False, compiled=compiled):
-                # Dynamo breaks the graph on numpy inputs (train_on_batch
-                # passes them through), so they become tensors first.
-                inputs = keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
-                return compiled(inputs, training=training)
-
-            self._compiled_widths[rate] = convert_then_run
+            self._compiled_widths[rate] = torch.compile(
+                forward, backend="eager", dynamic=False
+            )
         return self._compiled_widths[rate]
 
     def _loss_and_gradients(self, loss_fn, variables):
@@ -90,6 +89,10 @@ class SlicingTrainer:
     def _apply_gradients(self, gradients, variables):
         with torch.no_grad():
             self.optimizer.apply_gradients(zip(gradients, variables))
+
+
+def _as_tensor(value):
+    return keras.ops.convert_to_tensor(value) if isinstance(value, np.ndarray) else value
 
 
 def _check_one_step_per_execution(model):
