@@ -27,8 +27,16 @@ Kinds of model, each trained once per seed:
 `--slicing_kwargs` adds SlicingModel arguments to the sliced kinds: screening
 a recipe is `--kinds=recipe --split=validation --slicing_kwargs='{...}'`.
 
-`--split=validation` trains on 80% of the training split and reports the
-other 20%: defaults are chosen there, never on the test split.
+`--split=folds` is 5-fold stratified cross-validation of the training split:
+seed `s` trains on four folds and reports fold `s mod 5`, so five seeds
+report every training example once and the split's luck averages out;
+defaults are chosen there, never on the test split. `--split=validation`
+(80% / 20% of the training split, one split for every seed) is the earlier,
+noisier protocol, kept to reproduce `benchmarks/results/screen/val_*.json`.
+
+Beside each difference to the models trained alone is its standard error:
+of the per-seed differences when both ran the same seeds (paired: same
+split, same seed), else of two independent means.
 
 The cost column is the expected training cost of one step in full-width
 passes: the multiply-accumulates of the rates a step runs (forward and
@@ -37,6 +45,7 @@ sum over the widths, the cost of training every width separately for the
 same number of steps.
 """
 
+import functools
 import json
 import os
 import sys
@@ -49,6 +58,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from benchmarks import common  # noqa: E402
@@ -60,6 +70,7 @@ from keras_slicing import schedulers  # noqa: E402
 
 RATES = (1.0, 0.75, 0.5, 0.25)
 GROUPS = 8
+FOLDS = 5
 EVEN = {"rate_loss_weights": [1.0] * len(RATES)}  # the defaults weigh narrow more
 KINDS = {
     "alone": None,
@@ -82,8 +93,9 @@ flags.DEFINE_integer("first_seed", 0, "First seed, to split runs over processes.
 flags.DEFINE_integer("epochs", 0, "Epochs of every model (0: 25 digits, 15 MNIST-1D).")
 flags.DEFINE_integer("batch", 64, "Batch size.")
 flags.DEFINE_float("learning_rate", 3e-3, "Adam learning rate.")
-flags.DEFINE_enum("split", "test", ["test", "validation"],
-                  "Report the test split, or 20% held out of the training split.")
+flags.DEFINE_enum("split", "test", ["test", "folds", "validation"],
+                  "Report the test split, a cross-validation fold of the "
+                  "training split (seed mod 5), or one 20% of it.")
 flags.DEFINE_string("slicing_kwargs", None,
                     "JSON of extra SlicingModel arguments for the sliced kinds.")
 flags.DEFINE_list("merge", None, "JSON files of earlier runs to combine.")
@@ -94,8 +106,23 @@ FLAGS = flags.FLAGS
 # ------------------------------------------------------------------ data
 
 
-def load(name, split):
-    """`(x_train, y_train, x_eval, y_eval)` of a data set."""
+def load(name, split, seed=0):
+    """`(x_train, y_train, x_eval, y_eval)` of a data set (fold `seed % 5`)."""
+    x_train, y_train, x_eval, y_eval = _train_test(name)
+    if split == "validation":
+        x_train, x_eval, y_train, y_eval = train_test_split(
+            x_train, y_train, test_size=0.2, stratify=y_train, random_state=0
+        )
+    elif split == "folds":
+        folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=0)
+        train, held_out = list(folds.split(x_train, y_train))[seed % FOLDS]
+        x_train, x_eval = x_train[train], x_train[held_out]
+        y_train, y_eval = y_train[train], y_train[held_out]
+    return x_train, y_train, x_eval, y_eval
+
+
+@functools.lru_cache(maxsize=None)
+def _train_test(name):
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -115,10 +142,6 @@ def load(name, split):
         y_train, y_eval = data["y"], data["y_test"]
     else:
         raise ValueError(f"Unknown data set {name!r}: digits or mnist1d.")
-    if split == "validation":
-        x_train, x_eval, y_train, y_eval = train_test_split(
-            x_train, y_train, test_size=0.2, stratify=y_train, random_state=0
-        )
     return x_train, y_train, x_eval, y_eval
 
 
@@ -219,12 +242,12 @@ def run_probabilities(model):
 
 
 def run(name, kinds, seeds):
-    data = load(name, FLAGS.split)
     epochs = FLAGS.epochs or EPOCHS[name]
     extra = json.loads(FLAGS.slicing_kwargs) if FLAGS.slicing_kwargs else {}
     accuracy = {kind: {str(r): [] for r in RATES} for kind in kinds}
     started = time.perf_counter()
     for seed in seeds:
+        data = load(name, FLAGS.split, seed)
         for kind in kinds:
             if KINDS[kind] is None:
                 for rate in RATES:
@@ -245,6 +268,7 @@ def run(name, kinds, seeds):
               flush=True)
     extra_kinds = {k: {**KINDS[k], **extra} for k in kinds if KINDS[k] is not None}
     return {
+        "seeds": {kind: list(seeds) for kind in kinds},
         "epochs": epochs,
         "train_examples": len(data[0]),
         "eval_examples": len(data[2]),
@@ -266,7 +290,10 @@ def merge(results):
             target = merged["datasets"].setdefault(name, per_set)
             if target is per_set:
                 continue
+            target["seeds"] = {k: _seeds(target, k) for k in target["accuracy"]}
             for kind, per_rate in per_set["accuracy"].items():
+                target["seeds"][kind] = (target["seeds"].get(kind, [])
+                                         + _seeds(per_set, kind))
                 if kind not in target["accuracy"]:
                     target["accuracy"][kind] = per_rate
                     target["kinds"][kind] = per_set["kinds"][kind]
@@ -300,7 +327,8 @@ def report(results):
                 row.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
             if "alone" in kinds:
                 row += [difference(per_set["accuracy"][k][rate],
-                                   per_set["accuracy"]["alone"][rate])
+                                   per_set["accuracy"]["alone"][rate],
+                                   paired=_same_seeds(per_set, k, "alone"))
                         for k in kinds if k != "alone"]
             rows.append(row)
         rows.append(["cost"] + [f"{per_set['step_cost'][k]:.2f}" for k in kinds]
@@ -316,11 +344,30 @@ def report(results):
         )
 
 
-def difference(values, alone):
-    """Mean difference in points, ± its standard error (independent runs)."""
+def difference(values, alone, paired=False):
+    """Mean difference in points, ± its standard error.
+
+    Paired runs (the same seeds, so the same splits) give the standard error
+    of the per-seed differences; otherwise that of two independent means.
+    """
     values, alone = np.asarray(values, float), np.asarray(alone, float)
-    variance = sum(v.var(ddof=1) / len(v) for v in (values, alone) if len(v) > 1)
+    if paired and len(values) > 1:
+        variance = (values - alone).var(ddof=1) / len(values)
+    else:
+        variance = sum(v.var(ddof=1) / len(v) for v in (values, alone)
+                       if len(v) > 1)
     return f"{100 * (values.mean() - alone.mean()):+.1f} ± {100 * np.sqrt(variance):.1f}"
+
+
+def _seeds(per_set, kind):
+    # Runs from before the seeds were recorded count as unknown seeds.
+    count = len(per_set["accuracy"][kind][str(RATES[0])])
+    return per_set.get("seeds", {}).get(kind) or [None] * count
+
+
+def _same_seeds(per_set, kind, other):
+    mine = _seeds(per_set, kind)
+    return None not in mine and mine == _seeds(per_set, other)
 
 
 def summary(values):
