@@ -31,7 +31,7 @@ Kinds of model, each trained once per seed:
   in-place distillation with an even sum, to show their effect per width.
 
 `--slicing_kwargs` adds SlicingModel arguments to the sliced kinds: screening
-a recipe is `--kinds=recipe --split=validation --slicing_kwargs='{...}'`.
+a recipe is `--kinds=recipe --split=folds --slicing_kwargs='{...}'`.
 
 `--split=folds` is 5-fold stratified cross-validation of the training split:
 seed `s` trains on four folds and reports fold `s mod 5`, so five seeds
@@ -291,12 +291,13 @@ def merge(results):
     if len(splits) > 1:
         raise app.UsageError(f"--merge: runs of different splits {sorted(splits)}")
     merged = json.loads(json.dumps(results[0]))
+    for per_set in merged["datasets"].values():
+        per_set["seeds"] = {k: _seeds(per_set, k) for k in per_set["accuracy"]}
     for other in results[1:]:
         for name, per_set in other["datasets"].items():
             target = merged["datasets"].setdefault(name, per_set)
             if target is per_set:
                 continue
-            target["seeds"] = {k: _seeds(target, k) for k in target["accuracy"]}
             for kind, per_rate in per_set["accuracy"].items():
                 target["seeds"][kind] = (target["seeds"].get(kind, [])
                                          + _seeds(per_set, kind))
