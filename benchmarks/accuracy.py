@@ -44,6 +44,10 @@ Beside each difference to the models trained alone is its standard error:
 of the per-seed differences when both ran the same seeds (paired: same
 split, same seed), else of two independent means.
 
+A second table gives the training accuracy of the last epoch, as `fit`
+logs it (the mean over that epoch's steps): how far from fitting its
+training data each model got.
+
 The cost column is the expected training cost of one step in full-width
 passes: the multiply-accumulates of the rates a step runs (forward and
 backward scale alike) over those of the full width; for `alone` it is the
@@ -209,7 +213,9 @@ def train(model, data, epochs):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(x_train, y_train, batch_size=FLAGS.batch, epochs=epochs, verbose=0)
+    history = model.fit(x_train, y_train, batch_size=FLAGS.batch, epochs=epochs,
+                        verbose=0)
+    return history.history
 
 
 def step_cost(name, kwargs):
@@ -251,6 +257,7 @@ def run(name, kinds, seeds):
     epochs = FLAGS.epochs or EPOCHS[name]
     extra = json.loads(FLAGS.slicing_kwargs) if FLAGS.slicing_kwargs else {}
     accuracy = {kind: {str(r): [] for r in RATES} for kind in kinds}
+    fit_accuracy = {kind: {str(r): [] for r in RATES} for kind in kinds}
     started = time.perf_counter()
     for seed in seeds:
         data = load(name, FLAGS.split, seed)
@@ -259,17 +266,20 @@ def run(name, kinds, seeds):
                 for rate in RATES:
                     keras.utils.set_random_seed(seed)
                     model = network(name, rate)
-                    train(model, data, epochs)
+                    logs = train(model, data, epochs)
                     result = model.evaluate(data[2], data[3], verbose=0)
                     accuracy[kind][str(rate)].append(float(result[1]))
+                    fit_accuracy[kind][str(rate)].append(logs["accuracy"][-1])
                 continue
             keras.utils.set_random_seed(seed)
             inputs, outputs = network(name)
             model = SlicingModel(inputs, outputs, rates=RATES, seed=seed,
                                  **KINDS[kind], **extra)
-            train(model, data, epochs)
+            logs = train(model, data, epochs)
             for rate, result in model.evaluate_rates(data[2], data[3]).items():
                 accuracy[kind][str(rate)].append(float(result["accuracy"]))
+                fit_accuracy[kind][str(rate)].append(
+                    logs[f"accuracy@{rate:g}"][-1])
         print(f"{name} seed {seed} done, {time.perf_counter() - started:.0f} s",
               flush=True)
     extra_kinds = {k: {**KINDS[k], **extra} for k in kinds if KINDS[k] is not None}
@@ -280,6 +290,7 @@ def run(name, kinds, seeds):
         "eval_examples": len(data[2]),
         "kinds": {k: extra_kinds.get(k) for k in kinds},
         "accuracy": accuracy,
+        "fit_accuracy": fit_accuracy,
         "step_cost": {k: step_cost(name, extra_kinds.get(k)) for k in kinds},
         "seconds": time.perf_counter() - started,
     }
@@ -293,6 +304,7 @@ def merge(results):
     merged = json.loads(json.dumps(results[0]))
     for per_set in merged["datasets"].values():
         per_set["seeds"] = {k: _seeds(per_set, k) for k in per_set["accuracy"]}
+        per_set.setdefault("fit_accuracy", {})
     for other in results[1:]:
         for name, per_set in other["datasets"].items():
             target = merged["datasets"].setdefault(name, per_set)
@@ -301,13 +313,22 @@ def merge(results):
             for kind, per_rate in per_set["accuracy"].items():
                 target["seeds"][kind] = (target["seeds"].get(kind, [])
                                          + _seeds(per_set, kind))
+                fit = target["fit_accuracy"]
+                theirs = per_set.get("fit_accuracy", {}).get(kind)
                 if kind not in target["accuracy"]:
                     target["accuracy"][kind] = per_rate
                     target["kinds"][kind] = per_set["kinds"][kind]
                     target["step_cost"][kind] = per_set["step_cost"][kind]
+                    if theirs:
+                        fit[kind] = theirs
                     continue
                 for rate, values in per_rate.items():
                     target["accuracy"][kind][rate] += values
+                if kind in fit and theirs:
+                    for rate, values in theirs.items():
+                        fit[kind][rate] += values
+                else:  # a run from before it was recorded: no complete list
+                    fit.pop(kind, None)
             target["seconds"] += per_set["seconds"]
     return merged
 
@@ -349,6 +370,16 @@ def report(results):
             "passes per training step)",
             header, rows,
         )
+        fit = per_set.get("fit_accuracy", {})
+        if all(k in fit for k in kinds):
+            common.print_table(
+                f"training accuracy (%) of the last epoch on {name}, as fit "
+                "logs it (mean ± sample std)",
+                ["width", *kinds],
+                [[f"{r:g}"] + ["{:.1f} ± {:.1f}".format(
+                    *(100 * v for v in summary(fit[k][str(r)]))) for k in kinds]
+                 for r in RATES],
+            )
 
 
 def difference(values, alone, paired=False):

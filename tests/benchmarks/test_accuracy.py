@@ -54,6 +54,10 @@ def _run(kinds, seeds, value):
             "seconds": 1.0,
             "accuracy": {k: {str(r): [value] * len(seeds) for r in accuracy.RATES}
                          for k in kinds},
+            "fit_accuracy": {
+                k: {str(r): [value + 0.05] * len(seeds) for r in accuracy.RATES}
+                for k in kinds
+            },
         }},
     }
 
@@ -61,11 +65,15 @@ def _run(kinds, seeds, value):
 def test_merge_keeps_the_seeds_of_each_kind():
     first = _run(["alone", "recipe"], [0, 1], 0.9)
     old = _run(["alone"], [2], 0.8)
-    del old["datasets"]["digits"]["seeds"]  # written before seeds were recorded
+    # Written before seeds and training accuracies were recorded.
+    del old["datasets"]["digits"]["seeds"], old["datasets"]["digits"]["fit_accuracy"]
     merged = accuracy.merge([first, _run(["recipe"], [2], 0.7), old])
     per_set = merged["datasets"]["digits"]
     assert per_set["seeds"] == {"alone": [0, 1, None], "recipe": [0, 1, 2]}
     assert per_set["accuracy"]["recipe"]["1.0"] == [0.9, 0.9, 0.7]
+    assert per_set["accuracy"]["alone"]["1.0"] == [0.9, 0.9, 0.8]
+    np.testing.assert_allclose(per_set["fit_accuracy"]["recipe"]["1.0"], [0.95, 0.95, 0.75])
+    assert "alone" not in per_set["fit_accuracy"]  # incomplete: dropped
     assert not accuracy._same_seeds(per_set, "recipe", "alone")
     merged = accuracy.merge([first, _run(["alone", "recipe"], [2], 0.7)])
     assert accuracy._same_seeds(merged["datasets"]["digits"], "recipe", "alone")
