@@ -96,8 +96,13 @@ class Analysis:
         self.gn_blocks = collections.defaultdict(list)
         for x in graph.inputs:
             self._source(x, f"model input '{x.name}'")
+        first_calls = {}
         for index, node in enumerate(graph.nodes):
             self._visit(index, node)
+            if isinstance(node.layer, keras.layers.Layer):
+                first = first_calls.setdefault(id(node.layer), node)
+                if first is not node:
+                    self._share(first, node)
         for x in graph.outputs:
             self._full(x, "model output")
         self._check_widths()
@@ -153,6 +158,17 @@ class Analysis:
         ) else "is not known to treat each channel on its own"
         self.refusals[index] = what
         return self._opaque(node, inputs, f"{label} {what}")
+
+    def _share(self, first, node):
+        """A layer called again: one set of weights, so one slicing."""
+        pairs = list(zip(self.graph.tensors_of(first), self.graph.tensors_of(node)))
+        pairs += list(zip(first.outputs, node.outputs))
+        for a, b in pairs:
+            channels_a, channels_b = self.channels[id(a)], self.channels[id(b)]
+            self.groups.union(channels_a.group, channels_b.group)
+            if channels_a[1:] != channels_b[1:]:
+                self._full(a, f"shared layer '{node.name}' reads tensors laid out "
+                              "differently")
 
     def _opaque(self, node, inputs, reason):
         """A layer that reads and writes full-width tensors only."""

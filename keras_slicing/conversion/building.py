@@ -64,7 +64,7 @@ def _decide(index, node, graph, analysis):
     recipe = analysis.recipes.get(index)
     reason = analysis.refusals.get(index)
     if reason is None and not (sliced_in or sliced_out):
-        tensors = inputs + list(node.outputs)
+        tensors = list(node.outputs) + inputs  # what it writes explains most
         reason = next((analysis.reason(x) for x in tensors if id(x) in analysis.channels
                        and analysis.reason(x)), None)
     new_class = type(layer)
@@ -148,7 +148,7 @@ def _new_layer(node, decision, recipe, analysis, slice_groups, rates):
     config["name"] = node.name
     if isinstance(layer, keras.layers.Reshape) and decision.slice_input:
         # The channel count varies with the rate.
-        config["target_shape"] = (*tuple(config["target_shape"])[:-1], -1)
+        config["target_shape"] = (*node.outputs[0].shape[1:-1], -1)
     try:
         return type(layer).from_config(config)
     except Exception as error:

@@ -67,3 +67,34 @@ def mlp():
         K.Dense(16, activation="tanh", name="fc2"),
         K.Dense(3, name="out"),
     ], name="mlp"))
+
+
+def text_classifier():
+    """Embedding, LSTM and GRU over token ids."""
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    h = K.Embedding(50, 16, name="embed")(tokens)
+    h = K.LSTM(16, return_sequences=True, name="lstm")(h)
+    h = K.GRU(24, name="gru")(h)
+    y = K.Dense(4, name="logits")(h)
+    return randomize(keras.Model(tokens, y, name="text_classifier"), seed=2)
+
+
+def transformer_block():
+    """A pre-norm Transformer block: attention heads, layer norms, MLP."""
+    tokens = keras.Input((10,), dtype="int32", name="tokens")
+    h = K.Embedding(40, 32, name="embed")(tokens)
+    a = K.LayerNormalization(name="ln1")(h)
+    a = K.MultiHeadAttention(num_heads=4, key_dim=8, name="attention")(a, a)
+    h = K.Add(name="residual1")([h, a])
+    m = K.LayerNormalization(name="ln2")(h)
+    m = K.Dense(64, activation="gelu", name="mlp_in")(m)
+    m = K.Dense(32, name="mlp_out")(m)
+    h = h + m
+    h = K.LayerNormalization(name="ln_final")(h)
+    h = K.GlobalAveragePooling1D()(h)
+    y = K.Dense(3, name="logits")(h)
+    model = keras.Model(tokens, y, name="transformer_block")
+    rng = np.random.default_rng(3)
+    for variable in model.weights:  # small weights: attention stays smooth
+        variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
+    return model
