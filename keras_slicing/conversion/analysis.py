@@ -179,6 +179,11 @@ class Analysis:
 
     def _recipe_problem(self, recipe, layer, node, inputs):
         """Why `layer` cannot become its sliced version, or None."""
+        if isinstance(layer, (keras.layers.RNN, keras.layers.MultiHeadAttention)) and any(
+            getattr(x, "_keras_mask", None) is not None for x in inputs
+        ):
+            return ("reads a masked sequence (e.g. from an Embedding with "
+                    "mask_zero=True), which its sliced version does not take")
         if recipe.role == "attention":
             query = node.args[0] if node.args else node.kwargs.get("query")
             value = node.args[1] if len(node.args) > 1 else node.kwargs.get("value")

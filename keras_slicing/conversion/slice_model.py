@@ -131,7 +131,9 @@ def slice_model(
     analysis = analysis_lib.Analysis(graph, slice_groups, rates, keep_full)
     decisions = building.decide(graph, analysis)
     if not any(new is not None for _, new in decisions.values()):
-        reasons = sorted({d.reason for d, _ in decisions.values() if d.reason})
+        reasons = [f"'{d.name}' {d.reason}" if d.reason in analysis.refusals.values()
+                   else d.reason for d, _ in decisions.values() if d.reason]
+        reasons = list(dict.fromkeys(reasons))
         raise ValueError(
             f"slice_model: nothing in model '{model.name}' can be sliced. "
             f"Reasons: {'; '.join(reasons) or 'no layer has a sliced version'}"

@@ -1,10 +1,11 @@
 """First-order Taylor importance of each channel, measured on data.
 
-The loss changes by about `sum(activation * gradient)` over a channel when
-the channel is removed (Molchanov et al., 2017). The original graph is
-replayed with every sliced tensor multiplied by a vector of ones, one entry
-per channel: the loss's gradient with respect to that vector is exactly
-this sum, on every backend. Each batch's magnitude is added up.
+The loss changes by about `sum(activation * gradient)` over a channel's
+positions when the channel is removed (Molchanov et al., 2017). The
+original graph is replayed with every sliced tensor multiplied by ones of
+shape `(batch, 1, ..., 1, channels)`: the loss's gradient with respect to
+them is exactly that sum, per example and channel, on every backend. The
+magnitudes are added up over the examples.
 
 Reference:
 - [Molchanov et al., 2017](https://arxiv.org/abs/1611.06440), Pruning
@@ -32,7 +33,8 @@ def scores(graph, analysis, data, loss):
         ys = y[start:start + _BATCH]
         grads = _probe_gradients(graph, probed, loss_fn, xs, ys)
         for tensor, grad in zip(probed, grads):
-            totals[id(tensor)] += np.abs(keras.ops.convert_to_numpy(grad))
+            grad = np.abs(keras.ops.convert_to_numpy(grad))
+            totals[id(tensor)] += grad.reshape(-1, grad.shape[-1]).sum(0)
     result = {}
     for tensor in probed:
         group = analysis.group_of(tensor)
@@ -108,7 +110,11 @@ def _probe_gradients(graph, probed, loss_fn, xs, ys):
         fn = loss_fn or _default_loss(keras.ops.stop_gradient(outputs), ys)
         return fn(keras.ops.convert_to_tensor(ys), outputs)
 
-    ones = [np.ones(t.shape[-1], "float32") for t in probed]
+    batch = len(ys)
+    ones = [
+        np.ones((batch, *[1] * (len(t.shape) - 2), t.shape[-1]), "float32")
+        for t in probed
+    ]
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -125,7 +131,7 @@ def _probe_gradients(graph, probed, loss_fn, xs, ys):
     if backend == "torch":
         import torch
 
-        probes = [torch.ones(len(p), requires_grad=True) for p in ones]
+        probes = [torch.ones(p.shape, requires_grad=True) for p in ones]
         return torch.autograd.grad(loss_of(probes), probes)
     raise ValueError(
         "slice_model: rewire='taylor' needs the TensorFlow, JAX or PyTorch "
