@@ -242,10 +242,14 @@ class Analysis:
     def _attention(self, index, node, inputs):
         layer = node.layer
         query = node.args[0] if node.args else node.kwargs["query"]
+        value = node.args[1] if len(node.args) > 1 else node.kwargs["value"]
         for x in inputs:
-            self._read_projection(x, node)
+            if x is query or x is value:
+                self._read_projection(x, node)
+            else:
+                self._full(x, f"an attention mask of '{node.name}'")
         output = node.outputs[0]
-        if layer._output_shape is None:
+        if layer.get_config().get("output_shape") is None:
             self.channels[id(output)] = self.channels[id(query)]
         else:
             self._source(output, f"'{node.name}' has a fixed output_shape")
@@ -258,6 +262,9 @@ class Analysis:
         positions = _positions(x)
         if len(x.shape) <= 2 or positions == 1:
             return self._pass(node, x)
+        if getattr(node.layer, "data_format", None) == "channels_first":
+            self._full(x, f"'{node.name}' flattens channels first")
+            return self._source(node.outputs[0], f"written by '{node.name}'")
         if positions is None or channels.flat is not None:
             self._full(x, f"'{node.name}' flattens a map of unknown size")
             return self._source(node.outputs[0], f"written by '{node.name}'")
