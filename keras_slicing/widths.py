@@ -288,3 +288,27 @@ def _layer_rates(analysis, by_group):
     # at the common rate of a uniform configuration, else at full width.
     default = rates.pop() if len(rates) == 1 else 1.0
     return graph.LayerRates(by_layer, default, config_label(by_group))
+
+
+def equivalent_rate(model, config):
+    """The uniform rate of the same MACs as `config`, rounded to 4 decimals.
+
+    Uniform costs are measured at every `k / G` (`G` the largest number of
+    slice groups) and interpolated linearly between them, so the rate grows
+    with the cost: a bundle lists configurations among its rates in cost
+    order under this key (see `export_tflite`), and a uniform configuration
+    gets its own rate.
+    """
+    from keras_slicing.cost import model_cost
+
+    analysis = analyze(model)
+    target = model_cost(model, config)["macs"]
+    G = max((g.slice_groups for g in analysis.groups), default=1)
+    grid = [(k / G, model_cost(model, k / G)["macs"]) for k in range(1, G + 1)]
+    if target <= grid[0][1]:
+        return round(grid[0][0] * target / grid[0][1], 4) if grid[0][1] else grid[0][0]
+    for (r0, c0), (r1, c1) in zip(grid, grid[1:]):
+        if target <= c1:
+            share = (target - c0) / (c1 - c0) if c1 > c0 else 1.0
+            return round(r0 + share * (r1 - r0), 4)
+    return 1.0
