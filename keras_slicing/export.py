@@ -78,7 +78,9 @@ def export_tflite(
             the uniform rate of equal MACs (`widths.equivalent_rate`), with
             its `config`; so the edge runtime, its planner and
             `ElasticServer` choose among them exactly as among rates, in
-            cost order. Two entries of one key are refused.
+            cost order. A configuration that is one of `rates` or repeats
+            another is left out; two different sub-networks of one key are
+            refused.
         quantization: `"float32"`, `"float16"` (float16 weights),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full
             integer, calibrated on `representative_data`).
@@ -318,11 +320,26 @@ def _export_rates(model, rates):
 
 
 def _export_configs(model, configs, rates):
-    """`{equivalent rate: config}` of the configurations to export."""
+    """`{equivalent rate: config}` of the configurations to export.
+
+    A configuration that is one of `rates` (every group at it), or repeats
+    an earlier one, is the same sub-network and is left out.
+    """
+    groups = {g.name: g.slice_groups for g in widths_lib.width_groups(model)}
+
+    def widths_of(by_group):
+        return tuple(
+            rates_lib.active_groups(by_group[name], size)
+            for name, size in groups.items()
+        )
+
+    seen = {widths_of({name: r for name in groups}): r for r in rates}
     by_key = {}
     for config in configs or ():
         config = getattr(config, "config", config)  # a SearchPoint
-        widths_lib.group_rates(model, config, "export_tflite: configs")
+        by_group = widths_lib.group_rates(model, config, "export_tflite: configs")
+        if widths_of(by_group) in seen:
+            continue
         key = widths_lib.equivalent_rate(model, config)
         if key in by_key or key in rates:
             other = (
@@ -333,6 +350,7 @@ def _export_configs(model, configs, rates):
                 f"{other} (equivalent rate {key:g}), and a bundle holds one "
                 "entry per rate. Drop one of them."
             )
+        seen[widths_of(by_group)] = key
         by_key[key] = config
     return by_key
 
