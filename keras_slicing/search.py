@@ -150,13 +150,22 @@ def search_widths(
         )
     if budgets is not None:
         budgets = [rates_lib.validate_rate(b, f"{owner}: budgets") for b in budgets]
-    groups = widths_lib.width_groups(model)
+    analysis = widths_lib.analyze(model)
+    groups = analysis.groups
     if not groups:
         raise ValueError(
             f"{owner}: model '{model.name}' has no width group (no sliced "
             "layer narrows its output), so there is nothing to search."
         )
-    widths_lib.group_rates(model, {}, owner)  # refuses batch norm models early
+    if analysis.batch_norms:
+        raise ValueError(
+            f"{owner}: model '{model.name}' has SlicedBatchNormalization "
+            f"layers ({', '.join(analysis.batch_norms)}), whose statistics are "
+            "kept per uniform rate, so mixed configurations cannot be scored "
+            "(recalibration per configuration is not implemented). Search a "
+            "model normalized by SlicedGroupNormalization or "
+            "SlicedLayerNormalization."
+        )
     x, y = _split(validation_data, owner)
     cost_fn = _cost_function(cost, owner)
     score_fn = _metric_function(metric, owner)
@@ -173,7 +182,6 @@ def search_widths(
         sorted({rates_lib.active_groups(r, g) for r in rates}, reverse=True)
         for g in sizes
     ]
-    analysis = widths_lib.analyze(model)
 
     start = time.perf_counter()
     limit = _Limit(max_evaluations, time_limit, start)

@@ -168,8 +168,8 @@ def group_rates(model, config, owner="WidthConfig", analysis=None):
         named_by[group] = name
         by_group[group] = rate
     if analysis.batch_norms and len(
-        {rates_lib.active_groups(r, g.slice_groups)
-         for g in analysis.groups for r in [by_group[g.name]]}
+        {rates_lib.active_groups(by_group[g.name], g.slice_groups) / g.slice_groups
+         for g in analysis.groups}
     ) > 1:
         raise ValueError(
             f"{owner}: model '{model.name}' has SlicedBatchNormalization "

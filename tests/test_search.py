@@ -5,6 +5,7 @@ import pytest
 import keras_slicing
 from keras_slicing import search_widths
 from tests.sliced_models import randomize_weights
+from tests.sliced_models import small_cnn
 
 L = keras_slicing.layers
 
@@ -63,6 +64,11 @@ def test_front_scores_rise_with_cost():
     costs = [p.cost for p in result.front]
     scores = [p.score for p in result.front]
     assert costs == sorted(costs) and scores == sorted(set(scores))
+
+
+def test_batch_norm_model_is_rejected():
+    with pytest.raises(ValueError, match="SlicedBatchNormalization"):
+        search_widths(small_cnn(), (np.zeros((2, 8, 8, 1)), np.zeros(2)), verbose=0)
 
 
 def test_unknown_method_is_rejected():
