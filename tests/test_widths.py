@@ -149,3 +149,42 @@ def test_equivalent_rate_of_a_uniform_config_is_its_rate():
     assert keras_slicing.widths.equivalent_rate(model, config) == 0.5
     mixed = keras_slicing.widths.equivalent_rate(model, {"stem": 0.5, "c": 1.0})
     assert 0.5 < mixed < 1.0
+
+
+def _attention_block():
+    """Full-width residual stream; heads and feed-forward units sliced."""
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    r = keras_slicing.rate_input()
+    x = L.SlicedEmbedding(11, 16, slice_output=False, name="embedding")(ids, r)
+    h = L.SlicedMultiHeadAttention(4, 4, name="attention")(x, x, rate=r)
+    x = K.Add()([x, h])
+    h = L.SlicedDense(32, activation="relu", slice_input=False, name="ffn_in")(x, r)
+    h = L.SlicedDense(16, slice_output=False, name="ffn_out")(h, r)
+    x = K.Add()([x, h])
+    model = keras.Model([ids, r], K.Dense(11, name="logits")(x), name="block")
+    randomize_weights(model)
+    return model
+
+
+def test_attention_heads_and_feed_forward_are_groups_of_their_own():
+    groups = width_groups(_attention_block())
+    assert [(g.name, g.slice_groups) for g in groups] == [
+        ("attention", 4), ("ffn_in", 8),
+    ]
+
+
+def test_extracted_attention_block_at_a_mixed_config_matches_the_sliced_one():
+    model = _attention_block()
+    config = {"attention": 0.25, "ffn_in": 0.75}
+    ids = np.random.default_rng(3).integers(0, 11, size=(2, 6)).astype("int32")
+    extracted = extract_submodel(model, config)
+    layers = {layer.name: layer for layer in extracted.layers}
+    assert (layers["attention"].num_heads, layers["ffn_in"].units) == (1, 24)
+    sliced = keras.ops.convert_to_numpy(model([ids, np.full((2,), 1.0)]))
+    assert not np.allclose(extracted.predict(ids, verbose=0), sliced, atol=1e-3)
+    runner = keras_slicing.SlicingModel(model.inputs, model.outputs)
+    np.testing.assert_allclose(
+        extracted.predict(ids, verbose=0),
+        runner.at_rate(config).predict(ids, verbose=0),
+        atol=1e-5,
+    )
