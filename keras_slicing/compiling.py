@@ -7,7 +7,7 @@ one copy of the loss tracker and of the compiled metrics per rate; `metrics`,
 Keras' own. This is the model's side of Keras' `Trainer.compile`, apart from
 `model.py`, which says what the model is: the steps that update the metrics
 are `keras_slicing/train_step.py`, and how each backend compiles them is in
-`keras_slicing/backend/*_trainer.py`, which fill `_compiled_rate_sets`.
+`keras_slicing/trainers/`, which fill `_compiled_rate_sets`.
 
 It reads `rates`, set up by `SlicingModel`.
 """

@@ -4,7 +4,7 @@ A step is plain `keras.ops` code run against the model's variables: the plan
 of the step's rates, the forward passes and their summed loss, one optimizer
 update, and the per-rate metrics. What differs between backends (how the
 gradient is taken, how the step is compiled and fed its state) lives in the
-trainer module of each backend (`keras_slicing/backend/*_trainer.py`), which
+trainer module of each backend (`keras_slicing/trainers/<backend>.py`), which
 runs these methods.
 
 The rates of a step come as indices into `model.rates` (widest first):
