@@ -32,6 +32,7 @@ indicative only.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -229,6 +230,54 @@ def report(name, result):
               f"best gap in 10-40% {goal['best_gap_10_40']}")
 
 
+def markdown(results):
+    """The docs tables of a result file: one per data set."""
+    lines = []
+    for name, result in results["datasets"].items():
+        summary = result["summary"]
+        lines += [
+            f"**{name}** ({len(result['runs'])} seeds, {result['epochs']} epochs; "
+            "test accuracy %, mean over seeds; in brackets the gap to the best "
+            "trained uniform width within the budget):",
+            "",
+            "| MAC budget | uniform (trained) | uniform (k/8) | "
+            + " | ".join(SEARCHES) + " |",
+            "|---" * (3 + len(SEARCHES)) + "|",
+        ]
+        for budget in BUDGETS:
+            row = summary["budgets"][str(budget)]
+            cells = [f"{budget:g}"] + [
+                "-" if row[b] is None else f"{row[b]:.1f}" for b in BASELINES
+            ]
+            for search in SEARCHES:
+                if row[search] is None:
+                    cells.append("-")
+                    continue
+                gap = row[search].get("gap_uniform")
+                cells.append(
+                    f"{row[search]['test']:.1f}"
+                    + ("" if gap is None else f" ({gap:+.1f})")
+                )
+            lines.append("| " + " | ".join(cells) + " |")
+        times = ", ".join(
+            f"{s} {np.mean([r['searches'][s]['evaluations'] for r in result['runs']]):.0f} "
+            f"configurations in {np.median([r['searches'][s]['seconds'] for r in result['runs']]):.1f} s"
+            for s in SEARCHES
+        )
+        lines += ["", f"Search time (median): {times}.", ""]
+        for key, goal in summary["goal"].items():
+            best = goal["best_gap_10_40"]
+            lines.append(
+                f"- {key.replace('_vs_', ' against ')}: goal "
+                f"{'met' if goal['met'] else 'NOT met'} (worst gap "
+                f"{goal['worst_gap']:+.1f} points from the narrowest trained "
+                "width up; best gap in 10-40% of the cost "
+                f"{'-' if best is None else format(best, '+.1f')})"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist1d")
@@ -236,7 +285,13 @@ def main():
     parser.add_argument("--epochs", type=int, default=0,
                         help="0: 25 digits, 15 MNIST-1D (benchmarks/accuracy.py)")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--markdown", default=None,
+                        help="print the docs tables of this result file and exit")
     args = parser.parse_args()
+    if args.markdown:
+        with open(args.markdown) as handle:
+            print(markdown(json.load(handle)))
+        return
     results = {
         "machine": {**common.machine_facts(),
                     "note": "shared 2-core machine; times are wall-clock"},
