@@ -117,8 +117,9 @@ def search_widths(
             cost in (0, 1]: `result.budgets` gives the best configuration
             within each.
         cost: `"macs"` (per example, as `model_cost`), `"params"`, or a
-            function `cost(model, config) -> float` (e.g. measured LiteRT
-            latency of `extract_submodel(model, config)`).
+            function `cost(model, config) -> float`, such as
+            `keras_slicing.search.litert_latency()` (measured LiteRT
+            milliseconds of `extract_submodel(model, config)`).
         metric: `"accuracy"` (argmax of the last axis against integer or
             one-hot labels) or a function `metric(y_true, y_pred) -> float`,
             higher is better.
@@ -237,6 +238,39 @@ def search_widths(
         time.perf_counter() - start,
         complete,
     )
+
+
+def litert_latency(batch_size=1, num_threads=1, repeats=15):
+    """A `cost` for `search_widths`: measured LiteRT milliseconds per call.
+
+    Each configuration is cut out (`extract_submodel`), converted with
+    builtin operators (`keras_slicing.export.convert_to_tflite`) and timed
+    on this machine's LiteRT interpreter with a random input (the median of
+    `repeats` rounds). Needs TensorFlow; a conversion takes seconds, so
+    bound the search (`max_evaluations`, `time_limit`). Timings on a busy
+    machine are noisy: run it on the target device, or where load is
+    steady.
+
+    Args:
+        batch_size: Examples per call. Defaults to `1`.
+        num_threads: LiteRT CPU threads. Defaults to `1`.
+        repeats: Timing rounds. Defaults to `15`.
+    """
+
+    def cost(model, config):
+        from keras_slicing.export import convert_to_tflite
+        from keras_slicing.extract import extract_submodel
+        from keras_slicing.interpreter import load_interpreter
+        from keras_slicing.interpreter import measure_latencies
+        from keras_slicing.interpreter import set_random_input
+
+        content = convert_to_tflite(extract_submodel(model, config))
+        interpreter = load_interpreter(model_content=content, num_threads=num_threads)
+        set_random_input(interpreter, batch_size)
+        (seconds,) = measure_latencies([interpreter], repeats)
+        return 1000.0 * seconds
+
+    return cost
 
 
 def pareto_front(points):

@@ -74,3 +74,14 @@ def test_batch_norm_model_is_rejected():
 def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="method must be one of"):
         search_widths(_mlp(), _data(), method="annealing")
+
+
+def test_litert_latency_cost_gives_milliseconds_of_the_full_width_first():
+    result = search_widths(
+        _mlp(), _data(), cost=keras_slicing.search.litert_latency(repeats=3),
+        max_evaluations=2, verbose=0,
+    )
+    assert set(result.points[0].config.values()) == {1.0}
+    assert all(p.cost > 0 for p in result.points)
+    assert result.points[0].cost_fraction == 1.0
+    assert not result.complete
