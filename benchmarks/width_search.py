@@ -4,6 +4,8 @@ Prints one table per data set and writes benchmarks/results/width_search.json
 (or --output).
 
     python benchmarks/width_search.py [--datasets=digits,mnist1d] [--seeds=3]
+    python benchmarks/width_search.py --merge=a.json,b.json  # data sets run apart
+    python benchmarks/width_search.py --markdown=benchmarks/results/width_search.json
 
 Per data set and seed: the network of `benchmarks/accuracy.py` is trained as
 a `SlicingModel` with the library's defaults (rates 1, 0.75, 0.5, 0.25) on
@@ -113,6 +115,13 @@ def train_and_search(name, seed, epochs):
         searches[search] = {
             "evaluations": result.evaluations,
             "seconds": result.seconds,
+            # Every configuration evaluated, with its test accuracy, so that
+            # other rules of picking can be checked from this file.
+            "points": [
+                {"config": p.config, "cost_fraction": p.cost_fraction,
+                 "validation": 100.0 * p.score, "test": test(p.config)}
+                for p in result.points
+            ],
             "front": [
                 {"config": p.config, "cost_fraction": p.cost_fraction,
                  "validation": 100.0 * p.score}
@@ -285,12 +294,25 @@ def main():
     parser.add_argument("--epochs", type=int, default=0,
                         help="0: 25 digits, 15 MNIST-1D (benchmarks/accuracy.py)")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--merge", default=None,
+                        help="comma-separated result files of data sets run apart")
     parser.add_argument("--markdown", default=None,
                         help="print the docs tables of this result file and exit")
     args = parser.parse_args()
     if args.markdown:
         with open(args.markdown) as handle:
             print(markdown(json.load(handle)))
+        return
+    if args.merge:
+        merged = None
+        for path in args.merge.split(","):
+            with open(path) as handle:
+                part = json.load(handle)
+            if merged is None:
+                merged = part
+            else:
+                merged["datasets"].update(part["datasets"])
+        common.write_json("width_search", merged, args.output)
         return
     results = {
         "machine": {**common.machine_facts(),

@@ -33,7 +33,8 @@ class SearchResult:
             first: each point scores strictly better than all cheaper ones.
         budgets: `{budget: SearchPoint or None}`: per budget (a fraction of
             the full width's cost), the best-scoring configuration within
-            it, or None when even the narrowest is too costly.
+            it (of equal scores, the costlier), or None when even the
+            narrowest is too costly.
         uniform: The uniform configurations (every group at one of the searched rates),
             evaluated alike, widest first.
         points: Every configuration evaluated, in evaluation order.
@@ -283,11 +284,16 @@ def pareto_front(points):
 
 
 def best_within(points, budget):
-    """The best-scoring point whose cost fraction is at most `budget`."""
+    """The best-scoring point whose cost fraction is at most `budget`.
+
+    Of equal scores the costlier wins: on a small validation set many
+    configurations tie, and the one using more of the budget is the safer
+    bet on new data.
+    """
     fitting = [p for p in points if p.cost_fraction <= budget + 1e-12]
     if not fitting:
         return None
-    return max(fitting, key=lambda p: (p.score, -p.cost))
+    return max(fitting, key=lambda p: (p.score, p.cost))
 
 
 def _greedy(ks, choices, evaluate, stop, limit, order):
