@@ -4,6 +4,7 @@ import keras
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.flatten import SlicedFlatten
 
@@ -175,7 +176,7 @@ class _Builder:
     def _nested(self, layer, args, kwargs):
         if not any(
             graph.is_sliced(inner)
-            for inner in layer._flatten_layers(include_self=False, recursive=True)
+            for inner in keras_internals.all_sublayers(layer)
         ):
             key = id(layer)
             if key not in self.clones:
@@ -183,7 +184,7 @@ class _Builder:
                 clone.set_weights(layer.get_weights())
                 self.clones[key] = (clone, None)
             return self.clones[key][0](*args, **kwargs)
-        if not hasattr(layer, "_run_through_graph"):
+        if not graph.is_functional(layer):
             raise _CarryError(
                 f"extract_submodel: nested model '{layer.name}' "
                 f"({type(layer).__name__}) holds sliced layers but is not "
