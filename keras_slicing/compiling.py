@@ -16,6 +16,7 @@ It reads `rates`, set up by `SlicingModel`.
 import keras
 
 from keras_slicing import backend
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.keras_internals import CompileMetrics
 from keras_slicing.keras_internals import tracking
@@ -155,7 +156,8 @@ class SlicingCompile:
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def _build_metrics(self, y, y_pred):
-        for metrics in (self._compile_metrics, *self._rate_compile_metrics):
+        compiled = keras_internals.compiled_metrics(self)
+        for metrics in (compiled, *self._rate_compile_metrics):
             if metrics is not None and not metrics.built:
                 metrics.build(y, y_pred)
 

@@ -14,6 +14,7 @@ from keras import ops
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
 from keras_slicing import widths
@@ -201,7 +202,7 @@ class SlicingModel(
             owner, len(self.outputs), distillation, distillation_weight,
             distillation_from_logits, distillation_temperature, distillation_warmup,
         )
-        for layer in self._flatten_layers(include_self=False, recursive=True):
+        for layer in keras_internals.all_sublayers(self):
             if isinstance(layer, SlicedBatchNormalization):
                 for rate in ordered:
                     layer.row_of(rate)  # an undeclared rate fails here, clearly

@@ -13,6 +13,7 @@ import collections
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.layers.multi_head_attention import SlicedMultiHeadAttention
@@ -268,7 +269,7 @@ def analyze(model):
             )
     batch_norms = [
         layer.name
-        for layer in model._flatten_layers(include_self=False, recursive=True)
+        for layer in keras_internals.all_sublayers(model)
         if isinstance(layer, SlicedBatchNormalization)
     ]
     return _Analysis(

@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import keras
+
 import keras_slicing
 
 PACKAGE_DIR = pathlib.Path(keras_slicing.__file__).parent
@@ -41,3 +43,23 @@ def test_loading_the_layers_loads_neither_trainers_nor_model():
         or m in ("keras_slicing.model", "keras_slicing.compiling")
     ]
     assert unwanted == []
+
+
+# A Keras without one private method keras_slicing relies on: importing the
+# package must fail there, naming the Keras version, not misbehave later.
+_WITHOUT_RUN_THROUGH_GRAPH = """
+from keras.src.ops.function import Function
+del Function._run_through_graph
+import keras_slicing
+"""
+
+
+def test_a_moved_private_keras_api_fails_the_import_naming_the_version():
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_RUN_THROUGH_GRAPH],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError")
+    assert "_run_through_graph" in last and f"keras {keras.__version__}" in last
