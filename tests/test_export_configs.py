@@ -33,8 +33,9 @@ def bundle(tmp_path_factory):
     model = _model()
     config = {"conv1": 0.25, "conv2": 1.0}
     path = tmp_path_factory.mktemp("bundle") / "cnn"
+    # The second configuration is rate 1.0 itself: the same sub-network.
     manifest = export_tflite(
-        model, path, rates=[1.0, 0.5], configs=[config],
+        model, path, rates=[1.0, 0.5], configs=[config, {"conv1": 1.0, "conv2": 1.0}],
         output_kind="multiclass_logits",
     )
     return model, config, path, manifest
@@ -66,13 +67,12 @@ def test_edge_bundle_serves_the_config_entry_as_the_extracted_model(bundle):
     )
 
 
-def test_config_of_the_same_cost_as_a_rate_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match="costs as much as rate 0.5"):
-        export_tflite(
-            _model(), tmp_path / "b", rates=[1.0, 0.5],
-            configs=[{"conv1": 0.5, "conv2": 0.5}],
-            output_kind="multiclass_logits",
-        )
+def test_config_that_is_an_exported_rate_is_left_out(bundle):
+    _, _, _, manifest = bundle
+    plain = [e["rate"] for e in manifest["rates"] if "config" not in e]
+    configs = [e["config"] for e in manifest["rates"] if "config" in e]
+    assert plain == [1.0, 0.5]
+    assert configs == [{"conv1": 0.25, "conv2": 1.0}]
 
 
 def test_manifest_with_a_malformed_config_is_rejected(bundle, tmp_path):
