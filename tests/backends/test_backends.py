@@ -28,6 +28,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BACKENDS = ("jax", "torch")
 CHECK_NAMES = [fn.__name__ for fn in checks.CHECKS]
 
+# Each backend runs every check in a subprocess of its own.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tf_dir(tmp_path_factory):
