@@ -20,7 +20,7 @@ def share_output_quantization(contents):
     scale and zero point. Files whose parameters differ get a final
     QUANTIZE op that requantizes into the union of all ranges.
     """
-    schema = _schema()
+    schema = load_schema()
     params = {}
     for rate, content in contents.items():
         flatbuffer = schema.Model.GetRootAs(content, 0)
@@ -44,7 +44,7 @@ def share_output_quantization(contents):
 
 
 def _append_requantize(content, scale, zero_point):
-    schema = _schema()
+    schema = load_schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
     subgraph = model.subgraphs[0]
     source_index = subgraph.outputs[0]
@@ -113,7 +113,7 @@ def check_builtin_ops(content, what="model"):
         )
 
 
-def _schema():
+def load_schema():
     """The flatbuffer schema of `.tflite` files (generated Python)."""
     try:
         from tensorflow.lite.python import schema_py_generated as schema
@@ -123,7 +123,7 @@ def _schema():
 
 
 def _operator_codes(content):
-    schema = _schema()
+    schema = load_schema()
     names = {
         value: key
         for key, value in vars(schema.BuiltinOperator).items()
