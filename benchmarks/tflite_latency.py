@@ -8,8 +8,20 @@ Prints a table and writes benchmarks/results/tflite_latency.json.
 
     python benchmarks/tflite_latency.py [--repeats 31] [--threads 1]
         [--quantization float32] [--output PATH]
+
+With `--single_file`, the single file of every width side by side with the
+per-width files instead (`single_file_main`): for the four networks of
+`single_file_nets.py` and each quantization, the size of the file under
+each `sharing` mode against the widest per-width file, each signature's
+latency against the per-width file (signature runners on both sides, batch
+1, interleaved rounds, median of per-round ratios), and the memory of one
+interpreter holding every width against one interpreter per file. Writes
+benchmarks/results/tflite_single_file.json.
+
+    python benchmarks/tflite_latency.py --single_file [--repeats 21]
 """
 
+import dataclasses
 import os
 import sys
 
@@ -41,6 +53,14 @@ flags.DEFINE_enum(
     "Quantization of both the sliced and the native files.",
 )
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/).")
+flags.DEFINE_bool("single_file", False, "Compare single files with per-width files.")
+flags.DEFINE_list(
+    "nets", "digits_cnn,mobilenet_like,char_lm,text_transformer",
+    "With --single_file: the networks (benchmarks/single_file_nets.py).",
+)
+flags.DEFINE_list(
+    "quantizations", "float32,float16,int8", "With --single_file: the quantizations."
+)
 FLAGS = flags.FLAGS
 
 RATES = (1.0, 0.75, 0.5, 0.25)
@@ -83,7 +103,9 @@ def native_model(rate):
     return keras.Model(x, y, name=f"native_{rate:g}")
 
 
-def main(_):
+def main(argv):
+    if FLAGS.single_file:
+        return single_file_main(argv)
     import ai_edge_litert
 
     logging.set_verbosity(logging.WARNING)  # one line per converted file
@@ -201,6 +223,224 @@ def main(_):
             "targets": targets,
         },
         FLAGS.output,
+    )
+
+
+class _SignatureCall:
+    """`invoke()` of one signature on a fixed input, for `latency_rounds`.
+
+    Both the per-width file (its one signature) and the single file are run
+    through signature runners, so that both pay the same Python overhead.
+    """
+
+    def __init__(self, interpreter, key, x):
+        self._runner = interpreter.get_signature_runner(key)
+        (self._name,) = self._runner.get_input_details()
+        self._x = x
+
+    def invoke(self):
+        return self._runner(**{self._name: self._x})
+
+
+_MEMORY_PROBE = """
+import sys
+from ai_edge_litert.interpreter import Interpreter
+import numpy as np
+
+def rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+x = np.load(sys.argv[1])
+before = rss_kb()
+keep = []
+for spec in sys.argv[2:]:
+    path, *keys = spec.split(",")
+    interpreter = Interpreter(model_path=path, num_threads=1)
+    for key in keys or [None]:
+        runner = interpreter.get_signature_runner(key)
+        (name,) = runner.get_input_details()
+        runner(**{name: x})
+    keep.append(interpreter)
+print(rss_kb() - before)
+"""
+
+
+def _memory_kb(x, specs, directory):
+    """Resident memory (KiB) that loading and running `specs` adds, measured
+    in a fresh process (median of 3)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".npy", dir=directory, delete=False) as f:
+        np.save(f, x)
+    values = []
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, f.name, *specs],
+            capture_output=True, text=True, check=True,
+        )
+        values.append(int(out.stdout.split()[-1]))
+    return float(np.median(values))
+
+
+def _single_file_case(net, quantization, directory):
+    import pathlib
+
+    from benchmarks import single_file_nets
+    from keras_slicing.export import signature_key
+    from keras_slicing.tflite_single_file import SHARING_MODES
+    from keras_slicing.tflite_single_file import merge_widths
+
+    keras.utils.set_random_seed(0)
+    model, shape, dtype = single_file_nets.build(net)
+    single_file_nets.randomize(model)
+    representative = None
+    if quantization == "int8":
+        representative = single_file_nets.examples(shape, dtype, 64)
+    try:
+        files = [
+            convert_to_tflite(extract_submodel(model, rate), quantization, representative)
+            for rate in RATES
+        ]
+    except Exception as error:  # noqa: BLE001 - recorded, not hidden
+        return {"net": net, "quantization": quantization, "error": repr(error)[:300]}
+    keys = [signature_key(rate) for rate in RATES]
+    merged, reports = {}, {}
+    for sharing in SHARING_MODES:
+        merged[sharing], reports[sharing] = merge_widths(files, keys, sharing)
+    x = single_file_nets.examples(shape, dtype, 1, seed=1)
+    if quantization == "int8":
+        detail = interpreter_lib.load_interpreter(model_content=files[0]).get_input_details()[0]
+        if np.dtype(detail["dtype"]).kind == "f":
+            x = x.astype("float32")
+
+    # Parity: every signature against its per-width file.
+    max_error = {}
+    for sharing in ("views", "slices"):
+        interpreter = interpreter_lib.load_interpreter(model_content=merged[sharing])
+        errors = []
+        for content, key in zip(files, keys):
+            own = interpreter_lib.load_interpreter(model_content=content)
+            want = _SignatureCall(own, None, x).invoke()
+            got = _SignatureCall(interpreter, key, x).invoke()
+            (want,), (got,) = want.values(), got.values()
+            errors.append(float(np.max(np.abs(got.astype(float) - want.astype(float)))))
+        max_error[sharing] = max(errors)
+
+    calls, names = [], []
+    singles = {
+        sharing: interpreter_lib.load_interpreter(
+            model_content=merged[sharing], num_threads=FLAGS.threads
+        )
+        for sharing in ("views", "slices")
+    }
+    for content, key in zip(files, keys):
+        own = interpreter_lib.load_interpreter(
+            model_content=content, num_threads=FLAGS.threads
+        )
+        calls.append(_SignatureCall(own, None, x))
+        names.append(("file", key))
+        for sharing, interpreter in singles.items():
+            calls.append(_SignatureCall(interpreter, key, x))
+            names.append((sharing, key))
+    rounds = dict(zip(names, interpreter_lib.latency_rounds(calls, FLAGS.repeats, 0.02)))
+
+    directory = pathlib.Path(directory)
+    paths = []
+    for content, key in zip(files, keys):
+        paths.append(directory / f"{net}_{quantization}_{key}.tflite")
+        paths[-1].write_bytes(content)
+    memory = {"files": _memory_kb(x, [str(p) for p in paths], directory)}
+    for sharing in ("views", "slices"):
+        path = directory / f"{net}_{quantization}_{sharing}.tflite"
+        path.write_bytes(merged[sharing])
+        memory[sharing] = _memory_kb(x, [",".join([str(path), *keys])], directory)
+
+    widest = len(files[0])
+    widths = []
+    for rate, content, key in zip(RATES, files, keys):
+        file_ms = float(np.median(rounds["file", key])) * 1e3
+        row = {"rate": rate, "file_bytes": len(content), "file_ms": file_ms}
+        for sharing in ("views", "slices"):
+            row[f"{sharing}_over_file"] = float(
+                np.median(np.divide(rounds[sharing, key], rounds["file", key]))
+            )
+        widths.append(row)
+    return {
+        "net": net,
+        "quantization": quantization,
+        "params": int(model.count_params()),
+        "widest_bytes": widest,
+        "sum_of_files_bytes": sum(map(len, files)),
+        "single_file_bytes": {k: len(v) for k, v in merged.items()},
+        "over_widest": {k: len(v) / widest for k, v in merged.items()},
+        "stored_bytes": {
+            k: [dataclasses.asdict(r) for r in v] for k, v in reports.items()
+        },
+        "max_abs_difference": max_error,
+        "widths": widths,
+        "memory_kib": memory,
+    }
+
+
+def single_file_main(_):
+    import tempfile
+
+    import ai_edge_litert
+
+    logging.set_verbosity(logging.WARNING)
+    facts = common.machine_facts()
+    facts["litert"] = getattr(ai_edge_litert, "__version__", "unknown")
+    facts["litert_threads"] = FLAGS.threads
+    facts["shared_machine"] = "2 cores shared with other jobs; ratios are per-round"
+    print("machine:", facts)
+    cases = []
+    with tempfile.TemporaryDirectory() as directory:
+        for net in FLAGS.nets:
+            for quantization in FLAGS.quantizations:
+                case = _single_file_case(net, quantization, directory)
+                cases.append(case)
+                _print_single_file_case(case)
+    common.write_json(
+        "tflite_single_file",
+        {
+            "machine": facts,
+            "threads": FLAGS.threads,
+            "batch": 1,
+            "repeats": FLAGS.repeats,
+            "rates": list(RATES),
+            "cases": cases,
+        },
+        FLAGS.output,
+    )
+
+
+def _print_single_file_case(case):
+    title = f"{case['net']}, {case['quantization']}"
+    if "error" in case:
+        print(f"\n{title}: not converted: {case['error']}")
+        return
+    sizes = case["single_file_bytes"]
+    over = case["over_widest"]
+    memory = case["memory_kib"]
+    common.print_table(
+        f"{title}: one file {sizes['views']:,} B views ({over['views']:.3f}x widest), "
+        f"{sizes['slices']:,} B slices ({over['slices']:.3f}x), {sizes['copies']:,} B "
+        f"copies ({over['copies']:.3f}x); per-width files {case['sum_of_files_bytes']:,} "
+        f"B ({case['sum_of_files_bytes'] / case['widest_bytes']:.3f}x). Memory KiB: "
+        f"files {memory['files']:.0f}, views {memory['views']:.0f}, slices "
+        f"{memory['slices']:.0f}. Max |diff| views {case['max_abs_difference']['views']:.2g}, "
+        f"slices {case['max_abs_difference']['slices']:.2g}",
+        ["rate", "file bytes", "file ms", "views/file", "slices/file"],
+        [
+            (
+                f"{w['rate']:g}", f"{w['file_bytes']:,}", f"{w['file_ms']:.4f}",
+                f"{w['views_over_file']:.3f}", f"{w['slices_over_file']:.3f}",
+            )
+            for w in case["widths"]
+        ],
     )
 
 
