@@ -226,22 +226,6 @@ def main(argv):
     )
 
 
-class _SignatureCall:
-    """`invoke()` of one signature on a fixed input, for `latency_rounds`.
-
-    Both the per-width file (its one signature) and the single file are run
-    through signature runners, so that both pay the same Python overhead.
-    """
-
-    def __init__(self, interpreter, key, x):
-        self._runner = interpreter.get_signature_runner(key)
-        (self._name,) = self._runner.get_input_details()
-        self._x = x
-
-    def invoke(self):
-        return self._runner(**{self._name: self._x})
-
-
 _MEMORY_PROBE = """
 import sys
 from ai_edge_litert.interpreter import Interpreter
@@ -323,8 +307,8 @@ def _single_file_case(net, quantization, directory):
         errors = []
         for content, key in zip(files, keys):
             own = interpreter_lib.load_interpreter(model_content=content)
-            want = _SignatureCall(own, None, x).invoke()
-            got = _SignatureCall(interpreter, key, x).invoke()
+            want = interpreter_lib.SignatureCall(own, None, x=x).invoke()
+            got = interpreter_lib.SignatureCall(interpreter, key, x=x).invoke()
             (want,), (got,) = want.values(), got.values()
             errors.append(float(np.max(np.abs(got.astype(float) - want.astype(float)))))
         max_error[sharing] = max(errors)
@@ -340,10 +324,10 @@ def _single_file_case(net, quantization, directory):
         own = interpreter_lib.load_interpreter(
             model_content=content, num_threads=FLAGS.threads
         )
-        calls.append(_SignatureCall(own, None, x))
+        calls.append(interpreter_lib.SignatureCall(own, None, x=x))
         names.append(("file", key))
         for sharing, interpreter in singles.items():
-            calls.append(_SignatureCall(interpreter, key, x))
+            calls.append(interpreter_lib.SignatureCall(interpreter, key, x=x))
             names.append((sharing, key))
     rounds = dict(zip(names, interpreter_lib.latency_rounds(calls, FLAGS.repeats, 0.02)))
 
