@@ -3,10 +3,10 @@
 The digits CNN, the char-LM and the text Transformer come from `examples/`
 at their default sizes; the MobileNet-like CNN (inverted residual blocks:
 pointwise expansion, depthwise 3x3, pointwise projection, residual add) is
-built here. Normalization uses statistics shared by every width (group norm,
-or batch norm with `rates=None`): the converter folds batch norm into the
-kernels, and statistics of their own per width would fold into kernels of
-their own, which no file can share.
+built here with group normalization, the paper's default: the converter
+folds batch normalization into the kernels, and `SlicedBatchNormalization`
+keeps statistics of their own per width, so each width's folded kernels
+would be kernels of their own, which no file can share.
 """
 
 import importlib.util
@@ -31,31 +31,31 @@ def _example(name):
 
 
 def mobilenet_like(input_shape=(32, 32, 3), classes=10):
-    """Stem, then inverted residual blocks (expand 3x), GAP, dense."""
+    """Stem, then inverted residual blocks (expand 3x), GAP, dense; group norm."""
     x = keras.Input(input_shape, name="image")
     rate = rate_input()
 
-    def conv_bn(h, filters, kernel=1, strides=1, relu=True, **kwargs):
+    def conv_gn(h, filters, kernel=1, strides=1, relu=True, **kwargs):
         h = layers.SlicedConv2D(
             filters, kernel, strides=strides, padding="same", use_bias=False, **kwargs
         )(h, rate)
-        h = layers.SlicedBatchNormalization()(h, rate)
+        h = layers.SlicedGroupNormalization(groups=8)(h, rate)
         return keras.layers.ReLU(6.0)(h) if relu else h
 
     def block(h, filters, strides):
-        expanded = conv_bn(h, 3 * h.shape[-1])
+        expanded = conv_gn(h, 3 * h.shape[-1])
         expanded = layers.SlicedDepthwiseConv2D(
             3, strides=strides, padding="same", use_bias=False
         )(expanded, rate)
         expanded = keras.layers.ReLU(6.0)(
-            layers.SlicedBatchNormalization()(expanded, rate)
+            layers.SlicedGroupNormalization(groups=8)(expanded, rate)
         )
-        out = conv_bn(expanded, filters, relu=False)
+        out = conv_gn(expanded, filters, relu=False)
         if strides == 1 and h.shape[-1] == filters:
             out = keras.layers.Add()([h, out])
         return out
 
-    h = conv_bn(x, 32, kernel=3, strides=2, slice_input=False)
+    h = conv_gn(x, 32, kernel=3, strides=2, slice_input=False)
     for filters, strides in ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1)):
         h = block(h, filters, strides)
     h = keras.layers.GlobalAveragePooling2D()(h)

@@ -61,6 +61,12 @@ flags.DEFINE_list(
 flags.DEFINE_list(
     "quantizations", "float32,float16,int8", "With --single_file: the quantizations."
 )
+flags.DEFINE_integer("memory_repeats", 1, "With --single_file: processes per memory probe.")
+flags.DEFINE_list(
+    "timed_quantizations", "float32,int8",
+    "With --single_file: the quantizations whose latency and memory are "
+    "measured too (the others: sizes and parity).",
+)
 FLAGS = flags.FLAGS
 
 RATES = (1.0, 0.75, 0.5, 0.25)
@@ -253,14 +259,14 @@ print(rss_kb() - before)
 
 def _memory_kb(x, specs, directory):
     """Resident memory (KiB) that loading and running `specs` adds, measured
-    in a fresh process (median of 3)."""
+    in a fresh process (median of `--memory_repeats`)."""
     import subprocess
     import tempfile
 
     with tempfile.NamedTemporaryFile(suffix=".npy", dir=directory, delete=False) as f:
         np.save(f, x)
     values = []
-    for _ in range(3):
+    for _ in range(FLAGS.memory_repeats):
         out = subprocess.run(
             [sys.executable, "-c", _MEMORY_PROBE, f.name, *specs],
             capture_output=True, text=True, check=True,
@@ -313,6 +319,25 @@ def _single_file_case(net, quantization, directory):
             errors.append(float(np.max(np.abs(got.astype(float) - want.astype(float)))))
         max_error[sharing] = max(errors)
 
+    case = {
+        "net": net,
+        "quantization": quantization,
+        "params": int(model.count_params()),
+        "widest_bytes": len(files[0]),
+        "sum_of_files_bytes": sum(map(len, files)),
+        "single_file_bytes": {k: len(v) for k, v in merged.items()},
+        "over_widest": {k: len(v) / len(files[0]) for k, v in merged.items()},
+        "stored_bytes": {
+            k: [dataclasses.asdict(r) for r in v] for k, v in reports.items()
+        },
+        "max_abs_difference": max_error,
+        "widths": [
+            {"rate": rate, "file_bytes": len(content)}
+            for rate, content in zip(RATES, files)
+        ],
+    }
+    if quantization not in FLAGS.timed_quantizations:
+        return case
     calls, names = [], []
     singles = {
         sharing: interpreter_lib.load_interpreter(
@@ -342,31 +367,14 @@ def _single_file_case(net, quantization, directory):
         path.write_bytes(merged[sharing])
         memory[sharing] = _memory_kb(x, [",".join([str(path), *keys])], directory)
 
-    widest = len(files[0])
-    widths = []
-    for rate, content, key in zip(RATES, files, keys):
-        file_ms = float(np.median(rounds["file", key])) * 1e3
-        row = {"rate": rate, "file_bytes": len(content), "file_ms": file_ms}
+    for row, key in zip(case["widths"], keys):
+        row["file_ms"] = float(np.median(rounds["file", key])) * 1e3
         for sharing in ("views", "slices"):
             row[f"{sharing}_over_file"] = float(
                 np.median(np.divide(rounds[sharing, key], rounds["file", key]))
             )
-        widths.append(row)
-    return {
-        "net": net,
-        "quantization": quantization,
-        "params": int(model.count_params()),
-        "widest_bytes": widest,
-        "sum_of_files_bytes": sum(map(len, files)),
-        "single_file_bytes": {k: len(v) for k, v in merged.items()},
-        "over_widest": {k: len(v) / widest for k, v in merged.items()},
-        "stored_bytes": {
-            k: [dataclasses.asdict(r) for r in v] for k, v in reports.items()
-        },
-        "max_abs_difference": max_error,
-        "widths": widths,
-        "memory_kib": memory,
-    }
+    case["memory_kib"] = memory
+    return case
 
 
 def single_file_main(_):
@@ -387,18 +395,19 @@ def single_file_main(_):
                 case = _single_file_case(net, quantization, directory)
                 cases.append(case)
                 _print_single_file_case(case)
-    common.write_json(
-        "tflite_single_file",
-        {
-            "machine": facts,
-            "threads": FLAGS.threads,
-            "batch": 1,
-            "repeats": FLAGS.repeats,
-            "rates": list(RATES),
-            "cases": cases,
-        },
-        FLAGS.output,
-    )
+                # Written after every case, so a long run keeps what it has.
+                common.write_json(
+                    "tflite_single_file",
+                    {
+                        "machine": facts,
+                        "threads": FLAGS.threads,
+                        "batch": 1,
+                        "repeats": FLAGS.repeats,
+                        "rates": list(RATES),
+                        "cases": cases,
+                    },
+                    FLAGS.output,
+                )
 
 
 def _print_single_file_case(case):
@@ -408,20 +417,25 @@ def _print_single_file_case(case):
         return
     sizes = case["single_file_bytes"]
     over = case["over_widest"]
-    memory = case["memory_kib"]
+    memory = case.get("memory_kib")
+    memory = (
+        f" Memory KiB: files {memory['files']:.0f}, views {memory['views']:.0f}, "
+        f"slices {memory['slices']:.0f}." if memory else ""
+    )
     common.print_table(
         f"{title}: one file {sizes['views']:,} B views ({over['views']:.3f}x widest), "
         f"{sizes['slices']:,} B slices ({over['slices']:.3f}x), {sizes['copies']:,} B "
         f"copies ({over['copies']:.3f}x); per-width files {case['sum_of_files_bytes']:,} "
-        f"B ({case['sum_of_files_bytes'] / case['widest_bytes']:.3f}x). Memory KiB: "
-        f"files {memory['files']:.0f}, views {memory['views']:.0f}, slices "
-        f"{memory['slices']:.0f}. Max |diff| views {case['max_abs_difference']['views']:.2g}, "
-        f"slices {case['max_abs_difference']['slices']:.2g}",
+        f"B ({case['sum_of_files_bytes'] / case['widest_bytes']:.3f}x).{memory} Max "
+        f"|diff| views {case['max_abs_difference']['views']:.2g}, slices "
+        f"{case['max_abs_difference']['slices']:.2g}",
         ["rate", "file bytes", "file ms", "views/file", "slices/file"],
         [
             (
-                f"{w['rate']:g}", f"{w['file_bytes']:,}", f"{w['file_ms']:.4f}",
-                f"{w['views_over_file']:.3f}", f"{w['slices_over_file']:.3f}",
+                f"{w['rate']:g}", f"{w['file_bytes']:,}",
+                f"{w.get('file_ms', float('nan')):.4f}",
+                f"{w.get('views_over_file', float('nan')):.3f}",
+                f"{w.get('slices_over_file', float('nan')):.3f}",
             )
             for w in case["widths"]
         ],
