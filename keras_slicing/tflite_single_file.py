@@ -21,7 +21,10 @@ copy it can read the wider weight:
   which LiteRT evaluates once when the interpreter is prepared. The file
   stores each weight once, but the sliced kernel is no longer a file
   constant: XNNPACK does not take the operator it feeds and the builtin
-  kernel runs it (measured in `benchmarks/tflite_latency.py`).
+  kernel runs it (measured in `benchmarks/tflite_latency.py`). Integer
+  blocks are never sliced: the builtin integer kernels round differently
+  from XNNPACK's, and an int8 width must compute exactly what its own file
+  computes.
 - `"copies"`: every width keeps its own bytes, as the converter's
   multi-signature conversion does; the file is the sum of the per-width
   files.
@@ -130,7 +133,11 @@ def merge_widths(contents, signature_keys, sharing="views"):
                 if found is not None and found.contiguous:
                     tensor.buffer = store.view_buffer(found)
                     report.view_bytes += len(data)
-                elif found is not None and sharing == "slices":
+                elif (
+                    found is not None
+                    and sharing == "slices"
+                    and values.dtype.kind == "f"
+                ):
                     slices.append((index, found))
                     report.sliced_bytes += len(data)
                     report.sliced_tensors.append(_name(tensor))
