@@ -100,6 +100,37 @@ def test_views_change_no_computation(merged, files, images):
         )
 
 
+def _operators(content, subgraph_index):
+    """(operator name, input shapes, whether each input is a constant)."""
+    model = litert_schema.Model.GetRootAs(content, 0)
+    names = {v: k for k, v in vars(litert_schema.BuiltinOperator).items()}
+    subgraph = model.Subgraphs(subgraph_index)
+    result = []
+    for i in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(i)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        inputs = []
+        for j in range(operator.InputsLength()):
+            if operator.Inputs(j) < 0:
+                continue
+            tensor = subgraph.Tensors(operator.Inputs(j))
+            buffer = model.Buffers(tensor.Buffer())
+            constant = buffer.DataLength() > 0 or buffer.Offset() > 1
+            inputs.append((tuple(tensor.ShapeAsNumpy()), constant))
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        result.append((names[builtin], tuple(inputs)))
+    return result
+
+
+def test_views_keep_each_file_s_operators_and_constant_weights(merged, files):
+    # Why a view costs no time: each signature runs the operators of its
+    # own file on the same shapes, every weight still a file constant (which
+    # is what lets XNNPACK pack it once).
+    content, _ = merged["views"]
+    for position, file in enumerate(files):
+        assert _operators(content, position) == _operators(file, 0)
+
+
 def test_slices_store_each_weight_once(merged, files):
     content, _ = merged["slices"]
     # Besides the widest file's constants, only the slice bounds (three
