@@ -27,6 +27,7 @@ benchmarks/results/tflite_single_file.json.
 import dataclasses
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,6 +64,11 @@ flags.DEFINE_list(
 )
 flags.DEFINE_list(
     "quantizations", "float32,float16,int8", "With --single_file: the quantizations."
+)
+flags.DEFINE_enum(
+    "clock", "wall", ["wall", "thread"],
+    "With --single_file: time invokes by wall clock or by the CPU time of the "
+    "calling thread (1 LiteRT thread), which other jobs do not inflate.",
 )
 flags.DEFINE_integer("memory_repeats", 1, "With --single_file: processes per memory probe.")
 flags.DEFINE_list(
@@ -357,7 +363,10 @@ def _single_file_case(net, quantization, directory):
         for sharing, interpreter in singles.items():
             calls.append(interpreter_lib.SignatureCall(interpreter, key, x=x))
             names.append((sharing, key))
-    rounds = dict(zip(names, interpreter_lib.latency_rounds(calls, FLAGS.repeats, 0.02)))
+    clock = time.thread_time if FLAGS.clock == "thread" else time.perf_counter
+    rounds = dict(
+        zip(names, interpreter_lib.latency_rounds(calls, FLAGS.repeats, 0.02, clock))
+    )
 
     directory = pathlib.Path(directory)
     paths = []
@@ -411,6 +420,7 @@ def single_file_main(_):
                         "threads": FLAGS.threads,
                         "batch": 1,
                         "repeats": FLAGS.repeats,
+                        "clock": FLAGS.clock,
                         "rates": list(RATES),
                         "cases": cases,
                     },

@@ -134,12 +134,17 @@ def _random_input(detail, batch_size, seed=0):
     return x.astype(dtype)
 
 
-def time_invoke(interpreter, number):
-    """Seconds per `invoke()`, averaged over `number` calls on set inputs."""
-    start = time.perf_counter()
+def time_invoke(interpreter, number, clock=time.perf_counter):
+    """Seconds per `invoke()`, averaged over `number` calls on set inputs.
+
+    `clock` is wall time by default; `time.thread_time` counts only the CPU
+    time of the calling thread, which other jobs of a busy machine do not
+    inflate (valid for single-threaded interpreters).
+    """
+    start = clock()
     for _ in range(number):
         interpreter.invoke()
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def measure_latencies(interpreters, repeats=15, min_seconds=0.02):
@@ -151,7 +156,7 @@ def measure_latencies(interpreters, repeats=15, min_seconds=0.02):
     return [float(np.median(times)) for times in rounds]
 
 
-def latency_rounds(interpreters, repeats=15, min_seconds=0.02):
+def latency_rounds(interpreters, repeats=15, min_seconds=0.02, clock=time.perf_counter):
     """Seconds per `invoke()` of each interpreter in each timing round.
 
     Rounds are interleaved (every interpreter once per round, in reverse
@@ -166,11 +171,11 @@ def latency_rounds(interpreters, repeats=15, min_seconds=0.02):
     for interpreter in interpreters:
         for _ in range(3):  # warm-up: first calls allocate and pack weights
             interpreter.invoke()
-        single = time_invoke(interpreter, 5)
+        single = time_invoke(interpreter, 5, clock)
         numbers.append(max(1, int(min_seconds / max(single, 1e-7))))
     rounds = [[] for _ in interpreters]
     order = list(range(len(interpreters)))
     for repeat in range(repeats):
         for i in order if repeat % 2 == 0 else reversed(order):
-            rounds[i].append(time_invoke(interpreters[i], numbers[i]))
+            rounds[i].append(time_invoke(interpreters[i], numbers[i], clock))
     return rounds
