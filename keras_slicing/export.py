@@ -389,8 +389,8 @@ def _merge(contents, sharing, data_input, evaluation, representative):
             f"export_tflite: sharing='slices' cut {count} weight tensors of "
             "the narrow widths from the wider ones at preparation; the "
             "kernels they feed run without XNNPACK, so those widths are "
-            "slower than in their own files (1.3x to 1.9x on the digits "
-            "CNN, benchmarks/results/tflite_single_file.json). Use "
+            "slower than in their own files (1.4x to 2.1x on the CNNs of "
+            "benchmarks/results/tflite_single_file_thread_time.json). Use "
             "sharing='views' for full speed.",
             stacklevel=3,
         )
