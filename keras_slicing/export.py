@@ -388,8 +388,8 @@ def _merge(contents, sharing, data_input, evaluation, representative):
         warnings.warn(
             f"export_tflite: sharing='slices' cut {count} weight tensors of "
             "the narrow widths from the wider ones at preparation; the "
-            "kernels they feed run without XNNPACK, so those widths are "
-            "slower than in their own files (1.4x to 2.1x on the CNNs of "
+            "operators they feed lose XNNPACK's packed weights, so those "
+            "widths are slower than in their own files (1.4x to 2.1x in "
             "benchmarks/results/tflite_single_file_thread_time.json). Use "
             "sharing='views' for full speed.",
             stacklevel=3,

@@ -20,8 +20,9 @@ copy it can read the wider weight:
   wider weight by a builtin `STRIDED_SLICE` whose inputs are all constant,
   which LiteRT evaluates once when the interpreter is prepared. The file
   stores each weight once, but the sliced kernel is no longer a file
-  constant: XNNPACK does not take the operator it feeds and the builtin
-  kernel runs it (measured in `benchmarks/tflite_latency.py`). Integer
+  constant, and the operator it feeds runs slower (XNNPACK packs only
+  weights it sees as constants; measured in `benchmarks/tflite_latency.py
+  --single_file`). Integer
   blocks are never sliced: the builtin integer kernels round differently
   from XNNPACK's, and an int8 width must compute exactly what its own file
   computes.
