@@ -41,7 +41,7 @@ import dataclasses
 import flatbuffers
 import numpy as np
 
-from keras_slicing.tflite_flatbuffer import load_schema as _schema
+from keras_slicing.tf_internals import tflite_schema as schema
 
 SHARING_MODES = ("views", "slices", "copies")
 # Buffer data sits after the flatbuffer at this alignment, as the
@@ -92,7 +92,6 @@ def merge_widths(contents, signature_keys, sharing="views"):
             "merge_widths: pass one signature key per file. Received: "
             f"{len(contents)} files and {len(signature_keys)} keys"
         )
-    schema = _schema()
     merged = schema.ModelT()
     merged.version = 3
     merged.description = b"keras-slicing: one signature per width"
@@ -146,7 +145,7 @@ def merge_widths(contents, signature_keys, sharing="views"):
                     tensor.buffer = store.add(values, data)
                     report.own_bytes += len(data)
             for index, found in slices:
-                _slice_from(schema, merged, subgraph, index, found, store)
+                _slice_from(merged, subgraph, index, found, store)
         merged.subgraphs.extend(model.subgraphs)
         (signature,) = model.signatureDefs
         signature.signatureKey = key.encode()
@@ -227,7 +226,7 @@ class _ConstantStore:
     def _new_buffer(self, blob, start, size):
         if size == 0:
             return 0
-        buffer = _schema().BufferT()
+        buffer = schema.BufferT()
         self._model.buffers.append(buffer)
         index = len(self._model.buffers) - 1
         self._buffer_views[index] = (blob, start, size)
@@ -258,7 +257,7 @@ class _ConstantStore:
         return bytes(out)
 
 
-def _slice_from(schema, model, subgraph, index, match, store):
+def _slice_from(model, subgraph, index, match, store):
     """Makes tensor `index` the output of a STRIDED_SLICE of the stored one."""
     tensor = subgraph.tensors[index]
     tensor.buffer = 0
@@ -353,7 +352,7 @@ _DTYPES = {
 
 def _tensor_values(tensor, data):
     """The tensor's values as an array, or raw bytes for other types."""
-    names = {v: k for k, v in vars(_schema().TensorType).items() if not k.startswith("_")}
+    names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     dtype = _DTYPES.get(names.get(tensor.type))
     shape = tuple(int(d) for d in (tensor.shape if tensor.shape is not None else ()))
     if dtype is None or tensor.sparsity is not None:
