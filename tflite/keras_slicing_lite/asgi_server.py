@@ -201,19 +201,30 @@ def _protocol(front):
 
     class Protocol(H11Protocol):
         _head_timer = None
+        _refused = False
 
         def connection_made(self, transport):
             super().connection_made(transport)
             if len(self.connections) > front.max_connections:
                 front.api.count("refused_connections")
+                self._refused = True
                 transport.write(raw_reply(
                     503, "Service Unavailable",
                     f"too many connections (max_connections={front.max_connections}); "
                     "retry later.", "connection",
                 ))
-                transport.close()
+                # Closing with the client's request unread would reset the
+                # connection and could lose the reply: end our side, discard
+                # what arrives, and close shortly.
+                if transport.can_write_eof():
+                    transport.write_eof()
+                self.loop.call_later(1.0, transport.close)
                 return
             self._arm()
+
+        def data_received(self, data):
+            if not self._refused:
+                super().data_received(data)
 
         def on_response_complete(self):
             super().on_response_complete()

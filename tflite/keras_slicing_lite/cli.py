@@ -140,17 +140,20 @@ def _serve(args, name):
     except BaseException:
         server.stop(timeout=0)
         raise
-    print(f"serving {args.bundle} on {front.url}", flush=True)
-    if front_class is HTTPFrontEnd:
-        def stop(*_):
-            # shutdown() waits for serve_forever to return: not on its thread.
-            threading.Thread(target=front.shutdown, daemon=True).start()
+    stopping = threading.Event()
 
-        signal.signal(signal.SIGTERM, stop)
-    try:
-        front.serve_forever()  # uvicorn handles SIGINT and SIGTERM itself
-    except KeyboardInterrupt:
-        front.shutdown()
+    def stop(*_):
+        stopping.set()
+
+    # The front end serves on its own thread; the main thread only waits
+    # for a signal, then stops the front end and drains the queue.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    front.start()
+    print(f"serving {args.bundle} on {front.url}", flush=True)
+    while not stopping.wait(0.5):
+        pass
+    front.shutdown()
     drained = server.stop(timeout=args.drain_s)
     print(f"stopped ({'drained' if drained else 'queue not drained'})", file=sys.stderr)
     return 0

@@ -103,13 +103,14 @@ def parse_json(raw, kind=JSON):
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except RecursionError:
-        raise ClientError("the body is not valid JSON: it is nested too deeply.") from None
+        raise ClientError("the body is not valid JSON: it is nested too deeply.", "body") from None
     except ValueError as error:
         # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is
         # an integer of more digits than Python converts (4,300).
         raise ClientError(
             f"the body is not valid JSON: {error}. (Binary bodies need "
-            f"Content-Type {NPY} or {RAW}; received {kind or 'none'}.)"
+            f"Content-Type {NPY} or {RAW}; received {kind or 'none'}.)",
+            "body",
         ) from None
 
 
@@ -148,7 +149,7 @@ def _numbers_only(data, field):
             stack.extend(item)
         elif type(item) is not float and type(item) is not int:
             raise ClientError(
-                f"{field} must hold JSON numbers only. Received: "
+                f"{field} must be a (nested) list of numbers, JSON numbers only. Received: "
                 f"{json.dumps(item)[:40]} ({type(item).__name__})",
                 field,
             )
@@ -255,7 +256,7 @@ def parse_raw(raw, input_shape, dtype):
 
 
 def _no_constant(name):
-    raise ClientError(f"the body is not valid JSON: {name} is not a JSON number.", "inputs")
+    raise ClientError(f"the body is not valid JSON: {name} is not a JSON number.", "body")
 
 
 def accepts_npy(header):

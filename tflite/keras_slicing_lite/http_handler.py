@@ -146,6 +146,10 @@ def handler(front):
             # Malformed HTTP (bad request line, headers too long, ...): a
             # JSON error like every other.
             api.count("client_errors")
+            # A request line too bad to parse leaves the version at HTTP/0.9,
+            # which has no status line: answer in HTTP/1.1.
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.1"
             self._write(http_api.error_reply(code, message or explain or "malformed HTTP", "request"))
 
         def _write(self, reply):

@@ -79,6 +79,7 @@ class HTTPFrontEnd:
 
     def start(self):
         """Serves on a background thread; returns `self`."""
+        self._serving.set()
         self._thread = threading.Thread(
             target=self.serve_forever, name="HTTPFrontEnd", daemon=True
         )
