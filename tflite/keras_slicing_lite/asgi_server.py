@@ -18,12 +18,10 @@ import socket
 import threading
 import time
 
-import h11
 import uvicorn
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request
 from starlette.responses import Response
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keras_slicing_lite import http_api
 from keras_slicing_lite.http_reply import error_reply
@@ -196,12 +194,18 @@ class ASGIFrontEnd:
 
 
 def _protocol(front):
-    """uvicorn's h11 protocol with a head timeout, a connection cap and
-    JSON errors."""
+    """uvicorn's HTTP protocol (httptools' C parser when installed, else
+    h11) with a head timeout, a connection cap and JSON errors."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
 
-    class Protocol(H11Protocol):
+    class Protocol(Base):
         _head_timer = None
         _refused = False
+        # Bytes of a request head received while no request is in progress.
+        _partial = False
 
         def connection_made(self, transport):
             super().connection_made(transport)
@@ -229,11 +233,17 @@ def _protocol(front):
             self._arm()
 
         def data_received(self, data):
-            if not self._refused:
-                super().data_received(data)
+            if self._refused:
+                return
+            if self._idle():
+                self._partial = True
+            super().data_received(data)
+            if not self._idle():
+                self._partial = False
 
         def on_response_complete(self):
             super().on_response_complete()
+            self._partial = False
             self._arm()
 
         def connection_lost(self, exc):
@@ -246,6 +256,10 @@ def _protocol(front):
             self.transport.write(raw_reply(400, "Bad Request", f"malformed HTTP: {msg}", "request"))
             self.transport.close()
 
+        def _idle(self):
+            """No request head complete since the last response."""
+            return self.cycle is None or self.cycle.response_complete
+
         def _arm(self):
             if self._head_timer is not None:
                 self._head_timer.cancel()
@@ -253,11 +267,9 @@ def _protocol(front):
 
         def _head_timeout(self):
             self._head_timer = None
-            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-                return  # the head is in: the body has its own timeout
-            if self.cycle is not None and not self.cycle.response_complete:
-                return
-            if self.conn.trailing_data[0]:
+            if self.transport.is_closing() or not self._idle():
+                return  # a request is in: its body has its own timeout
+            if self._partial:
                 front.api.count("client_errors")
                 self.transport.write(raw_reply(
                     408, "Request Timeout",
