@@ -68,7 +68,10 @@ class Pending:
         # a little early and the delivery time errs long (safe).
         self.answered_s = self._submitted_s + max(r.latency_ms for r in responses) / 1e3
         self._api.metrics.answered(responses)
-        return self._finish(responses)
+        try:
+            return self._finish(responses)
+        except Exception as error:
+            return self._api.fault(error)
 
     def cancel(self):
         for future in self.futures:
