@@ -10,9 +10,9 @@
 `serve` loads and verifies the bundle, profiles every width on this device
 (cached beside the bundle), starts an `ElasticServer` on the wall clock and
 answers HTTP (docs/http-api.md) until interrupted (Ctrl-C or SIGTERM), then
-drains the queue for up to `--drain_s` seconds. The front end is uvicorn's
-(`--front asgi`, the `serve` extra) when installed, else the standard
-library's. A bundle or argument that cannot serve ends the command with one
+drains the queue for up to `--drain_s` seconds. The front end is the
+standard library's (`--front stdlib`, measured to hold the latency better,
+docs/http-api.md) or uvicorn's (`--front asgi`, the `serve` extra). A bundle or argument that cannot serve ends the command with one
 line on stderr and exit status 1.
 """
 
@@ -70,8 +70,9 @@ def build_parser():
                        help="most open connections; beyond it 503 (default 256)")
     serve.add_argument("--model_name", default=None,
                        help="model name in /v2/models/NAME (default: the manifest's)")
-    serve.add_argument("--front", choices=FRONTS, default=None,
-                       help="HTTP front end (default: asgi when uvicorn is installed)")
+    serve.add_argument("--front", choices=FRONTS, default="stdlib",
+                       help="HTTP front end: the standard library's (default) or "
+                       "uvicorn's (needs the serve extra)")
     serve.add_argument("--drain_s", type=float, default=5.0,
                        help="seconds to answer queued requests on shutdown (default 5)")
     serve.add_argument("--verbose", action="store_true", help="log every request")
@@ -165,12 +166,10 @@ def _front_class(front):
     try:
         from keras_slicing_lite.asgi_server import ASGIFrontEnd
     except ImportError as error:
-        if front == "asgi":
-            raise ImportError(
-                f"--front asgi needs uvicorn and starlette ({error}); install "
-                "them with pip install 'keras-slicing-lite[serve]'."
-            ) from None
-        return HTTPFrontEnd
+        raise ImportError(
+            f"--front asgi needs uvicorn and starlette ({error}); install "
+            "them with pip install 'keras-slicing-lite[serve]'."
+        ) from None
     return ASGIFrontEnd
 
 
