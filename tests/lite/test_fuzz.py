@@ -26,6 +26,14 @@ from keras_slicing_lite import load_bundle
 from keras_slicing_lite.http_api import Pending
 from keras_slicing_lite.http_api import ServingAPI
 
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    # Overrides the suite's reset of Keras state: nothing here uses Keras
+    # outside the session fixtures, and the reset costs about a second.
+    yield
+
+
 SETTINGS = settings(
     max_examples=60,
     deadline=None,

@@ -9,6 +9,7 @@ deadline kept, counted), and shutdown never blocks. Servers bind to
 127.0.0.1 on a free port.
 """
 
+import collections
 import http.client
 import io
 import json
@@ -26,6 +27,14 @@ from keras_slicing_lite import HTTPFrontEnd
 from keras_slicing_lite import load_bundle
 from keras_slicing_lite.asgi_server import ASGIFrontEnd
 
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    # Overrides the suite's reset of Keras state: nothing here uses Keras
+    # outside the session fixtures, and the reset costs about a second.
+    yield
+
+
 FRONTS = {"asgi": ASGIFrontEnd, "stdlib": HTTPFrontEnd}
 READ_TIMEOUT_S = 0.5
 MAX_QUEUE = 8
@@ -39,12 +48,26 @@ def _serve(kind, bundle_dir, toy_profile, **kwargs):
     return FRONTS[kind](server, port=0, **options).start()
 
 
-@pytest.fixture(params=sorted(FRONTS))
-def front(request, bundle_dir, toy_profile):
-    front = _serve(request.param, bundle_dir, toy_profile)
+def _profile():
+    from keras_slicing_lite import LatencyProfile
+    from tests.lite.conftest import RATES
+    from tests.lite.conftest import toy_latency_ms
+
+    return LatencyProfile({r: {b: toy_latency_ms(r, b) for b in (1, 2, 4, 8)} for r in RATES})
+
+
+@pytest.fixture(scope="module", params=sorted(FRONTS))
+def front(request, bundle_dir):
+    # One server per transport for the module: the tests that break or
+    # reconfigure a server start their own.
+    front = _serve(request.param, bundle_dir, _profile())
     yield front
     front.shutdown()
     front.server.stop(timeout=10)
+
+
+def _by_rate(front):
+    return front.stats()["server"]["by_rate"]
 
 
 def _call(front, method, path, body=None, headers=None):
@@ -174,6 +197,7 @@ def test_connections_beyond_the_cap_are_refused_then_served_again(kind, bundle_d
 
 def test_pinned_rate_goes_through_the_server_with_its_deadline(front, reference):
     x = reference[0]
+    before = front.stats()["server"]
     status, answer = _call(front, "POST", "/predict",
                            {"input": x[0].tolist(), "rate": 0.5, "deadline_ms": 0})
     assert status == 200 and answer["rate"] == 0.5 and answer["late"] is True
@@ -182,26 +206,33 @@ def test_pinned_rate_goes_through_the_server_with_its_deadline(front, reference)
     status, answer = _call(front, "POST", "/predict?rate=0.25&deadline_ms=0", buffer.getvalue(),
                            {"Content-Type": "application/x-npy"})
     assert status == 200 and answer["rates"] == [0.25, 0.25] and answer["late"] == [True, True]
-    stats = front.stats()["server"]
-    assert stats["by_rate"] == {"0.5": 1, "0.25": 2}
-    assert stats["served"] == 3 and stats["late"] == 3
+    after = front.stats()["server"]
+    assert {r: n - before["by_rate"].get(r, 0) for r, n in after["by_rate"].items()
+            if n != before["by_rate"].get(r, 0)} == {"0.5": 1, "0.25": 2}
+    assert after["served"] - before["served"] == 3 and after["late"] - before["late"] == 3
+
+
+def _metrics(front):
+    status, text = _call(front, "GET", "/metrics")
+    assert status == 200
+    return collections.Counter({
+        (s.name, s.labels.get("rate")): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    })
 
 
 def test_metrics_count_answers_and_latency_per_width(front, reference):
     x = reference[0]
+    before = _metrics(front)
     for rate, count in ((0.5, 3), (1.0, 2)):
         status, _ = _call(front, "POST", "/predict", {"inputs": x[:count].tolist(), "rate": rate})
         assert status == 200
-    status, text = _call(front, "GET", "/metrics")
-    assert status == 200
-    samples = {
-        (s.name, s.labels.get("rate")): s.value
-        for family in text_string_to_metric_families(text.decode())
-        for s in family.samples
-    }
-    assert samples[("keras_slicing_answers_total", "0.5")] == 3
-    assert samples[("keras_slicing_answers_total", "1")] == 2
-    assert samples[("keras_slicing_latency_seconds_count", "0.5")] == 3
+    after = _metrics(front)
+    added = {key: after[key] - before[key] for key in after}
+    assert added[("keras_slicing_answers_total", "0.5")] == 3
+    assert added[("keras_slicing_answers_total", "1")] == 2
+    assert added[("keras_slicing_latency_seconds_count", "0.5")] == 3
 
 
 @pytest.mark.parametrize("kind", sorted(FRONTS))
@@ -215,9 +246,15 @@ def test_shutdown_of_a_front_end_never_started_returns(kind, bundle_dir, toy_pro
     assert not stopper.is_alive()
 
 
-def test_a_fault_is_a_logged_500(front, reference, caplog):
+@pytest.mark.parametrize("kind", sorted(FRONTS))
+def test_a_fault_is_a_logged_500(kind, bundle_dir, toy_profile, reference, caplog):
+    front = _serve(kind, bundle_dir, toy_profile)
     front.server.bundle.predict = lambda batch, rate: 1 / 0
-    with caplog.at_level(logging.ERROR, logger="keras_slicing_lite.http"):
-        status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
+    try:
+        with caplog.at_level(logging.ERROR, logger="keras_slicing_lite.http"):
+            status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
+    finally:
+        front.shutdown()
+        front.server.stop(timeout=10)
     assert status == 500 and "ZeroDivisionError" in answer["error"]
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)

@@ -18,15 +18,15 @@ import pytest
 
 from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import HTTPFrontEnd
-from keras_slicing_lite.asgi_server import ASGIFrontEnd
 from keras_slicing_lite import load_bundle
 
 
-@pytest.fixture(params=["asgi", "stdlib"])
-def front(request, bundle_dir, toy_profile):
-    front_class = ASGIFrontEnd if request.param == "asgi" else HTTPFrontEnd
+@pytest.fixture
+def front(bundle_dir, toy_profile):
+    # The standard library's front end, serve's default; the contract of
+    # both front ends is checked in test_http_contract.py.
     server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real").start()
-    front = front_class(server, host="127.0.0.1", port=0, max_body_bytes=200_000).start()
+    front = HTTPFrontEnd(server, host="127.0.0.1", port=0, max_body_bytes=200_000).start()
     yield front
     front.shutdown()
     server.stop(timeout=10)

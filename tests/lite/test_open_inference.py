@@ -14,16 +14,29 @@ from tritonclient.utils import InferenceServerException
 
 from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import HTTPFrontEnd
+from keras_slicing_lite import LatencyProfile
 from keras_slicing_lite import load_bundle
 from keras_slicing_lite.asgi_server import ASGIFrontEnd
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    # Overrides the suite's reset of Keras state: nothing here uses Keras
+    # outside the session fixtures, and the reset costs about a second.
+    yield
+
 
 MODEL = "digits"
 
 
-@pytest.fixture(params=["asgi", "stdlib"])
-def client(request, bundle_dir, toy_profile):
+@pytest.fixture(scope="module", params=["asgi", "stdlib"])
+def client(request, bundle_dir):
+    from tests.lite.conftest import RATES
+    from tests.lite.conftest import toy_latency_ms
+
+    profile = LatencyProfile({r: {b: toy_latency_ms(r, b) for b in (1, 2, 4, 8)} for r in RATES})
     front_class = ASGIFrontEnd if request.param == "asgi" else HTTPFrontEnd
-    server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real").start()
+    server = ElasticServer(load_bundle(bundle_dir), profile, clock="real").start()
     front = front_class(server, port=0, model_name=MODEL).start()
     host, port = front.address
     client = triton.InferenceServerClient(f"{host}:{port}", network_timeout=30)
