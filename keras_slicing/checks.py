@@ -19,6 +19,7 @@ import math
 import keras
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 
 # The state of a tensor's last axis. "sliced": the active channels are its
 # first `fixed + ceil(r * groups) * (width - fixed) / groups` entries;
@@ -468,7 +469,7 @@ def _through(state):
 
 
 def _tensor_name(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        return history.operation.name
+    operation = keras_internals.producer(tensor)
+    if operation is not None:
+        return operation.name
     return getattr(tensor, "name", "?")
