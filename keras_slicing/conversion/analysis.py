@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_slicing import checks
+from keras_slicing import keras_internals
 from keras_slicing.conversion import recipes as recipes_lib
 
 # How a tensor's last axis relates to its width group: feature `f` belongs
@@ -180,7 +181,7 @@ class Analysis:
     def _recipe_problem(self, recipe, layer, node, inputs):
         """Why `layer` cannot become its sliced version, or None."""
         if isinstance(layer, (keras.layers.RNN, keras.layers.MultiHeadAttention)) and any(
-            getattr(x, "_keras_mask", None) is not None for x in inputs
+            keras_internals.keras_mask(x) is not None for x in inputs
         ):
             return ("reads a masked sequence (e.g. from an Embedding with "
                     "mask_zero=True), which its sliced version does not take")

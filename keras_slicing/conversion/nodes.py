@@ -12,6 +12,8 @@ import collections
 
 import keras
 
+from keras_slicing import keras_internals
+
 Node = collections.namedtuple("Node", ["layer", "name", "args", "kwargs", "outputs"])
 Node.__doc__ = """One call of an operation in the flattened graph.
 
@@ -58,8 +60,9 @@ class Graph:
         ]
 
     def _walk(self, functional, prefix):
-        for depth in sorted(functional._nodes_by_depth, reverse=True):
-            for node in functional._nodes_by_depth[depth]:
+        nodes_by_depth = keras_internals.nodes_by_depth(functional)
+        for depth in sorted(nodes_by_depth, reverse=True):
+            for node in nodes_by_depth[depth]:
                 layer = node.operation
                 if layer is None or node.is_input:
                     continue
@@ -118,9 +121,7 @@ def as_functional(model):
                 "data) so that its layers have a graph to convert."
             )
         return keras.Model(model.inputs, model.outputs, name=model.name)
-    if getattr(model, "_nodes_by_depth", None) is not None and hasattr(
-        model, "_run_through_graph"
-    ):
+    if keras_internals.is_functional(model):
         return model
     raise ValueError(
         f"slice_model: model '{getattr(model, 'name', '?')}' is a subclassed "

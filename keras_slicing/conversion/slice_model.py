@@ -4,6 +4,7 @@ import keras
 
 from keras_slicing import cost
 from keras_slicing import graph as graph_lib
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.conversion import analysis as analysis_lib
 from keras_slicing.conversion import building
@@ -123,7 +124,7 @@ def slice_model(
             f"slice_model: verbose must be 0 or 1. Received: verbose={verbose!r}"
         )
     if isinstance(model, SlicingModel) or (
-        hasattr(model, "_nodes_by_depth") and graph_lib.rate_inputs(model)
+        keras_internals.is_functional(model) and graph_lib.rate_inputs(model)
     ):
         raise ValueError(
             f"slice_model: model '{model.name}' already has a slice-rate "
