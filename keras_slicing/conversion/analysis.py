@@ -132,7 +132,7 @@ class Analysis:
         layer, inputs = node.layer, self.graph.tensors_of(node)
         label = f"'{node.name}' ({type(layer).__name__})"
         if node.name in self.keep_full:
-            return self._opaque(node, inputs, f"keep_full names {label}")
+            return self._opaque(node, inputs, f"{label}, named in keep_full")
         recipe = recipes_lib.recipe_for(layer)
         if recipe is not None:
             problem = self._recipe_problem(recipe, layer, node, inputs)
