@@ -48,6 +48,9 @@ setup(
             "pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.3", "matplotlib>=3.7",
             "mnist1d>=0.0.2",
         ],
+        # The documentation site (`make docs`): MkDocs, its material theme and
+        # the API reference generated from the docstrings.
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
     },
     entry_points={
         "console_scripts": [
