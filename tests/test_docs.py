@@ -61,6 +61,17 @@ def test_python_blocks_of_a_page_run_in_order(page, tmp_path, monkeypatch):
             ) from error
 
 
+def test_headings_carry_no_version_numbers():
+    # A heading's anchor is its link: a version or a measured figure in it
+    # breaks every link to the section when it changes.
+    for page in PAGES:
+        prose = FENCE.sub("", page.read_text())
+        for heading in re.findall(r"^#+ .*$", prose, flags=re.M):
+            assert not re.search(r"\d+\.\d+|[Vv]ersion \d", heading), (
+                f"{_name(page)}: heading {heading!r}"
+            )
+
+
 def _cited_result_files():
     for page in PAGES:
         for cited in sorted(set(RESULT_FILE.findall(page.read_text()))):
