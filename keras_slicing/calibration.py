@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 
@@ -55,7 +56,7 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
         The tuple of calibrated rates.
     """
     layers = [
-        layer for layer in _all_layers(model)
+        layer for layer in keras_internals.all_sublayers(model)
         if isinstance(layer, SlicedBatchNormalization)
     ]
     if not layers:
@@ -105,10 +106,6 @@ def _write_row(variable, row, values):
     table = np.array(keras.ops.convert_to_numpy(variable))
     table[row, : len(values)] = values
     variable.assign(table)
-
-
-def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def _batches(data, batch_size):

@@ -26,8 +26,10 @@ from keras_slicing_lite import outputs as outputs_lib
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import output_kind as output_kind_lib
 from keras_slicing import rates as rates_lib
+from keras_slicing import widths as widths_lib
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
 from keras_slicing.interpreter import load_interpreter
@@ -47,6 +49,7 @@ def export_tflite(
     output_dir,
     rates=None,
     quantization="float32",
+    configs=None,
     representative_data=None,
     evaluation_data=None,
     int8_io=False,
@@ -69,6 +72,16 @@ def export_tflite(
         rates: Rates to export. Defaults to the model's `rates` attribute
             when it has one, else `(1.0, 0.75, 0.5, 0.25)`. Written widest
             first.
+        configs: Optional width configurations to export besides `rates`
+            (`keras_slicing.WidthConfig`s, dicts `{group: rate}`, or the
+            points of a `keras_slicing.search_widths` result). Each becomes
+            an entry of the manifest's `rates` under its equivalent rate,
+            the uniform rate of equal MACs (`widths.equivalent_rate`), with
+            its `config`; so the edge runtime, its planner and
+            `ElasticServer` choose among them exactly as among rates, in
+            cost order. A configuration that is one of `rates` or repeats
+            another is left out; two different sub-networks of one key are
+            refused.
         quantization: `"float32"`, `"float16"` (float16 weights),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full
             integer, calibrated on `representative_data`).
@@ -105,6 +118,7 @@ def export_tflite(
     quantization = _check_quantization(quantization, representative_data, int8_io)
     rates = _export_rates(model, rates)
     checks.check_model(model)
+    configs = _export_configs(model, configs, rates)
     if not graph.rate_inputs(model):
         raise ValueError(
             f"export_tflite: model '{model.name}' has no sliced layer fed by "
@@ -131,8 +145,10 @@ def export_tflite(
     os.mkdir(staging)
     try:
         contents = {}
-        for rate in rates:
-            plain = extract_submodel(model, rate)
+        widths = {rate: rate for rate in rates}
+        widths.update(configs)
+        for rate in sorted(widths, reverse=True):
+            plain = extract_submodel(model, widths[rate])
             contents[rate] = convert_to_tflite(
                 plain, quantization, representative, int8_io
             )
@@ -155,7 +171,7 @@ def export_tflite(
                     "must give the same output: build the last layer with "
                     "slice_output=False."
                 )
-            cost = model_cost(model, rate)
+            cost = model_cost(model, widths[rate])
             entry = {
                 "rate": rate,
                 "file": name,
@@ -165,6 +181,10 @@ def export_tflite(
                 "macs": cost["macs"],
                 metric: None,
             }
+            if rate in configs:
+                entry["config"] = widths_lib.group_rates(
+                    model, configs[rate], "export_tflite"
+                )
             if evaluation is not None:
                 entry[metric] = output_kind_lib.score(interpreter, kind, *evaluation)
             entries.append(entry)
@@ -300,6 +320,42 @@ def _export_rates(model, rates):
     return tuple(sorted(rates, reverse=True))
 
 
+def _export_configs(model, configs, rates):
+    """`{equivalent rate: config}` of the configurations to export.
+
+    A configuration that is one of `rates` (every group at it), or repeats
+    an earlier one, is the same sub-network and is left out.
+    """
+    groups = {g.name: g.slice_groups for g in widths_lib.width_groups(model)}
+
+    def widths_of(by_group):
+        return tuple(
+            rates_lib.active_groups(by_group[name], size)
+            for name, size in groups.items()
+        )
+
+    seen = {widths_of({name: r for name in groups}): r for r in rates}
+    by_key = {}
+    for config in configs or ():
+        config = getattr(config, "config", config)  # a SearchPoint
+        by_group = widths_lib.group_rates(model, config, "export_tflite: configs")
+        if widths_of(by_group) in seen:
+            continue
+        key = widths_lib.equivalent_rate(model, config)
+        if key in by_key or key in rates:
+            other = (
+                f"rate {key:g}" if key in rates else f"configuration {by_key[key]}"
+            )
+            raise ValueError(
+                f"export_tflite: configuration {config} costs as much as "
+                f"{other} (equivalent rate {key:g}), and a bundle holds one "
+                "entry per rate. Drop one of them."
+            )
+        seen[widths_of(by_group)] = key
+        by_key[key] = config
+    return by_key
+
+
 def _single(tensors, what, model):
     if len(tensors) != 1:
         raise ValueError(
@@ -353,7 +409,7 @@ def _check_evaluation(evaluation_data, data_input, output, kind):
 def _describe_tensors(interpreter, data_input, output):
     (input_detail,) = interpreter.get_input_details()
     (output_detail,) = interpreter.get_output_details()
-    output_name = output._keras_history.operation.name
+    output_name = keras_internals.producer(output).name
     return {
         "input": _tensor_entry(input_detail, data_input.name),
         "output": _tensor_entry(output_detail, output_name),

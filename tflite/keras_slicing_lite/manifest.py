@@ -9,6 +9,11 @@ Version 2 adds `output_kind` (see `outputs.py`) and `metric`, the name of
 the per-rate key holding the evaluation (`accuracy`, `binary_accuracy` or
 `mean_absolute_error`). Version 1 has neither and means a multiclass output
 with `accuracy` per rate; it is still read.
+
+An entry may carry `config`, `{width group: rate}`: it was exported from a
+width configuration (each group of layers at its own rate), and its `rate`
+is the uniform rate of equal MACs, its key among the entries. Readers that
+ignore `config` serve it as any other width.
 """
 
 import errno
@@ -310,6 +315,22 @@ def _check_rate_entry(entry, path, manifest, owner):
                 f"null. Received: {key}={value!r}",
                 owner,
             )
+    config = entry.get("config")
+    if config is not None and not (
+        isinstance(config, dict)
+        and config
+        and all(
+            isinstance(k, str) and _is_number(v) and 0.0 < v <= 1.0
+            for k, v in config.items()
+        )
+    ):
+        _fail(
+            path,
+            f"rate={rate:g}: 'config' (a width configuration) must be null or "
+            "a non-empty object {group: rate in (0, 1]}. Received: "
+            f"config={config!r}",
+            owner,
+        )
     name = metric(manifest)
     value = entry.get(name)
     if value is not None and not _is_number(value):
