@@ -9,6 +9,8 @@ from keras_slicing import callbacks
 from keras_slicing import layers
 from keras_slicing import schedulers
 from keras_slicing.calibration import calibrate_batchnorm
+from keras_slicing.conversion import SlicingPlan
+from keras_slicing.conversion import slice_model
 from keras_slicing.checks import check_model
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
@@ -33,6 +35,7 @@ def __getattr__(name):
 
 __all__ = [
     "SlicingModel",
+    "SlicingPlan",
     "WidthConfig",
     "calibrate_batchnorm",
     "callbacks",
@@ -44,5 +47,6 @@ __all__ = [
     "rate_input",
     "schedulers",
     "search_widths",
+    "slice_model",
     "width_groups",
 ]

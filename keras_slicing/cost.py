@@ -70,11 +70,14 @@ def _layer_cost(layer, input_shape, output_shape):
     if isinstance(layer, L.BatchNormalization):
         affine = int(bool(layer.scale)) + int(bool(layer.center))
         return (affine + 2) * n_in, math.prod(input_shape[1:])
-    if not layer.weights:
+    if isinstance(layer, L.Normalization):  # mean, variance and count
+        return sum(math.prod(w.shape) for w in layer.weights), math.prod(input_shape[1:])
+    if not getattr(layer, "weights", None):  # keras.ops calls hold none
         return 0, 0
     raise ValueError(
         f"model_cost: cannot count the cost of layer '{layer.name}' "
         f"({type(layer).__name__}). Supported layers with weights: Dense, "
         "Conv1D, Conv2D, DepthwiseConv2D, GroupNormalization, "
-        "BatchNormalization, LayerNormalization and their sliced versions."
+        "BatchNormalization, LayerNormalization, Normalization and the sliced "
+        "versions."
     )

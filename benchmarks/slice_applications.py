@@ -1,0 +1,116 @@
+"""slice_model on keras.applications networks: time, exactness, cost per width.
+
+For MobileNetV2, MobileNetV3Small, ResNet50 and EfficientNetB0 (weights=None,
+32x32x3 inputs, 10 classes, batch-norm statistics of one batch of random
+images so that activations stay of order one): the conversion time, the
+largest difference from the original at full width in float32 without and
+with channel rewiring (the default "l1") and in float64 with rewiring (which
+shows the float32 differences are rounding, not a wrong permutation), the
+number of layers sliced, and `model_cost` per width.
+
+    python benchmarks/slice_applications.py [--names=MobileNetV2,ResNet50]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import json
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0")
+SHAPE = (32, 32, 3)
+
+
+def measure(name, floatx):
+    """One network's numbers; run in a process of its own per float type."""
+    import keras
+    import numpy as np
+
+    keras.config.set_floatx(floatx)
+    import keras_slicing
+
+    def images(n, seed):
+        return (np.random.default_rng(seed).random((n, *SHAPE)) * 255).astype(floatx)
+
+    keras.utils.set_random_seed(0)
+    plain = getattr(keras.applications, name)(
+        input_shape=SHAPE, weights=None, classes=10, classifier_activation=None
+    )
+    for layer in plain.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    plain(images(32, 1), training=True)
+    x = images(2, 0)
+    want = keras.ops.convert_to_numpy(plain(x))
+    result = {"max_abs_output": float(np.abs(want).max())}
+    for rewire in ((None, "l1") if floatx == "float32" else ("l1",)):
+        start = time.perf_counter()
+        sliced = keras_slicing.slice_model(plain, rewire=rewire)
+        seconds = time.perf_counter() - start
+        diff = float(np.abs(keras.ops.convert_to_numpy(sliced(x)) - want).max())
+        result[f"max_abs_diff_{rewire}"] = diff
+        result[f"convert_seconds_{rewire}"] = seconds
+    if floatx == "float32":
+        plan = sliced.slicing_plan
+        result["layers"] = len(plan.rows)
+        result["sliced_layers"] = len(plan.sliced_layers)
+        result["full_layers"] = plan.full_layers
+        result["cost"] = {format(r, "g"): c for r, c in plan.costs.items()}
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--names", default=",".join(NAMES))
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # name, floatx
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(*args.one)))
+        return
+    from benchmarks import common
+
+    results = {}
+    for name in args.names.split(","):
+        results[name] = {}
+        for floatx in ("float32", "float64"):
+            # A process per float type: Keras' floatx is global state.
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.slice_applications", "--one", name, floatx],
+                capture_output=True, text=True, check=True,
+            ).stdout.strip().splitlines()[-1]
+            results[name][floatx] = json.loads(out)
+        print(name, json.dumps(results[name]["float32"]["cost"]), flush=True)
+    rows = []
+    for name, r in results.items():
+        f32, f64 = r["float32"], r["float64"]
+        rows.append([
+            name, f"{f32['sliced_layers']}/{f32['layers']}",
+            f"{f32['convert_seconds_l1']:.1f}", f"{f32['max_abs_output']:.2f}",
+            f"{f32['max_abs_diff_None']:.1e}", f"{f32['max_abs_diff_l1']:.1e}",
+            f"{f64['max_abs_diff_l1']:.1e}",
+            *[f"{f32['cost'][k]['macs'] / f32['cost']['1']['macs']:.3f}"
+              for k in ("0.75", "0.5", "0.25")],
+        ])
+    common.print_table(
+        "slice_model on keras.applications (32x32x3, 10 classes)",
+        ["network", "sliced", "convert s", "max|logit|", "diff f32", "diff f32 l1",
+         "diff f64 l1", "MACs 0.75", "MACs 0.5", "MACs 0.25"],
+        rows,
+    )
+    payload = {
+        "machine": {**common.machine_facts(),
+                    "note": "shared 2-core machine under heavy load: conversion "
+                            "times are upper bounds"},
+        "settings": {"input_shape": SHAPE, "classes": 10, "weights": None,
+                     "batch_norm_statistics": "one training-mode batch of 32 random images"},
+        "results": results,
+    }
+    common.write_json("slice_applications", payload, args.output)
+
+
+if __name__ == "__main__":
+    main()
