@@ -72,7 +72,7 @@ class SlicingTrainStep:
 
     def _width_forward(self, rate):
         """The callable that runs the data inputs at the Python-float `rate`."""
-        return self.at_rate(rate)
+        return self._at_rate(rate)
 
     def _train_step_on(self, indices, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)

@@ -61,9 +61,9 @@ class SlicingTrainer:
 
     def _width_forward(self, rate):
         if self._compiled_widths is None:
-            return self.at_rate(rate)
+            return self._at_rate(rate)
         if rate not in self._compiled_widths:
-            width = self.at_rate(rate)
+            width = self._at_rate(rate)
 
             def forward(inputs, training=False):
                 return width(inputs, training=training)
