@@ -266,6 +266,14 @@ def stale_message(model, rate, layers):
     )
 
 
+def refuse_stale(model, rates, caller):
+    """Raises a `ValueError` if any of `rates` would use stale rows."""
+    for rate in rates:
+        layers = stale_layers(model, rate)
+        if layers:
+            raise ValueError(f"{caller}: {stale_message(model, rate, layers)}")
+
+
 def warn_if_stale(model, rate, stacklevel=3):
     """Warns (`StaleStatisticsWarning`) when `rate` would use stale rows."""
     layers = stale_layers(model, rate)

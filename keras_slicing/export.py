@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_slicing_lite import manifest as manifest_lib
 from keras_slicing_lite import outputs as outputs_lib
 
+from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import output_kind as output_kind_lib
@@ -105,6 +106,7 @@ def export_tflite(
     quantization = _check_quantization(quantization, representative_data, int8_io)
     rates = _export_rates(model, rates)
     checks.check_model(model)
+    calibration.refuse_stale(model, rates, "export_tflite")
     if not graph.rate_inputs(model):
         raise ValueError(
             f"export_tflite: model '{model.name}' has no sliced layer fed by "

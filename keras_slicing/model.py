@@ -103,15 +103,30 @@ class SlicingModel(
             distillation did no better. Pass
             `[1.0] * len(rates)` for an even sum. With `distillation` the
             default is 1 for every rate.
-        distillation: `None`, or `"inplace"` for in-place distillation as in
-            Universally Slimmable Networks: the widest rate of the step
-            learns from the labels, every narrower rate from
-            `(1 - distillation_weight) * label_loss + distillation_weight *
-            CE(softmax(widest), narrower)`, the widest predictions detached.
-            The narrower rates of a step share the weight of one rate: with
-            `n` of them, each term counts `1/n` (times its
-            `rate_loss_weights` entry), so with even weights the labels keep
-            half the say.
+        distillation: `None`, `"inplace"`, or a teacher `keras.Model`.
+            `"inplace"` is in-place distillation as in Universally Slimmable
+            Networks: the widest rate of the step learns from the labels,
+            every narrower rate from `(1 - distillation_weight) * label_loss
+            + distillation_weight * CE(softmax(widest), narrower)`, the
+            widest predictions detached. The narrower rates of a step share
+            the weight of one rate: with `n` of them, each term counts `1/n`
+            (times its `rate_loss_weights` entry), so with even weights the
+            labels keep half the say.
+            A `keras.Model` is a frozen teacher, typically the trained model
+            this one was converted from (`keras_slicing.slice_model`): it
+            runs once per step on the batch's data inputs, in inference mode
+            (`training=False`: its batch norm uses its moving statistics,
+            its dropout is off), and every rate, the widest included,
+            learns from `(1 - distillation_weight) * label_loss +
+            distillation_weight * CE(softmax(teacher), rate)`. Its weights
+            never change and must not be shared with this model (a
+            `ValueError` says so); it must predict what this model predicts.
+            The teacher is not part of the model: neither among its weights
+            nor saved in its `.keras` file, whose config records
+            `distillation=None` (a loaded model trains on labels alone; to
+            go on distilling, build `SlicingModel(loaded.inputs,
+            loaded.outputs, distillation=teacher, ...)`). On JAX the
+            teacher's weights are constants of each compiled step.
             Requires a single output.
         distillation_weight: The weight above, in [0, 1]. Defaults to `1.0`
             (soft targets only, as in US-Nets).
@@ -190,7 +205,7 @@ class SlicingModel(
         ordered = tuple(sorted(given, reverse=True))
         probabilities = _per_rate(rate_probabilities, given, ordered, owner,
                                   "rate_probabilities")
-        if rate_loss_weights is None and not distillation:
+        if rate_loss_weights is None and distillation is None:
             # The narrow widths own only the first channels of every layer,
             # which the wide widths also pull on: an even sum leaves them
             # further behind models trained alone (benchmarks/accuracy.py).
@@ -200,7 +215,7 @@ class SlicingModel(
         loss_weights = _per_rate(rate_loss_weights, given, ordered, owner,
                                  "rate_loss_weights")
         settings = Distillation(
-            owner, len(self.outputs), distillation, distillation_weight,
+            owner, self, distillation, distillation_weight,
             distillation_from_logits, distillation_temperature, distillation_warmup,
         )
         for layer in self._flatten_layers(include_self=False, recursive=True):
@@ -234,7 +249,8 @@ class SlicingModel(
                 "num_random": num_random,
                 "rate_probabilities": probabilities,
                 "rate_loss_weights": loss_weights,
-                "distillation": settings.mode,
+                # A teacher is a model of its own, not saved with this one.
+                "distillation": None if settings.teacher else settings.mode,
                 "distillation_weight": settings.weight,
                 "distillation_from_logits": settings.from_logits,
                 "distillation_temperature": settings.temperature,
@@ -242,7 +258,10 @@ class SlicingModel(
                 "seed": seed,
             }
             self._distillation = settings
-        self.distillation = settings.mode
+        with tracking.DotNotTrackScope():
+            # The teacher is no part of this model: not a sublayer, its
+            # variables neither trained nor saved.
+            self.distillation = settings.teacher or settings.mode
         self.distillation_weight = settings.weight
         self.distillation_from_logits = settings.from_logits
         self.distillation_temperature = settings.temperature

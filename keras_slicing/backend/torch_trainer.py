@@ -79,6 +79,11 @@ class SlicingTrainer:
             )
         return self._compiled_widths[rate]
 
+    def _teacher_outputs(self, x):
+        # No autograd record of the teacher's forward pass.
+        with torch.no_grad():
+            return super()._teacher_outputs(x)
+
     def _loss_and_gradients(self, loss_fn, variables):
         for variable in variables:
             variable.value.grad = None
