@@ -9,6 +9,8 @@ from keras_slicing import callbacks
 from keras_slicing import layers
 from keras_slicing import schedulers
 from keras_slicing.calibration import calibrate_batchnorm
+from keras_slicing.conversion import SlicingPlan
+from keras_slicing.conversion import slice_model
 from keras_slicing.checks import check_model
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
@@ -30,6 +32,7 @@ def __getattr__(name):
 
 __all__ = [
     "SlicingModel",
+    "SlicingPlan",
     "calibrate_batchnorm",
     "callbacks",
     "check_model",
@@ -39,4 +42,5 @@ __all__ = [
     "model_cost",
     "rate_input",
     "schedulers",
+    "slice_model",
 ]

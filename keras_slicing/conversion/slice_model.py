@@ -1,0 +1,193 @@
+"""`slice_model`: the model a user already has, as a `SlicingModel`."""
+
+import keras
+
+from keras_slicing import cost
+from keras_slicing import graph as graph_lib
+from keras_slicing import rates as rates_lib
+from keras_slicing.conversion import analysis as analysis_lib
+from keras_slicing.conversion import building
+from keras_slicing.conversion import nodes
+from keras_slicing.conversion import rewiring
+from keras_slicing.conversion.plan import PlanRow
+from keras_slicing.conversion.plan import SlicingPlan
+from keras_slicing.model import SlicingModel
+
+# Chosen by benchmarks/rewiring.py (see docs/slice-existing-model.md).
+DEFAULT_REWIRE = "l1"
+
+
+def slice_model(
+    model,
+    slice_groups=rates_lib.DEFAULT_SLICE_GROUPS,
+    rates=rates_lib.DEFAULT_RATES,
+    rewire=DEFAULT_REWIRE,
+    data=None,
+    keep_full=(),
+    verbose=0,
+    **slicing_model_kwargs,
+):
+    """Converts a Keras model into a `SlicingModel` with the same weights.
+
+    Every layer with a sliced version becomes it (`Dense`, `Conv1D`,
+    `Conv2D`, `DepthwiseConv2D`, `BatchNormalization`,
+    `GroupNormalization`, `LayerNormalization`, `Embedding`, `LSTM`, `GRU`,
+    `MultiHeadAttention`, `Flatten`), every other layer is re-created from
+    its config, and every weight is copied: at rate 1 the result computes
+    what `model` computes. Nested functional and `Sequential` models are
+    inlined into one graph (their layers keep their names; a clashing name
+    gets the nested model's name as a prefix).
+
+    Which channels are sliced is decided by width groups: the channels of
+    every tensor belong to the group of the layer that chose their number
+    (a Dense, convolution, ...); per-channel layers (normalizations,
+    activations, pooling, dropout, padding, ...) pass it on, and merges
+    (`Add`, `Multiply`, `x + y`, a squeeze-and-excite gate) join their
+    inputs' groups. A group is sliced only if every layer writing and
+    reading it can be sliced, its width divides into `slice_groups`, and it
+    is not a model input or output; otherwise it stays at full width, and
+    the plan says why. The first layers reading the data thus get
+    `slice_input=False` and the output layers `slice_output=False`. Layers
+    without a sliced version that are not known to work channel by channel
+    (and those with weights) get full-width inputs; a `Concatenate` on the
+    channel axis keeps its inputs at full width. The result always passes
+    `keras_slicing.check_model`.
+
+    Channel rewiring permutes each sliced group's channels, consistently in
+    every layer that writes, follows or reads it, so that the narrow widths
+    keep the most important ones; the full width is unchanged (see
+    `keras_slicing.conversion.rewiring` for the scores).
+
+    Args:
+        model: A functional or `Sequential` `keras.Model` (a subclassed
+            model has no graph to convert and is refused).
+        slice_groups: Number of contiguous groups each sliced width is
+            split into. Defaults to `8`.
+        rates: The rates the `SlicingModel` trains (and batch
+            normalizations keep statistics for). Defaults to
+            `(1.0, 0.75, 0.5, 0.25)`.
+        rewire: `"l1"` (kernel magnitude), `"bn"` (batch-norm scale),
+            `"taylor"` (first-order importance on `data`) or `None` (keep
+            the channel order). Defaults to `"l1"`, the best right after
+            conversion in `benchmarks/rewiring.py`.
+        data: `(x, y)` arrays for `rewire="taylor"`: the importance is
+            measured on the loss the model was compiled with (sparse
+            categorical cross-entropy when it was not compiled).
+        keep_full: Names of layers to keep at full width, with every tensor
+            they read and write (e.g. a stem or a head).
+        verbose: `1` prints the plan. Defaults to `0`.
+        **slicing_model_kwargs: Arguments of `SlicingModel` (`scheduler`,
+            `rate_loss_weights`, `distillation`, `seed`, ...).
+
+    Returns:
+        A `SlicingModel` with the data inputs of `model` plus a rate input,
+        not compiled; its `slicing_plan` attribute holds the
+        `SlicingPlan` (printable, like `model.summary()`).
+
+    Example:
+
+    ```python
+    plain = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10),
+    ])
+    sliced = keras_slicing.slice_model(plain)
+    print(sliced.slicing_plan)
+    sliced.compile("adam", keras.losses.SparseCategoricalCrossentropy(True))
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            "slice_model: expected a keras.Model. Received: "
+            f"model of type {type(model).__name__}"
+        )
+    slice_groups = rates_lib.validate_slice_groups(slice_groups, "slice_model")
+    rates = rates_lib.validate_rates(rates, "slice_model: rates")
+    if rewire not in rewiring.REWIRE_OPTIONS:
+        raise ValueError(
+            "slice_model: rewire must be one of "
+            f"{list(rewiring.REWIRE_OPTIONS)}. Received: rewire={rewire!r}"
+        )
+    if rewire == "taylor" and data is None:
+        raise ValueError(
+            "slice_model: rewire='taylor' measures each channel's importance "
+            "on data: pass data=(x, y). Received: data=None"
+        )
+    if verbose not in (0, 1, False, True):
+        raise ValueError(
+            f"slice_model: verbose must be 0 or 1. Received: verbose={verbose!r}"
+        )
+    if isinstance(model, SlicingModel) or (
+        hasattr(model, "_nodes_by_depth") and graph_lib.rate_inputs(model)
+    ):
+        raise ValueError(
+            f"slice_model: model '{model.name}' already has a slice-rate "
+            "input; it is sliced already."
+        )
+    graph = nodes.Graph(model)
+    keep_full = _check_keep_full(keep_full, graph)
+    analysis = analysis_lib.Analysis(graph, slice_groups, rates, keep_full)
+    decisions = building.decide(graph, analysis)
+    if not any(new is not None for _, new in decisions.values()):
+        reasons = sorted({d.reason for d, _ in decisions.values() if d.reason})
+        raise ValueError(
+            f"slice_model: nothing in model '{model.name}' can be sliced. "
+            f"Reasons: {'; '.join(reasons) or 'no layer has a sliced version'}"
+        )
+    orders, head_orders = rewiring.channel_orders(
+        graph, analysis, rewire, data, getattr(model, "loss", None)
+    )
+    permuter = rewiring.Permuter(analysis, orders, head_orders)
+    inputs, rate, outputs, built = building.build(
+        graph, analysis, decisions, slice_groups, rates, permuter
+    )
+    sliced = SlicingModel(
+        [*inputs, rate], outputs, rates=rates, name=model.name, **slicing_model_kwargs
+    )
+    sliced.slicing_plan = _plan(model, graph, decisions, sliced, slice_groups, rewire)
+    if verbose:
+        sliced.slicing_plan.summary()
+    return sliced
+
+
+def _check_keep_full(keep_full, graph):
+    if isinstance(keep_full, str):
+        keep_full = [keep_full]
+    names = [node.name for node in graph.nodes]
+    unknown = [name for name in keep_full if name not in names]
+    if unknown:
+        raise ValueError(
+            f"slice_model: keep_full names layers the model does not have: "
+            f"{unknown}. Layers: {', '.join(dict.fromkeys(names))}"
+        )
+    return set(keep_full)
+
+
+def _plan(model, graph, decisions, sliced, slice_groups, rewire):
+    rows = []
+    for node in graph.nodes:
+        decision, _ = decisions[id(node.layer)]
+        if not isinstance(node.layer, keras.layers.Layer):
+            continue
+        if any(row.name == decision.name for row in rows):
+            continue
+        width = node.outputs[0].shape[-1] if node.outputs and node.outputs[0].shape else None
+        rows.append(
+            PlanRow(
+                decision.name,
+                type(node.layer).__name__,
+                decision.new_class.__name__,
+                width,
+                decision.status,
+                decision.reason if decision.status == "full" else None,
+            )
+        )
+    costs = {}
+    try:
+        for rate in sliced.rates:
+            costs[rate] = cost.model_cost(sliced, rate)
+    except ValueError:
+        costs = {}  # a layer model_cost cannot count: the plan has no costs
+    return SlicingPlan(model.name, slice_groups, rewire, rows, costs)
