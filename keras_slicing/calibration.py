@@ -188,7 +188,7 @@ def calibrate_after_fit(model, x, batch_size, validation_split, steps):
     """
     batch_size = batch_size or 32  # keras.Model.fit's default
     if isinstance(x, dict):
-        x = [x[name] for name in sorted(x)]
+        x = [x[t.name] for t in graph.data_inputs(model)]  # Keras matches names
     if _is_arrays(x):
         arrays = [np.asarray(a) for a in keras.tree.flatten(x)]
         count = len(arrays[0])

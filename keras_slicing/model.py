@@ -349,8 +349,8 @@ class SlicingModel(
 
         During training each `SlicedBatchNormalization` keeps moving
         averages of its rows, which lag behind weights that keep changing
-        (a BN CNN trained on digits evaluated 30 points below its training
-        accuracy with them). When training ends, every declared width's
+        (by tens of points of accuracy on small data sets; see the
+        fine-tuning page of the docs). When training ends, every declared width's
         statistics are recomputed from the training data
         (`keras_slicing.calibrate_batchnorm`, the post-training statistics
         of Slimmable Networks), so that `evaluate`, `predict`,
