@@ -148,7 +148,10 @@ def _moments_model(model, rates):
 
     for rate in rates:
         graph.replay(model, rate, call_fn(rate), inputs=inputs)
-    moments = keras.Model(inputs, outputs, name=f"{model.name}_batch_moments")
+    moments = keras.Model(
+        inputs[0] if len(inputs) == 1 else inputs, outputs,
+        name=f"{model.name}_batch_moments",
+    )
     with tracking.DotNotTrackScope():
         moments.keys = keys
     cache[rates] = moments
