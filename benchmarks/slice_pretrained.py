@@ -296,6 +296,25 @@ def report(results):
     return results
 
 
+def markdown(results):
+    """The docs' tables of a result file, as Markdown."""
+    lines = []
+    for name, summary in results["summary"].items():
+        epochs = results["settings"]["epochs"][name]
+        lines += [f"**{name}** ({epochs} epochs from scratch, seeds "
+                  f"{', '.join(summary['seeds'])}):", "",
+                  "| model | " + " | ".join(f"width {r:g}" for r in RATES) + " |",
+                  "|---|" + "---:|" * len(RATES)]
+        for label, values in summary["rows"].items():
+            cells = [
+                f"{values[str(r)][0]:.2f} ± {values[str(r)][1]:.2f}"
+                if str(r) in values else "" for r in RATES
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist1d")
@@ -306,9 +325,14 @@ def main():
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
     parser.add_argument("--merge", default=None, help="JSON files to combine.")
+    parser.add_argument("--markdown", default=None,
+                        help="Print the Markdown tables of this result file.")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
+    if args.markdown:
+        print(markdown(json.loads(open(args.markdown).read())))
+        return
     if args.merge:
         parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
         results = {**parts[0], "runs": {}}
