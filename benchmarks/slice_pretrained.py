@@ -119,11 +119,12 @@ class _EpochTimes(keras.callbacks.Callback):
         self.times = getattr(self, "times", []) + [time.perf_counter() - self.start]
 
 
-def run_seed(name, seed, epochs, args):
+def run_seed(name, seed, epochs, args, result, save):
+    """Fills `result` stage by stage, calling `save()` after each."""
     x_train, y_train, x_test, y_test = load(name, "test")
     data = (x_train, y_train)
     batch = BATCHES[name]
-    result = {"converted": {}, "finetune": {}}
+    result.update({"converted": {}, "finetune": {}})
 
     keras.utils.set_random_seed(seed)
     pretrained = plain_network(name)
@@ -134,6 +135,7 @@ def run_seed(name, seed, epochs, args):
     result["pretrained_seconds"] = time.perf_counter() - start
     print(f"[{name} seed {seed}] pretrained {result['pretrained']:.2f} "
           f"({result['pretrained_seconds']:.0f} s)", flush=True)
+    save()
 
     for rewire in REWIRES:
         try:
@@ -146,6 +148,7 @@ def run_seed(name, seed, epochs, args):
         result["converted"][str(rewire)] = width_accuracy(sliced, x_test, y_test)
         print(f"[{name} seed {seed}] converted {rewire}: "
               f"{result['converted'][str(rewire)]}", flush=True)
+        save()
 
     for recipe in RECIPES:
         keras.utils.set_random_seed(seed)
@@ -154,7 +157,7 @@ def run_seed(name, seed, epochs, args):
             pretrained, rates=RATES, data=data, seed=seed, **teacher
         )
         compile_model(sliced, args.finetune_learning_rate)
-        done, runs = 0, {}
+        done, runs = 0, result["finetune"].setdefault(recipe, {})
         start = time.perf_counter()
         for fraction in FRACTIONS:
             until = round(fraction * epochs)
@@ -164,7 +167,7 @@ def run_seed(name, seed, epochs, args):
             runs[str(fraction)] = width_accuracy(sliced, x_test, y_test)
             print(f"[{name} seed {seed}] {recipe}@{fraction}: {runs[str(fraction)]} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
-        result["finetune"][recipe] = runs
+            save()
         result[f"finetune_{recipe}_seconds"] = time.perf_counter() - start
 
     keras.utils.set_random_seed(seed)
@@ -178,6 +181,7 @@ def run_seed(name, seed, epochs, args):
     result["scratch_seconds"] = time.perf_counter() - start
     result["scratch"] = width_accuracy(scratch, x_test, y_test)
     print(f"[{name} seed {seed}] scratch: {result['scratch']}", flush=True)
+    save()
 
     # The cost of the statistics: a calibration pass as fit makes it (its
     # default sample, fit's batch size) against the epochs just timed.
@@ -190,7 +194,7 @@ def run_seed(name, seed, epochs, args):
         passes.append(time.perf_counter() - start)
     result["calibration_seconds"] = float(np.median(passes))
     result["epoch_seconds"] = float(np.median(timer.times[1:]))
-    return result
+    save()
 
 
 # ---------------------------------------------------------------- report
@@ -203,8 +207,27 @@ def mean_se(values):
 
 
 def summarize(runs):
-    """Mean and s.e. over seeds of every accuracy, and the goals' verdicts."""
-    seeds = sorted(runs)
+    """Mean and s.e. over seeds of every accuracy, and the goals' verdicts.
+
+    Only seeds that ran to the end count (a stopped run saves its stages),
+    except in `converted_only`: the conversions of every seed that has them.
+    """
+    seeds = sorted(s for s in runs if "epoch_seconds" in runs[s])
+    converted = sorted(s for s in runs if len(runs[s].get("converted", {})) >= 3)
+    partial = {"converted_only": {
+        "seeds": converted,
+        "rows": {
+            f"converted, rewire={w}": {
+                str(rate): mean_se([runs[s]["converted"][w][str(rate)] for s in converted])
+                for rate in RATES
+            }
+            for w in (runs[converted[0]]["converted"] if converted else ())
+        },
+        "pretrained": mean_se([runs[s]["pretrained"] for s in converted])
+        if converted else None,
+    }}
+    if not seeds:
+        return {"seeds": [], **partial}
     first = runs[seeds[0]]
 
     def over(get):
@@ -254,12 +277,18 @@ def summarize(runs):
         ),
     }
     return {"seeds": seeds, "rows": rows, "goals": goals,
-            "converted_at_0.25": narrow, "timing": timing}
+            "converted_at_0.25": narrow, "timing": timing, **partial}
 
 
 def report(results):
     for name, per_seed in results["runs"].items():
         summary = summarize(per_seed)
+        results.setdefault("summary", {})[name] = summary
+        if not summary["seeds"]:
+            print(f"\n{name}: no seed ran to the end; conversions of seeds "
+                  f"{summary['converted_only']['seeds']}: "
+                  f"{summary['converted_only']['rows']}")
+            continue
         # Fine-tuning stops at whole epochs: the fractions of the steps run.
         epochs = results["settings"]["epochs"][name]
         summary["finetune_epochs"] = {
@@ -268,7 +297,6 @@ def report(results):
         summary["finetune_step_fraction"] = {
             str(f): round(f * epochs) / epochs for f in results["settings"]["fractions"]
         }
-        results.setdefault("summary", {})[name] = summary
         header = ["model"] + [f"r={r:g}" for r in RATES]
         rows = []
         for label, values in summary["rows"].items():
@@ -301,6 +329,12 @@ def markdown(results):
     lines = []
     for name, summary in results["summary"].items():
         epochs = results["settings"]["epochs"][name]
+        if not summary["seeds"]:
+            summary = summary["converted_only"]
+            summary["rows"] = {
+                "pretrained (plain)": {"1.0": summary["pretrained"]},
+                **summary["rows"],
+            }
         lines += [f"**{name}** ({epochs} epochs from scratch, seeds "
                   f"{', '.join(summary['seeds'])}):", "",
                   "| model | " + " | ".join(f"width {r:g}" for r in RATES) + " |",
@@ -360,9 +394,9 @@ def main():
         results["settings"]["epochs"][name] = epochs
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             per_seed = results["runs"].setdefault(name, {})
-            per_seed[str(seed)] = run_seed(name, seed, epochs, args)
-            # Written after every seed: a long run keeps what it finished.
-            common.write_json("slice_pretrained", {**results}, args.output)
+            # Written after every stage: a stopped run keeps what it finished.
+            run_seed(name, seed, epochs, args, per_seed.setdefault(str(seed), {}),
+                     lambda: common.write_json("slice_pretrained", results, args.output))
     common.write_json("slice_pretrained", report(results), args.output)
 
 
