@@ -341,7 +341,7 @@ def test_rate_undeclared_by_batchnorm_is_rejected():
         ({"rates": (1.0, 1.5)}, "must be in \\(0, 1\\]"),
         ({"rate_loss_weights": [1.0, 2.0]}, "one finite non-negative number per rate"),
         ({"rate_probabilities": {1.0: 1.0}}, "one finite non-negative number per rate"),
-        ({"distillation": "kd"}, "distillation must be one of"),
+        ({"distillation": "kd"}, "distillation must be None, .inplace. or a keras.Model"),
         ({"distillation_weight": 1.5}, "distillation_weight must be in"),
         ({"distillation_temperature": 0.0}, "distillation_temperature must be"),
         ({"distillation_temperature": 2.0, "distillation_from_logits": False},
