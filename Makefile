@@ -1,5 +1,7 @@
 # The two commands of the README. Each creates or refreshes the virtual
-# environment in .venv first, so a fresh machine needs only Python 3.
+# environment in .venv first, so a fresh machine needs only Python 3. The
+# edge package keras_slicing_lite is its own distribution (./tflite), which
+# the host package requires: both are installed from the checkout.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,7 +16,7 @@ TORCH ?= torch==2.13.0
 
 venv:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,lite,dev]"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e "./tflite[serve]" -e ".[cpu,dev]"
 
 backends: venv
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"

@@ -16,6 +16,9 @@ from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
 from keras_slicing.model import SlicingModel
 from keras_slicing.rates import rate_input
+from keras_slicing.search import search_widths
+from keras_slicing.widths import WidthConfig
+from keras_slicing.widths import width_groups
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,7 @@ def __getattr__(name):
 __all__ = [
     "SlicingModel",
     "SlicingPlan",
+    "WidthConfig",
     "calibrate_batchnorm",
     "callbacks",
     "check_model",
@@ -43,4 +47,6 @@ __all__ = [
     "rate_input",
     "schedulers",
     "slice_model",
+    "search_widths",
+    "width_groups",
 ]

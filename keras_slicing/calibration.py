@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
@@ -242,24 +243,30 @@ class _NoBatch(ValueError):
 def batchnorm_layers(model):
     """Every `SlicedBatchNormalization` of `model`, nested ones included."""
     return [
-        layer for layer in _all_layers(model)
+        layer for layer in keras_internals.all_sublayers(model)
         if isinstance(layer, SlicedBatchNormalization)
     ]
 
 
 def stale_layers(model, rate):
-    """Names of the batch-norm layers of `model` whose `rate` row is stale."""
-    return [
-        layer.name for layer in batchnorm_layers(model)
-        if _declares(layer, rate) and layer.row_of(rate) in _stale_rows(layer)
-    ]
+    """Names of the batch-norm layers of `model` whose `rate` row is stale.
+
+    `rate` is a Python float or a width configuration (`graph.LayerRates`),
+    under which each layer runs at its own rate.
+    """
+    names = []
+    for layer in batchnorm_layers(model):
+        own = graph.rate_of(rate, layer)
+        if _declares(layer, own) and layer.row_of(own) in _stale_rows(layer):
+            names.append(layer.name)
+    return names
 
 
 def stale_message(model, rate, layers):
     shown = ", ".join(f"'{name}'" for name in layers[:5])
     more = f" and {len(layers) - 5} more" if len(layers) > 5 else ""
     return (
-        f"model '{model.name}' at rate {rates_lib.format_rate(rate)}: the "
+        f"model '{model.name}' at rate {graph.describe_rate(rate)}: the "
         f"batch-norm statistics of {shown}{more} were not computed for the "
         "current weights (they trained since, and the moving averages lag "
         "behind them; they can cost tens of points of accuracy). Call "
@@ -302,10 +309,6 @@ def _write_row(variable, row, values):
     table = np.array(keras.ops.convert_to_numpy(variable))
     table[row, : len(values)] = values
     variable.assign(table)
-
-
-def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def _batches(data, batch_size):

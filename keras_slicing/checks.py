@@ -14,11 +14,13 @@ sliced layer needs no change here. Plain Keras layers go through `_TABLE`.
 """
 
 import collections
+import contextvars
 import math
 
 import keras
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 
 # The state of a tensor's last axis. "sliced": the active channels are its
 # first `fixed + ceil(r * groups) * (width - fixed) / groups` entries;
@@ -26,6 +28,9 @@ from keras_slicing import graph
 # holds the layers from the sliced layer that narrowed it.
 _State = collections.namedtuple("_State", ["kind", "groups", "fixed", "path"])
 _FULL = _State("full", None, 0, ())
+# Set by `traced_walk`: called with `(call, input_states, output_states)` for
+# every call the walk visits (nested models' calls included).
+_observer = contextvars.ContextVar("keras_slicing_walk_observer", default=None)
 
 
 def _layers(*names):
@@ -145,6 +150,24 @@ def check_model(model, allow_sliced_outputs=False):
     return model
 
 
+def traced_walk(model):
+    """`check_model`'s walk of `model`, recorded call by call.
+
+    Returns `[(call, input_states, output_states)]` in execution order, a
+    state being `(kind, groups, fixed, path)` with `path[0]` the sliced
+    layer that narrowed the tensor. `keras_slicing.width_groups` derives
+    which layers must share a width from it, so the groups and the check
+    cannot disagree. Sliced outputs are allowed (a feature extractor).
+    """
+    records = []
+    token = _observer.set(lambda *record: records.append(record))
+    try:
+        check_model(model, allow_sliced_outputs=True)
+    finally:
+        _observer.reset(token)
+    return records
+
+
 def _walk(model, states):
     """Walks `model`'s graph from `states` (by input id); output states."""
     for call in graph.calls(model):
@@ -152,6 +175,9 @@ def _walk(model, states):
         results = _call(call, inputs)
         for x, state in zip(call.outputs, results):
             states[id(x)] = state
+        observe = _observer.get()
+        if observe is not None:
+            observe(call, inputs, results)
     return [states.get(id(x), _FULL) for x in model.outputs]
 
 
@@ -468,7 +494,7 @@ def _through(state):
 
 
 def _tensor_name(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        return history.operation.name
+    operation = keras_internals.producer(tensor)
+    if operation is not None:
+        return operation.name
     return getattr(tensor, "name", "?")

@@ -1,21 +1,14 @@
 """Cutting one width out of a sliced model as a plain Keras model."""
 
 import keras
-import numpy as np
 
 from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
-from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
-from keras_slicing.layers.conv1d import SlicedConv1D
-from keras_slicing.layers.conv2d import SlicedConv2D
-from keras_slicing.layers.dense import SlicedDense
-from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
+from keras_slicing import widths
 from keras_slicing.layers.flatten import SlicedFlatten
-from keras_slicing.layers.group_normalization import SlicedGroupNormalization
-
-_SLICING_KEYS = ("slice_groups", "slice_input", "slice_output", "rates")
 
 
 def extract_submodel(model, rate):
@@ -23,15 +16,14 @@ def extract_submodel(model, rate):
 
     The functional graph of `model` is replayed with the rate bound to a
     Python float. Every sliced layer becomes the standard Keras layer of its
-    active width (`Dense`, `Conv1D`, `Conv2D`, `DepthwiseConv2D`,
+    active width, the one its `plain_layer` returns (`Dense`, `Conv2D`,
     `GroupNormalization` with `active_channels / channels_per_group` groups,
-    `BatchNormalization` holding that rate's moving statistics) with copies
-    of exactly the active weights; `SlicedFlatten` becomes `Permute` +
-    `Flatten`; every other layer is cloned from its config with copied
-    weights. The result takes the data
-    inputs alone, computes the same outputs as `model` at `rate`, and shares
-    no variable with it: it can be saved, fine-tuned or converted without
-    `keras_slicing`.
+    `BatchNormalization` holding that rate's moving statistics, `LSTM`, ...)
+    with copies of exactly the active weights; `SlicedFlatten` becomes
+    `Permute` + `Flatten`; every other layer is cloned from its config with
+    copied weights. The result takes the data inputs alone, computes the
+    same outputs as `model` at `rate`, and shares no variable with it: it can
+    be saved, fine-tuned or converted without `keras_slicing`.
 
     The model is first checked by `keras_slicing.check_model` (sliced
     outputs allowed: a narrow feature extractor is a valid cut), so a graph
@@ -46,11 +38,14 @@ def extract_submodel(model, rate):
         model: A functional `keras.Model` whose inputs include the rate
             (`keras_slicing.rate_input()`), e.g. a `SlicingModel` or
             `keras.Model([x, rate], y)` built from sliced layers.
-        rate: The slice rate in (0, 1].
+        rate: The slice rate in (0, 1], or a width configuration (a
+            `keras_slicing.WidthConfig` or a dict `{group: rate}`, see
+            `keras_slicing.width_groups`): each group at its own width.
 
     Returns:
         A functional `keras.Model` of the data inputs, named
-        `"{model.name}_rate_{rate}"`.
+        `"{model.name}_rate_{rate}"` (for a configuration, its groups'
+        rates joined by `_`).
 
     Example:
 
@@ -65,7 +60,7 @@ def extract_submodel(model, rate):
     Reference:
     - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
     """
-    rate = rates_lib.validate_rate(rate, "extract_submodel")
+    rate = widths.resolve(model, rate, "extract_submodel")
     data = graph.data_inputs(model)  # also rejects a non-functional model
     checks.check_model(model, allow_sliced_outputs=True)
     calibration.refuse_stale(model, [rate], "extract_submodel")
@@ -89,7 +84,7 @@ def extract_submodel(model, rate):
     return keras.Model(
         inputs[0] if len(inputs) == 1 else inputs,
         outputs,
-        name=f"{model.name}_rate_{rates_lib.format_rate(rate)}",
+        name=f"{model.name}_rate_{graph.describe_rate(rate)}",
     )
 
 
@@ -118,7 +113,7 @@ class _Builder:
             raise _CarryError(
                 f"extract_submodel: cannot carry layer '{layer.name}' "
                 f"({type(layer).__name__}) at rate "
-                f"{rates_lib.format_rate(self.rate)}: {error}"
+                f"{graph.describe_rate(self.rate)}: {error}"
             ) from error
 
     def _sliced(self, layer, args, kwargs):
@@ -135,80 +130,19 @@ class _Builder:
                 "rather than taken from a rate input, so it has no fixed "
                 f"value. Received: rate={rate!r}"
             )
-        x = args[0]
         shapes = [
             tuple(t.shape) for t in keras.tree.flatten((args, kwargs))
             if isinstance(t, keras.KerasTensor)
         ]
         key = (id(layer), tuple(shapes))
         if key not in self.clones:
-            if hasattr(layer, "plain_layer"):
-                # Sequence layers build their own (see layers/base.py).
-                self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
-            else:
-                self.clones[key] = self._standard_layer(layer, x, rate)
+            self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
         standard, weights = self.clones[key]
-        outputs = standard(x, *args[1:], **kwargs)
-        if isinstance(weights, list):
+        outputs = standard(*args, **kwargs)
+        if weights is not None:  # the first call built the variables
             standard.set_weights(weights)
             self.clones[key] = (standard, None)
-        elif weights is not None:  # the first call built the variables
-            for name, value in weights.items():
-                getattr(standard, name).assign(value)
-            self.clones[key] = (standard, None)
         return outputs
-
-    def _standard_layer(self, layer, x, rate):
-        """A standard layer for `layer` at `rate` and its weights by name."""
-        n_in = x.shape[-1]
-        config = {
-            k: v for k, v in layer.get_config().items() if k not in _SLICING_KEYS
-        }
-        config["name"] = self._name(layer)
-        weights = {}
-        if isinstance(layer, SlicedDense):
-            n_out = _output_width(layer, layer.units, rate)
-            config["units"] = n_out
-            standard = keras.layers.Dense.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[:n_in, :n_out]
-            if layer.use_bias:
-                weights["bias"] = _value(layer.bias)[:n_out]
-        elif isinstance(layer, (SlicedConv1D, SlicedConv2D)):
-            n_out = _output_width(layer, layer.filters, rate)
-            config["filters"] = n_out
-            plain = (
-                keras.layers.Conv1D
-                if isinstance(layer, SlicedConv1D)
-                else keras.layers.Conv2D
-            )
-            standard = plain.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[..., :n_in, :n_out]
-            if layer.use_bias:
-                weights["bias"] = _value(layer.bias)[:n_out]
-        elif isinstance(layer, SlicedDepthwiseConv2D):
-            standard = keras.layers.DepthwiseConv2D.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[:, :, :n_in, :]
-            if layer.use_bias:
-                weights["bias"] = _value(layer.bias)[: n_in * layer.depth_multiplier]
-        elif isinstance(layer, SlicedGroupNormalization):
-            config["groups"] = n_in // layer._channels_per_group
-            standard = keras.layers.GroupNormalization.from_config(config)
-            weights.update(_affine(layer, n_in))
-        elif isinstance(layer, SlicedBatchNormalization):
-            row = layer.row_of(rate)
-            standard = keras.layers.BatchNormalization.from_config(config)
-            weights.update(_affine(layer, n_in))
-            weights["moving_mean"] = _value(layer.moving_mean)[row, :n_in]
-            weights["moving_variance"] = _value(layer.moving_variance)[row, :n_in]
-        else:
-            raise _CarryError(
-                f"extract_submodel: no standard layer is known for sliced "
-                f"layer '{layer.name}' ({type(layer).__name__}). Supported: "
-                "SlicedDense, SlicedConv1D, SlicedConv2D, "
-                "SlicedDepthwiseConv2D, SlicedGroupNormalization, "
-                "SlicedBatchNormalization, SlicedFlatten."
-            )
-        return standard, weights
 
     def _flatten(self, layer, x):
         key = (id(layer), tuple(x.shape))
@@ -251,7 +185,7 @@ class _Builder:
     def _nested(self, layer, args, kwargs):
         if not any(
             graph.is_sliced(inner)
-            for inner in layer._flatten_layers(include_self=False, recursive=True)
+            for inner in keras_internals.all_sublayers(layer)
         ):
             key = id(layer)
             if key not in self.clones:
@@ -259,7 +193,7 @@ class _Builder:
                 clone.set_weights(layer.get_weights())
                 self.clones[key] = (clone, None)
             return self.clones[key][0](*args, **kwargs)
-        if not hasattr(layer, "_run_through_graph"):
+        if not graph.is_functional(layer):
             raise _CarryError(
                 f"extract_submodel: nested model '{layer.name}' "
                 f"({type(layer).__name__}) holds sliced layers but is not "
@@ -282,25 +216,6 @@ class _CarryError(ValueError):
     pass
 
 
-def _output_width(layer, width, rate):
-    if not layer.slice_output:
-        return width
-    return rates_lib.active_width(width, rate, layer.slice_groups)
-
-
-def _value(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable))
-
-
-def _affine(layer, n):
-    weights = {}
-    if layer.scale:
-        weights["gamma"] = _value(layer.gamma)[:n]
-    if layer.center:
-        weights["beta"] = _value(layer.beta)[:n]
-    return weights
-
-
 def _copy_weights(layer, clone, rate):
     source = layer.get_weights()
     target = clone.get_weights()
@@ -309,7 +224,7 @@ def _copy_weights(layer, clone, rate):
             raise _CarryError(
                 f"extract_submodel: layer '{layer.name}' "
                 f"({type(layer).__name__}) holds weights of shape "
-                f"{have.shape} but at rate {rates_lib.format_rate(rate)} its "
+                f"{have.shape} but at rate {graph.describe_rate(rate)} its "
                 f"input gives shape {want.shape}: a plain layer with weights "
                 "cannot read a sliced tensor. Use its sliced version from "
                 "keras_slicing.layers, or set slice_output=False on the "

@@ -1,14 +1,16 @@
 """Walking a functional model with a rate input at a fixed rate.
 
-The one place that touches Keras' functional-graph internals: cost counting
-and sub-model extraction replay the model's graph with the rate input bound
-to a Python float, so every sliced layer sees a static width.
+Cost counting, sub-model extraction and `SlicingModel.at_rate` replay the
+model's graph with the rate input bound to a Python float, so every sliced
+layer sees a static width. Keras reads its graphs only through private API,
+used here by way of `keras_internals`.
 """
 
 import collections
 
 import keras
 
+from keras_slicing import keras_internals
 from keras_slicing.layers.base import SlicedLayerMixin
 
 Call = collections.namedtuple("Call", ["operation", "inputs", "rate", "outputs"])
@@ -20,6 +22,38 @@ KerasTensors it returns.
 """
 
 
+class LayerRates:
+    """The rate of every sliced layer under a width configuration.
+
+    `keras_slicing.widths` resolves a configuration into one; wherever a
+    function of this module takes a `rate`, it also takes a `LayerRates`:
+    the rate inputs are then bound to `default` and every sliced layer in
+    `by_layer` (keyed by `id(layer)`) is called with its own rate.
+    """
+
+    def __init__(self, by_layer, default, label):
+        self.by_layer = dict(by_layer)
+        self.default = float(default)
+        self.label = label
+
+    def __repr__(self):
+        return f"LayerRates({self.label})"
+
+
+def rate_of(rate, layer):
+    """The Python rate `layer` runs at under `rate` (a float or `LayerRates`)."""
+    if isinstance(rate, LayerRates):
+        return rate.by_layer.get(id(layer), rate.default)
+    return rate
+
+
+def describe_rate(rate):
+    """A rate or `LayerRates` as text for names and messages."""
+    if isinstance(rate, LayerRates):
+        return rate.label
+    return format(float(rate), "g")
+
+
 def rate_inputs(model):
     """The model inputs that feed the `rate` of a sliced layer.
 
@@ -28,7 +62,7 @@ def rate_inputs(model):
     _check_functional(model)
     used = set()
     for layer in model.layers:
-        for node in layer._inbound_nodes:
+        for node in keras_internals.inbound_nodes(layer):
             rate = node.arguments.kwargs.get("rate")
             if isinstance(rate, keras.KerasTensor):
                 used.add(id(rate))
@@ -43,8 +77,9 @@ def rate_inputs(model):
 def calls(model):
     """The `Call`s of `model`'s graph in execution order, inputs left out."""
     _check_functional(model)
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
+    nodes_by_depth = keras_internals.nodes_by_depth(model)
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
             if not node.operation or node.is_input:
                 continue
             rate = node.arguments.kwargs.get("rate")
@@ -67,14 +102,23 @@ def replay(model, rate, call_fn, inputs=None):
     """
     rate_ids = {id(x) for x in rate_inputs(model)}
     data = list(inputs) if inputs is not None else data_inputs(model)
+    if isinstance(rate, LayerRates):
+        call_fn = _per_layer(rate, call_fn)
+        rate = rate.default
     feed = []
     data_iter = iter(data)
     for x in model.inputs:
         feed.append(rate if id(x) in rate_ids else next(data_iter))
-    outputs = model._run_through_graph(
-        feed, operation_fn=lambda op: op, call_fn=call_fn
-    )
-    return outputs
+    return keras_internals.run_through_graph(model, feed, call_fn)
+
+
+def _per_layer(layer_rates, call_fn):
+    def call(layer, *args, **kwargs):
+        if kwargs.get("rate") is not None and is_sliced(layer):
+            kwargs["rate"] = rate_of(layer_rates, layer)
+        return call_fn(layer, *args, **kwargs)
+
+    return call
 
 
 def layer_shapes(model, rate):
@@ -106,9 +150,7 @@ def layer_shapes(model, rate):
 
 def is_functional(layer):
     """Whether `layer` is a functional model whose graph can be replayed."""
-    return isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph") and (
-        getattr(layer, "_nodes_by_depth", None) is not None
-    )
+    return keras_internals.is_functional(layer)
 
 
 def is_sliced(layer):
@@ -116,7 +158,7 @@ def is_sliced(layer):
 
 
 def _check_functional(model):
-    if not hasattr(model, "_run_through_graph") or not hasattr(model, "inputs"):
+    if not is_functional(model):
         raise ValueError(
             "Expected a functional keras.Model built from keras.Input "
             f"tensors. Received: {type(model).__name__}"

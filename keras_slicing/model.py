@@ -4,7 +4,7 @@ This module holds its rates, scheduler and distillation settings, the plain
 models of one width (`at_rate`), `evaluate_rates` and saving; the rest of its
 behaviour is in mixins of their own: `compiling.py` (`compile` and the per-rate
 metrics), `rate_inputs.py` (inputs fed with the rate or without it),
-`train_step.py` (the steps) and `backend/*_trainer.py` (how each backend
+`train_step.py` (the steps) and `trainers/` (how each backend
 takes gradients and compiles the steps).
 """
 
@@ -14,18 +14,20 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_slicing import backend
 from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
+from keras_slicing import widths
 from keras_slicing.compiling import SlicingCompile
 from keras_slicing.distillation import Distillation
 from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.rate_inputs import SlicingRateInputs
 from keras_slicing.train_step import SlicingTrainStep
+from keras_slicing.trainers import SlicingTrainer
 
 _SLICING_ARGS = (
     "rates",
@@ -45,7 +47,7 @@ _SEED_KEY = "rate_sampler_state"
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
 class SlicingModel(
-    backend.SlicingTrainer,
+    SlicingTrainer,
     SlicingTrainStep,
     SlicingCompile,
     SlicingRateInputs,
@@ -218,7 +220,7 @@ class SlicingModel(
             owner, self, distillation, distillation_weight,
             distillation_from_logits, distillation_temperature, distillation_warmup,
         )
-        for layer in self._flatten_layers(include_self=False, recursive=True):
+        for layer in keras_internals.all_sublayers(self):
             if isinstance(layer, SlicedBatchNormalization):
                 for rate in ordered:
                     layer.row_of(rate)  # an undeclared rate fails here, clearly
@@ -317,14 +319,19 @@ class SlicingModel(
         (`model.at_rate(0.5).export(path)`) or convert one width. Models are
         cached per rate. Warns (`StaleStatisticsWarning`) when the width's
         batch-norm statistics were not computed for the current weights.
+
+        `rate` may also be a width configuration (a
+        `keras_slicing.WidthConfig` or a dict `{group: rate}`, see
+        `keras_slicing.width_groups`): each group then runs at its own rate.
         """
-        rate = rates_lib.validate_rate(rate, f"SlicingModel '{self.name}'.at_rate")
+        rate = widths.resolve(self, rate, f"SlicingModel '{self.name}'.at_rate")
         calibration.warn_if_stale(self, rate)
         return self._at_rate(rate)
 
     def _at_rate(self, rate):
         """`at_rate` for the steps, which need no check of the statistics."""
-        if rate not in self._at_rate_models:
+        key = rate if not isinstance(rate, graph.LayerRates) else rate.label
+        if key not in self._at_rate_models:
             sources = graph.data_inputs(self)
             inputs = [
                 keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name)
@@ -333,13 +340,13 @@ class SlicingModel(
             outputs = graph.replay(
                 self, rate, lambda layer, *a, **k: layer(*a, **k), inputs=inputs
             )
-            label = rates_lib.format_rate(rate).replace(".", "_")
-            self._at_rate_models[rate] = keras.Model(
+            label = graph.describe_rate(rate).replace(".", "_")
+            self._at_rate_models[key] = keras.Model(
                 inputs[0] if len(inputs) == 1 else inputs,
                 outputs,
                 name=f"{self.name}_at_{label}",
             )
-        return self._at_rate_models[rate]
+        return self._at_rate_models[key]
 
     def fit(
         self, x=None, y=None, *args, calibrate_batchnorm=True,

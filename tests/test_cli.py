@@ -187,3 +187,16 @@ def test_module_runs_as_a_console_script(files, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "rate_0.5.tflite" in result.stdout
+
+
+def test_single_file_export_is_benched_per_signature(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert _invoke(
+        "export", str(files / "tiny.keras"), str(out), "--rates=1,0.5", "--single_file"
+    ) == 0
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.tflite"]
+    assert [e["signature"] for e in _manifest(out)["rates"]] == ["rate_1", "rate_0.5"]
+    capsys.readouterr()
+    assert _invoke("bench", str(out), "--repeats=2") == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[0] for row in rows if row and row[0] in ("1", "0.5")] == ["1", "0.5"]

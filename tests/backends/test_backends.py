@@ -35,6 +35,9 @@ CHECK_CASES = [
     if checks.BACKEND_ONLY.get(fn.__name__, backend) == backend
 ]
 
+# Each backend runs every check in a subprocess of its own.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tf_dir(tmp_path_factory):

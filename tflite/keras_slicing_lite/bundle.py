@@ -1,4 +1,5 @@
-"""A verified keras-slicing bundle: one TFLite model per width.
+"""A verified keras-slicing bundle: a TFLite model per width, as one file
+per width or as one file with a signature per width.
 
 `Bundle` is the API; the work beneath it lives beside it: `inputs.py`
 checks and converts batches, `interpreters.py` loads and runs the files,
@@ -25,7 +26,8 @@ def load_bundle(path, num_threads=None, max_cached_shapes=8):
 
     Everything is checked before anything is returned: the manifest's format
     and version, then the size and sha256 of every model file, then that each
-    file loads and its input/output tensors match the manifest. A failure at
+    file (each signature, for a single-file bundle) loads and runs and its
+    input/output tensors match the manifest. A failure at
     any step raises and leaves nothing loaded.
 
     Args:
@@ -178,6 +180,23 @@ class Bundle:
         rate = self._rate(rate, "predict")
         return self._run(rate, self.prepare(x, "predict"))
 
+    def run_prepared(self, batch, rate):
+        """Runs a batch already returned by `prepare`, at one of `rates`.
+
+        `predict` without the checks: for callers (the server, the profiler)
+        that prepared the batch once and call many times.
+        """
+        return self._run(self._rate(rate, "run_prepared"), batch)
+
+    @property
+    def input_quantization(self):
+        """`(scale, zero_point)` of the input; a scale of 0 means not quantized."""
+        return self._input_quantization
+
+    def keep_interpreters(self, count):
+        """Keeps at least `count` interpreters per rate (one per batch size)."""
+        self._interpreters.keep_at_least(count)
+
     def resolve_rates(self, rates=None, owner="Bundle"):
         """The set of bundle rates named by a `rates=` argument.
 
@@ -312,7 +331,7 @@ class Bundle:
         if (
             isinstance(rate, bool)
             or not isinstance(rate, numbers.Real)
-            or not math.isfinite(float(rate))
+            or not _finite(rate)
         ):
             raise ValueError(
                 f"{owner}: rate must be one of the bundle's rates "
@@ -357,3 +376,12 @@ class Bundle:
             f"Bundle({str(self.path)!r}, model_name={name!r}, "
             f"rates=[{profiling.format_rates(self.rates)}])"
         )
+
+
+def _finite(value):
+    # float() of an integer of hundreds of digits overflows instead of
+    # giving infinity.
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
