@@ -54,6 +54,9 @@ setup(
             "mnist1d>=0.0.2", "hypothesis>=6.100", "tritonclient[http]>=2.40",
             "keras-slicing-lite[serve]",
         ],
+        # The documentation site (`make docs`): MkDocs, its material theme and
+        # the API reference generated from the docstrings.
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings-python>=1.10"],
     },
     entry_points={
         "console_scripts": [

@@ -424,8 +424,8 @@ class ElasticServer:
 
         Raises:
             BatchTooLargeError: when the batch holds more than `max_queue`
-                examples (it could never be queued).
-            The errors of `submit` otherwise.
+                examples (it could never be queued); otherwise the errors
+                of `submit`.
         """
         owner = "submit_batch"
         self._check_running(owner)
