@@ -378,7 +378,9 @@ class SlicingModel(
                 (every example of smaller arrays), the US-Nets setting. Array
                 data is sampled evenly (a fixed seed), at fit's `batch_size`,
                 leaving out a `validation_split`; a dataset or generator is
-                read from its start again (a generator: its next batches).
+                read from its start again (a generator: the batches it yields
+                next; Keras may have read some ahead). A generator with
+                nothing left warns and leaves the rows stale.
 
         Returns:
             The `History` of `keras.Model.fit`.
