@@ -1,105 +1,308 @@
 """Exact batch-normalization statistics per rate, recomputed after training."""
 
+import warnings
+import weakref
+
 import keras
 import numpy as np
 
 from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
+from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 
 
-class _MomentAccumulator:
-    """Pools per-batch moments into population mean and variance (float64)."""
-
-    def __init__(self):
-        self.totals = {}
-
-    def add(self, layer, row, shape, mean, variance):
-        count = int(np.prod(shape[:-1]))
-        mean = keras.ops.convert_to_numpy(mean).astype(np.float64)
-        square = keras.ops.convert_to_numpy(variance).astype(np.float64) + mean**2
-        key = (id(layer), int(row))
-        old_count, old_sum, old_square = self.totals.get(key, (0, 0.0, 0.0))
-        self.totals[key] = (
-            old_count + count,
-            old_sum + count * mean,
-            old_square + count * square,
-        )
-
-    def finish(self, layer, row):
-        count, total, square = self.totals[(id(layer), int(row))]
-        mean = total / count
-        return mean, np.maximum(square / count - mean**2, 0.0)
-
-
-def calibrate_batchnorm(model, data, rates=None, batch_size=256):
+def calibrate_batchnorm(model, data, rates=None, batch_size=256, steps=None):
     """Recomputes every `SlicedBatchNormalization`'s statistics per rate.
 
-    Moving averages learned while the widths were sampled are noisy; this
-    runs the calibration data through the model at each rate, normalizing
-    with batch statistics as in training, and stores the exact (pooled over
-    all examples, not exponentially averaged) mean and variance of each
-    layer's input as that rate's statistics.
+    Moving averages learned while the widths were sampled lag behind the
+    weights; this runs the calibration data through the model at each rate,
+    normalizing with batch statistics as in training, and stores the exact
+    (pooled over all examples, not exponentially averaged) mean and variance
+    of each layer's input as that rate's statistics. The rows it writes are
+    no longer in the layers' `stale_rates`. `SlicingModel.fit` calls it when
+    it ends (see its `calibrate_batchnorm` argument).
 
     Args:
         model: A functional model with a rate input.
         data: Calibration inputs: an array (a list of arrays for several
             data inputs), a tuple `(x, y)` or `(x, y, sample_weight)` of
             arrays (only `x` is used), or an iterable of batches (a
-            `tf.data` dataset of `(x, y)` is fine; `y` is ignored).
+            `tf.data` dataset of `(x, y)` is fine; `y` is ignored). It is
+            read once, whatever the number of rates.
         rates: Rates to calibrate; each must be declared by every sliced
-            batch-norm layer. Defaults to the rates declared by the layers.
+            batch-norm layer. Defaults to the rates declared by all of them.
         batch_size: Batch size for array data. Defaults to `256`.
+        steps: Number of batches to read. Defaults to all of `data`.
 
     Returns:
         The tuple of calibrated rates.
     """
-    layers = [
-        layer for layer in keras_internals.all_sublayers(model)
-        if isinstance(layer, SlicedBatchNormalization)
-    ]
+    layers = batchnorm_layers(model)
     if not layers:
         raise ValueError(
             "calibrate_batchnorm: the model has no SlicedBatchNormalization "
             "layer."
         )
     if rates is None:
-        rates = sorted({r for layer in layers for r in layer.declared_rates})
-        rates = tuple(reversed(rates))
+        rates = set(layers[0].declared_rates)
+        for layer in layers[1:]:
+            rates &= set(layer.declared_rates)
+        rates = tuple(sorted(rates, reverse=True))
     rates = rates_lib.validate_rates(rates, "calibrate_batchnorm: rates")
-    rows = {rate: [layer.row_of(rate) for layer in layers] for rate in rates}
-    rate_ids = {id(x) for x in graph.rate_inputs(model)}
-
-    accumulator = _MomentAccumulator()
-    for layer in layers:
-        layer._calibration = accumulator
-    try:
-        for rate in rates:
-            seen = 0
-            for batch in _batches(data, batch_size):
-                seen += 1
-                size = len(keras.tree.flatten(batch)[0])
-                model(
-                    _feed(model, rate_ids, batch, np.full((size,), rate, "float32")),
-                    training=False,
-                )
-            if not seen:
-                raise ValueError(
-                    "calibrate_batchnorm: the calibration data holds no batch."
-                )
-    finally:
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
+        or steps < 1
+    ):
+        raise ValueError(
+            "calibrate_batchnorm: steps must be a positive integer (batches) "
+            f"or None (all the data). Received: steps={steps!r}"
+        )
+    for rate in rates:
         for layer in layers:
-            layer._calibration = None
+            layer.row_of(rate)  # an undeclared rate fails here, before any run
+    moments = _moments_model(model, rates)
+    totals = {}
+    seen = 0
+    for batch in _batches(data, batch_size):
+        values = moments.predict_on_batch(_data_only(model, batch))
+        for key, (count, mean, variance) in zip(moments.keys, _triples(values)):
+            count = float(np.asarray(count))
+            mean = np.asarray(mean, np.float64)
+            square = np.asarray(variance, np.float64) + mean**2
+            old = totals.get(key, (0.0, 0.0, 0.0))
+            totals[key] = (old[0] + count, old[1] + count * mean,
+                           old[2] + count * square)
+        seen += 1
+        if steps is not None and seen >= steps:
+            break
+    if not seen:
+        raise _NoBatch("calibrate_batchnorm: the calibration data holds no batch.")
+    # A layer off the path of a rate keeps that row (and its staleness).
+    for (layer, row), (count, total, square) in totals.items():
+        mean = total / count
+        _write_row(layer.moving_mean, row, mean)
+        _write_row(layer.moving_variance, row, np.maximum(square / count - mean**2, 0.0))
+        layer._mark_calibrated(row)
+    return rates
+
+
+class _BatchMoments(keras.layers.Layer):
+    """Runs a `SlicedBatchNormalization` as in training, returning its moments.
+
+    Outputs `(outputs, count, mean, variance)`, `count` being the number of
+    values each channel's moments pool (batch and spatial positions).
+    """
+
+    def __init__(self, norm, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = norm
+
+    def call(self, inputs, mask=None):
+        outputs, mean, variance = self.norm.batch_moments(inputs, mask)
+        shape = keras.ops.shape(inputs)
+        count = keras.ops.cast(shape[0], "float32")
+        for size in shape[1:-1]:
+            count = count * keras.ops.cast(size, "float32")
+        return outputs, count, mean, variance
+
+
+def _moments_model(model, rates):
+    """A model of the data inputs giving every batch-norm input's moments.
+
+    One graph holds every rate (static shapes, traced and compiled once by
+    `predict_on_batch` on every backend); its `keys` name the
+    `(layer, statistics row)` of each `(count, mean, variance)` output.
+    Cached per model and rates: it shares the model's weights.
+    """
+    cache = _MOMENTS_MODELS.setdefault(model, {})
+    if rates in cache:
+        return cache[rates]
+    sources = graph.data_inputs(model)
+    inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in sources
+    ]
+    keys, outputs = [], []
+
+    def call_fn(rate):
+        def run(layer, *args, **kwargs):
+            if isinstance(layer, SlicedBatchNormalization):
+                kwargs.pop("rate", None)
+                kwargs.pop("training", None)
+                out, count, mean, variance = _BatchMoments(layer)(*args, **kwargs)
+                keys.append((layer, layer.row_of(rate)))
+                outputs.extend([count, mean, variance])
+                return out
+            if graph.is_functional(layer) and any(
+                isinstance(inner, SlicedBatchNormalization)
+                for inner in layer._flatten_layers(include_self=False, recursive=True)
+            ):
+                tensors = [
+                    t for t in keras.tree.flatten((args, kwargs))
+                    if isinstance(t, keras.KerasTensor)
+                ]
+                return graph.replay(layer, rate, run, inputs=tensors)
+            return layer(*args, **kwargs)
+
+        return run
 
     for rate in rates:
-        for layer, row in zip(layers, rows[rate]):
-            if (id(layer), row) not in accumulator.totals:
-                continue  # the layer is not on the path at this rate
-            mean, variance = accumulator.finish(layer, row)
-            _write_row(layer.moving_mean, row, mean)
-            _write_row(layer.moving_variance, row, variance)
-    return rates
+        graph.replay(model, rate, call_fn(rate), inputs=inputs)
+    moments = keras.Model(
+        inputs[0] if len(inputs) == 1 else inputs, outputs,
+        name=f"{model.name}_batch_moments",
+    )
+    with tracking.DotNotTrackScope():
+        moments.keys = keys
+    cache[rates] = moments
+    return moments
+
+
+_MOMENTS_MODELS = weakref.WeakKeyDictionary()
+
+
+def _triples(values):
+    values = list(values)
+    return [values[i : i + 3] for i in range(0, len(values), 3)]
+
+
+def _data_only(model, batch):
+    """The data arrays of a calibration batch, checked against the model."""
+    flat = keras.tree.flatten(batch)
+    expected = len(graph.data_inputs(model))
+    if len(flat) != expected:
+        raise ValueError(
+            f"calibrate_batchnorm: model '{model.name}' has {expected} data "
+            f"input(s) but a calibration batch holds {len(flat)} array(s). "
+            "Pass x, (x, y), or a dataset of x or (x, y) batches."
+        )
+    return flat[0] if len(flat) == 1 else flat
+
+
+CALIBRATION_EXAMPLES = 2048
+
+
+def calibrate_after_fit(model, x, batch_size, validation_split, steps):
+    """`calibrate_batchnorm` on the training data `x` of a finished `fit`.
+
+    Reads `steps` batches, or batches of `CALIBRATION_EXAMPLES` examples in
+    all when `steps` is None; warns instead of failing when the data has no
+    batch left (an exhausted generator), leaving the rows stale.
+    """
+    batch_size = batch_size or 32  # keras.Model.fit's default
+    if isinstance(x, dict):
+        x = [x[t.name] for t in graph.data_inputs(model)]  # Keras matches names
+    if _is_arrays(x):
+        arrays = [np.asarray(a) for a in keras.tree.flatten(x)]
+        count = len(arrays[0])
+        if validation_split:
+            # keras.Model.fit holds out the last examples.
+            count = int(np.ceil(count * (1.0 - validation_split)))
+        wanted = CALIBRATION_EXAMPLES if steps is None else steps * batch_size
+        picked = np.arange(count)
+        if count > wanted:
+            picked = np.sort(
+                np.random.default_rng(0).choice(count, wanted, replace=False)
+            )
+        data = [a[picked] for a in arrays]
+        data = data[0] if len(data) == 1 else data
+        return calibrate_batchnorm(model, data, batch_size=batch_size)
+    try:
+        return calibrate_batchnorm(
+            model, _bounded(x, CALIBRATION_EXAMPLES if steps is None else None),
+            steps=steps,
+        )
+    except _NoBatch:
+        warnings.warn(
+            f"SlicingModel '{model.name}': fit could not read training "
+            "batches to calibrate its batch-norm statistics (the data has "
+            "none left); they stay stale. Call "
+            "keras_slicing.calibrate_batchnorm(model, data) with training "
+            "data.",
+            StaleStatisticsWarning,
+            stacklevel=3,
+        )
+        return ()
+
+
+def _bounded(data, examples):
+    """The batches of `data` until `examples` examples were read (None: all)."""
+    seen = 0
+    for batch in data:
+        yield batch
+        seen += len(keras.tree.flatten(batch)[0])
+        if examples is not None and seen >= examples:
+            return
+
+
+class _NoBatch(ValueError):
+    pass
+
+
+def batchnorm_layers(model):
+    """Every `SlicedBatchNormalization` of `model`, nested ones included."""
+    return [
+        layer for layer in keras_internals.all_sublayers(model)
+        if isinstance(layer, SlicedBatchNormalization)
+    ]
+
+
+def stale_layers(model, rate):
+    """Names of the batch-norm layers of `model` whose `rate` row is stale.
+
+    `rate` is a Python float or a width configuration (`graph.LayerRates`),
+    under which each layer runs at its own rate.
+    """
+    names = []
+    for layer in batchnorm_layers(model):
+        own = graph.rate_of(rate, layer)
+        if _declares(layer, own) and layer.row_of(own) in _stale_rows(layer):
+            names.append(layer.name)
+    return names
+
+
+def stale_message(model, rate, layers):
+    shown = ", ".join(f"'{name}'" for name in layers[:5])
+    more = f" and {len(layers) - 5} more" if len(layers) > 5 else ""
+    return (
+        f"model '{model.name}' at rate {graph.describe_rate(rate)}: the "
+        f"batch-norm statistics of {shown}{more} were not computed for the "
+        "current weights (they trained since, and the moving averages lag "
+        "behind them; they can cost tens of points of accuracy). Call "
+        "keras_slicing.calibrate_batchnorm(model, x_train) to recompute "
+        "every width's statistics; SlicingModel.fit does it when it ends "
+        "unless calibrate_batchnorm=False."
+    )
+
+
+def refuse_stale(model, rates, caller):
+    """Raises a `ValueError` if any of `rates` would use stale rows."""
+    for rate in rates:
+        layers = stale_layers(model, rate)
+        if layers:
+            raise ValueError(f"{caller}: {stale_message(model, rate, layers)}")
+
+
+def warn_if_stale(model, rate, stacklevel=3):
+    """Warns (`StaleStatisticsWarning`) when `rate` would use stale rows."""
+    layers = stale_layers(model, rate)
+    if layers:
+        warnings.warn(stale_message(model, rate, layers), StaleStatisticsWarning,
+                      stacklevel=stacklevel)
+
+
+class StaleStatisticsWarning(UserWarning):
+    """A width ran with batch-norm statistics older than its weights."""
+
+
+def _declares(layer, rate):
+    groups = rates_lib.active_groups(rate, layer.slice_groups)
+    return groups in layer._row_groups
+
+
+def _stale_rows(layer):
+    return {i for i, stale in enumerate(layer._stale) if stale}
 
 
 def _write_row(variable, row, values):
@@ -129,17 +332,3 @@ def _is_arrays(data):
     return isinstance(data, (list, tuple)) and bool(data) and all(
         hasattr(a, "shape") for a in data
     )
-
-
-def _feed(model, rate_ids, batch, rate_values):
-    flat = keras.tree.flatten(batch)
-    expected = len(model.inputs) - len(rate_ids)
-    if len(flat) != expected:
-        raise ValueError(
-            f"calibrate_batchnorm: model '{model.name}' has {expected} data "
-            f"input(s) but a calibration batch holds {len(flat)} array(s). "
-            "Pass x, (x, y), or a dataset of x or (x, y) batches."
-        )
-    data = iter(flat)
-    feed = [rate_values if id(x) in rate_ids else next(data) for x in model.inputs]
-    return [keras.ops.convert_to_tensor(value) for value in feed]

@@ -1,17 +1,20 @@
-"""In-place distillation of `SlicingModel`: its settings and soft targets.
+"""Distillation of `SlicingModel`: its settings and soft targets.
 
-The widest rate of a training step teaches the narrower ones (Universally
-Slimmable Networks): each narrower rate's loss mixes its label loss with the
-cross-entropy between the widest rate's detached predictions and its own.
-`SlicingModel` documents the arguments; this module checks them and computes
-the soft-target term and its weight at a given optimizer step.
+In place, the widest rate of a training step teaches the narrower ones
+(Universally Slimmable Networks): each narrower rate's loss mixes its label
+loss with the cross-entropy between the widest rate's detached predictions
+and its own. With a teacher (a frozen `keras.Model`, typically the model a
+`SlicingModel` was converted from), every rate learns from the teacher's
+predictions instead. `SlicingModel` documents the arguments; this module
+checks them and computes the soft-target term and its weight at a given
+optimizer step.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-MODES = (None, "inplace")
+MODES = (None, "inplace")  # or a keras.Model: the teacher
 
 
 class Distillation:
@@ -22,16 +25,22 @@ class Distillation:
     """
 
     def __init__(
-        self, owner, num_outputs, mode, weight, from_logits, temperature, warmup
+        self, owner, student, mode, weight, from_logits, temperature, warmup
     ):
-        if mode not in MODES:
+        self.teacher = None
+        if isinstance(mode, keras.Model):
+            self.teacher = _checked_teacher(owner, student, mode)
+            mode = "teacher"
+        elif isinstance(mode, keras.layers.Layer) or mode not in MODES:
             raise ValueError(
-                f"{owner}: distillation must be one of {list(MODES)}. "
-                f"Received: distillation={mode!r}"
+                f"{owner}: distillation must be None, 'inplace' or a "
+                "keras.Model (the teacher). Received: "
+                f"distillation={mode!r}"
             )
+        num_outputs = len(student.outputs)
         if mode and num_outputs != 1:
             raise ValueError(
-                f"{owner}: distillation='inplace' needs a single output. "
+                f"{owner}: distillation={mode!r} needs a single output. "
                 f"Received: {num_outputs} outputs"
             )
         if not 0.0 <= float(weight) <= 1.0:
@@ -72,6 +81,10 @@ class Distillation:
             from_logits=self.from_logits
         )
 
+    @property
+    def inplace(self):
+        return self.mode == "inplace"
+
     def weight_at(self, iterations):
         """The soft targets' weight after `iterations` optimizer steps."""
         if not self.warmup:
@@ -95,3 +108,31 @@ class Distillation:
             target, ops.cast(y_pred, "float32") / t, sample_weight
         )
         return soft * (t * t)
+
+
+def _checked_teacher(owner, student, teacher):
+    """`teacher`, checked to be a frozen stand-in for `student`'s output."""
+    shared = {id(v) for v in teacher.weights} & {id(v) for v in student.weights}
+    if shared:
+        raise ValueError(
+            f"{owner}: the teacher '{teacher.name}' shares {len(shared)} "
+            "variable(s) with the model, so training would move the teacher "
+            "too. Pass a separate copy: teacher = keras.models.clone_model("
+            "model); teacher.set_weights(model.get_weights())."
+        )
+    outputs = getattr(teacher, "outputs", None)
+    if outputs is not None and len(outputs) != 1:
+        raise ValueError(
+            f"{owner}: the teacher '{teacher.name}' must have a single "
+            f"output. Received: {len(outputs)} outputs"
+        )
+    mine = tuple(student.outputs[0].shape)[1:]
+    theirs = tuple(outputs[0].shape)[1:] if outputs else None
+    if theirs is not None and theirs != mine:
+        raise ValueError(
+            f"{owner}: the teacher '{teacher.name}' predicts shape {theirs} "
+            f"per example but the model predicts {mine}: a teacher must "
+            "predict what the model predicts (same classes, both logits or "
+            "both probabilities)."
+        )
+    return teacher

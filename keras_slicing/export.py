@@ -24,6 +24,7 @@ import tensorflow as tf
 from keras_slicing_lite import manifest as manifest_lib
 from keras_slicing_lite import outputs as outputs_lib
 
+from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import keras_internals
@@ -143,6 +144,7 @@ def export_tflite(
     _check_sharing(single_file, sharing)
     checks.check_model(model)
     configs = _export_configs(model, configs, rates)
+    calibration.refuse_stale(model, rates, "export_tflite")
     if not graph.rate_inputs(model):
         raise ValueError(
             f"export_tflite: model '{model.name}' has no sliced layer fed by "

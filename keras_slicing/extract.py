@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import keras_internals
@@ -28,7 +29,10 @@ def extract_submodel(model, rate):
     outputs allowed: a narrow feature extractor is a valid cut), so a graph
     whose narrow widths are not sub-networks of the full one (e.g. a
     `Concatenate` with a sliced input before the last) is refused whatever
-    the rate.
+    the rate. A width whose batch-norm statistics were not computed for the
+    current weights (`SlicedBatchNormalization.stale_rates`, e.g. after
+    `fit(..., calibrate_batchnorm=False)`) is refused too: run
+    `keras_slicing.calibrate_batchnorm` first.
 
     Args:
         model: A functional `keras.Model` whose inputs include the rate
@@ -59,6 +63,7 @@ def extract_submodel(model, rate):
     rate = widths.resolve(model, rate, "extract_submodel")
     data = graph.data_inputs(model)  # also rejects a non-functional model
     checks.check_model(model, allow_sliced_outputs=True)
+    calibration.refuse_stale(model, [rate], "extract_submodel")
     if not data:
         raise ValueError(
             f"extract_submodel: model '{model.name}' has no data input besides "

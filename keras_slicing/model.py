@@ -8,10 +8,13 @@ metrics), `rate_inputs.py` (inputs fed with the rate or without it),
 takes gradients and compiles the steps).
 """
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
 
+from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import keras_internals
@@ -100,15 +103,30 @@ class SlicingModel(
             (docs/benchmarks.md). Pass
             `[1.0] * len(rates)` for an even sum. With `distillation` the
             default is 1 for every rate.
-        distillation: `None`, or `"inplace"` for in-place distillation as in
-            Universally Slimmable Networks: the widest rate of the step
-            learns from the labels, every narrower rate from
-            `(1 - distillation_weight) * label_loss + distillation_weight *
-            CE(softmax(widest), narrower)`, the widest predictions detached.
-            The narrower rates of a step share the weight of one rate: with
-            `n` of them, each term counts `1/n` (times its
-            `rate_loss_weights` entry), so with even weights the labels keep
-            half the say.
+        distillation: `None`, `"inplace"`, or a teacher `keras.Model`.
+            `"inplace"` is in-place distillation as in Universally Slimmable
+            Networks: the widest rate of the step learns from the labels,
+            every narrower rate from `(1 - distillation_weight) * label_loss
+            + distillation_weight * CE(softmax(widest), narrower)`, the
+            widest predictions detached. The narrower rates of a step share
+            the weight of one rate: with `n` of them, each term counts `1/n`
+            (times its `rate_loss_weights` entry), so with even weights the
+            labels keep half the say.
+            A `keras.Model` is a frozen teacher, typically the trained model
+            this one was converted from (`keras_slicing.slice_model`): it
+            runs once per step on the batch's data inputs, in inference mode
+            (`training=False`: its batch norm uses its moving statistics,
+            its dropout is off), and every rate, the widest included,
+            learns from `(1 - distillation_weight) * label_loss +
+            distillation_weight * CE(softmax(teacher), rate)`. Its weights
+            never change and must not be shared with this model (a
+            `ValueError` says so); it must predict what this model predicts.
+            The teacher is not part of the model: neither among its weights
+            nor saved in its `.keras` file, whose config records
+            `distillation=None` (a loaded model trains on labels alone; to
+            go on distilling, build `SlicingModel(loaded.inputs,
+            loaded.outputs, distillation=teacher, ...)`). On JAX the
+            teacher's weights are constants of each compiled step.
             Requires a single output.
         distillation_weight: The weight above, in [0, 1]. Defaults to `1.0`
             (soft targets only, as in US-Nets).
@@ -187,7 +205,7 @@ class SlicingModel(
         ordered = tuple(sorted(given, reverse=True))
         probabilities = _per_rate(rate_probabilities, given, ordered, owner,
                                   "rate_probabilities")
-        if rate_loss_weights is None and not distillation:
+        if rate_loss_weights is None and distillation is None:
             # The narrow widths own only the first channels of every layer,
             # which the wide widths also pull on: an even sum leaves them
             # further behind models trained alone (benchmarks/accuracy.py).
@@ -197,7 +215,7 @@ class SlicingModel(
         loss_weights = _per_rate(rate_loss_weights, given, ordered, owner,
                                  "rate_loss_weights")
         settings = Distillation(
-            owner, len(self.outputs), distillation, distillation_weight,
+            owner, self, distillation, distillation_weight,
             distillation_from_logits, distillation_temperature, distillation_warmup,
         )
         for layer in keras_internals.all_sublayers(self):
@@ -231,7 +249,8 @@ class SlicingModel(
                 "num_random": num_random,
                 "rate_probabilities": probabilities,
                 "rate_loss_weights": loss_weights,
-                "distillation": settings.mode,
+                # A teacher is a model of its own, not saved with this one.
+                "distillation": None if settings.teacher else settings.mode,
                 "distillation_weight": settings.weight,
                 "distillation_from_logits": settings.from_logits,
                 "distillation_temperature": settings.temperature,
@@ -239,7 +258,10 @@ class SlicingModel(
                 "seed": seed,
             }
             self._distillation = settings
-        self.distillation = settings.mode
+        with tracking.DotNotTrackScope():
+            # The teacher is no part of this model: not a sublayer, its
+            # variables neither trained nor saved.
+            self.distillation = settings.teacher or settings.mode
         self.distillation_weight = settings.weight
         self.distillation_from_logits = settings.from_logits
         self.distillation_temperature = settings.temperature
@@ -293,13 +315,19 @@ class SlicingModel(
         It shares this model's layers and weights, and the rate is a Python
         float, so every shape is static: use it to predict, evaluate, export
         (`model.at_rate(0.5).export(path)`) or convert one width. Models are
-        cached per rate.
+        cached per rate. Warns (`StaleStatisticsWarning`) when the width's
+        batch-norm statistics were not computed for the current weights.
 
         `rate` may also be a width configuration (a
         `keras_slicing.WidthConfig` or a dict `{group: rate}`, see
         `keras_slicing.width_groups`): each group then runs at its own rate.
         """
         rate = widths.resolve(self, rate, f"SlicingModel '{self.name}'.at_rate")
+        calibration.warn_if_stale(self, rate)
+        return self._at_rate(rate)
+
+    def _at_rate(self, rate):
+        """`at_rate` for the steps, which need no check of the statistics."""
         key = rate if not isinstance(rate, graph.LayerRates) else rate.label
         if key not in self._at_rate_models:
             sources = graph.data_inputs(self)
@@ -317,6 +345,75 @@ class SlicingModel(
                 name=f"{self.name}_at_{label}",
             )
         return self._at_rate_models[key]
+
+    def fit(
+        self, x=None, y=None, *args, calibrate_batchnorm=True,
+        calibration_steps=None, **kwargs,
+    ):
+        """As `keras.Model.fit`, then recomputes batch-norm statistics.
+
+        During training each `SlicedBatchNormalization` keeps moving
+        averages of its rows, which lag behind weights that keep changing
+        (by tens of points of accuracy on small data sets; see the
+        fine-tuning page of the docs). When training ends, every declared width's
+        statistics are recomputed from the training data
+        (`keras_slicing.calibrate_batchnorm`, the post-training statistics
+        of Slimmable Networks), so that `evaluate`, `predict`,
+        `extract_submodel` and `export_tflite` use statistics of the final
+        weights. Models without batch norm are unaffected.
+
+        Validation during `fit` (`validation_data`, `SlicedValidation`)
+        still sees the moving averages, and warns once
+        (`StaleStatisticsWarning`).
+
+        Args:
+            x, y, *args, **kwargs: As in `keras.Model.fit`.
+            calibrate_batchnorm: Whether to recompute the statistics at the
+                end. `False` leaves the moving averages, marked stale:
+                evaluating or predicting with them warns, and extracting or
+                exporting a width refuses them, until
+                `keras_slicing.calibrate_batchnorm` runs. Defaults to `True`.
+            calibration_steps: Number of training batches to calibrate
+                from. Defaults to `None`: batches of 2,048 examples in all
+                (every example of smaller arrays), the US-Nets setting. Array
+                data is sampled evenly (a fixed seed), at fit's `batch_size`,
+                leaving out a `validation_split`; a dataset or generator is
+                read from its start again (a generator: the batches it yields
+                next; Keras may have read some ahead). A generator with
+                nothing left warns and leaves the rows stale.
+
+        Returns:
+            The `History` of `keras.Model.fit`.
+        """
+        if calibration_steps is not None and (
+            isinstance(calibration_steps, bool)
+            or not isinstance(calibration_steps, (int, np.integer))
+            or calibration_steps < 1
+        ):
+            raise ValueError(
+                f"SlicingModel '{self.name}': calibration_steps must be a "
+                "positive integer (batches) or None (2,048 examples). "
+                f"Received: calibration_steps={calibration_steps!r}"
+            )
+        layers = calibration.batchnorm_layers(self)
+        for layer in layers:
+            layer.mark_stale()
+        history = super().fit(x, y, *args, **kwargs)
+        if calibrate_batchnorm and layers:
+            given = inspect.signature(super().fit).bind(x, y, *args, **kwargs)
+            calibration.calibrate_after_fit(
+                self, x,
+                batch_size=given.arguments.get("batch_size"),
+                validation_split=given.arguments.get("validation_split", 0.0),
+                steps=calibration_steps,
+            )
+        return history
+
+    def train_on_batch(self, *args, **kwargs):
+        # The step changes the weights every statistics row was computed for.
+        for layer in calibration.batchnorm_layers(self):
+            layer.mark_stale()
+        return super().train_on_batch(*args, **kwargs)
 
     def evaluate_rates(
         self, x=None, y=None, rates=None, batch_size=None, sample_weight=None,

@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from keras_slicing import backend
+from keras_slicing import calibration
 from keras_slicing import rates as rates_lib
 
 
@@ -58,6 +59,7 @@ class SlicingRateInputs:
         the values come in `metrics_names` order.
         """
         data, rate = self._data_and_rate(x)
+        self._check_statistics(x, rate)
         with self._evaluating_at(rate):
             logs = super().evaluate(
                 data, y, batch_size=batch_size,
@@ -68,6 +70,7 @@ class SlicingRateInputs:
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         data, rate = self._data_and_rate(x)
+        self._check_statistics(x, rate)
         with self._evaluating_at(rate):
             logs = super().test_on_batch(
                 data, y, sample_weight=sample_weight, return_dict=True
@@ -76,15 +79,30 @@ class SlicingRateInputs:
 
     def predict(self, x, *args, **kwargs):
         data, rate = self._data_and_rate(x)
+        self._check_statistics(x, rate, default=1.0)
         if rate is not None:
-            return self.at_rate(rate).predict(data, *args, **kwargs)
+            return self._at_rate(rate).predict(data, *args, **kwargs)
         return super().predict(data, *args, **kwargs)
 
     def predict_on_batch(self, x):
         data, rate = self._data_and_rate(x)
+        self._check_statistics(x, rate, default=1.0)
         if rate is not None:
-            return self.at_rate(rate).predict_on_batch(data)
+            return self._at_rate(rate).predict_on_batch(data)
         return super().predict_on_batch(data)
+
+    def _check_statistics(self, x, rate, default=None):
+        """Warns if the width that runs uses stale batch-norm statistics.
+
+        `rate` is the fed rate known on the host, else None: then inputs
+        without a rate run at `default` (the rate of the test steps when
+        None); a fed rate known only in a graph is not checked.
+        """
+        if rate is None:
+            if self._has_rate(x):
+                return
+            rate = self._eval_rate if default is None else default
+        calibration.warn_if_stale(self, rate, stacklevel=4)
 
     @contextlib.contextmanager
     def _evaluating_at(self, rate):

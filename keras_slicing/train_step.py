@@ -73,7 +73,7 @@ class SlicingTrainStep:
 
     def _width_forward(self, rate):
         """The callable that runs the data inputs at the Python-float `rate`."""
-        return self.at_rate(rate)
+        return self._at_rate(rate)
 
     def _train_step_on(self, indices, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -85,25 +85,34 @@ class SlicingTrainStep:
         plan = self._plan(indices)
         variables = self.trainable_weights
         compiled_loss = keras_internals.compiled_loss(self)
+        distillation = self._distillation
+        teacher = None
+        if distillation.teacher is not None:
+            # Once per step, for every rate: the frozen teacher's predictions.
+            teacher = self._teacher_outputs(x)
 
         def forward():
             total = ops.zeros((), "float32")
-            teacher = None
+            widest = None
             results = []
-            share = self._student_share(plan) if self.distillation else None
+            share = self._student_share(plan) if distillation.inplace else None
             for k, (rate, weight, _) in enumerate(plan):
                 y_pred = self._forward(x, rate, training=True)
                 loss = compiled_loss(y, y_pred, sample_weight)
                 weight = ops.cast(weight, "float32")
-                if self.distillation and k:
-                    soft = self._distillation.soft_target_loss(
-                        teacher, y_pred, sample_weight
-                    )
-                    a = self._distillation.weight_at(self.optimizer.iterations)
+                # Every rate learns from a teacher; in place, every rate
+                # narrower than the step's widest learns from that one.
+                target = teacher if teacher is not None else (
+                    widest if distillation.inplace and k else None
+                )
+                if target is not None:
+                    soft = distillation.soft_target_loss(target, y_pred, sample_weight)
+                    a = distillation.weight_at(self.optimizer.iterations)
                     loss = (1.0 - a) * loss + a * soft
+                if share is not None and k:
                     weight = weight * share
                 if k == 0:
-                    teacher = ops.stop_gradient(y_pred)
+                    widest = ops.stop_gradient(y_pred)
                 total = total + weight * loss
                 results.append((y_pred, loss))
             # Regularizers count once per step, not once per rate.
@@ -140,6 +149,14 @@ class SlicingTrainStep:
                 for name, value in metrics.result().items():
                     logs[name + suffix] = _where_ran(ran, value)
         return self._reducible(logs)
+
+    def _teacher_outputs(self, x):
+        """The teacher's detached predictions of the data inputs `x`."""
+        flat = keras.tree.flatten(x)
+        outputs = self._distillation.teacher(
+            flat[0] if len(flat) == 1 else flat, training=False
+        )
+        return ops.stop_gradient(keras.tree.flatten(outputs)[0])
 
     def _student_share(self, plan):
         """1 / the number of narrower rates that ran in this step.

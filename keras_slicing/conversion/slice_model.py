@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_slicing import calibration
 from keras_slicing import cost
 from keras_slicing import graph as graph_lib
 from keras_slicing import keras_internals
@@ -76,7 +77,13 @@ def slice_model(
             `benchmarks/rewiring.py`.
         data: `(x, y)` arrays for `rewire="taylor"`: the importance is
             measured on the loss the model was compiled with (sparse
-            categorical cross-entropy when it was not compiled).
+            categorical cross-entropy when it was not compiled). When given,
+            the batch-norm statistics of every narrower width are also
+            computed on its `x` (`keras_slicing.calibrate_batchnorm`; full
+            width keeps the model's own); without it, the narrower widths'
+            statistics are the full network's, marked stale
+            (`SlicedBatchNormalization.stale_rates`) until `fit` ends or
+            `calibrate_batchnorm` runs.
         keep_full: Names of layers to keep at full width, with every tensor
             they read and write (e.g. a stem or a head).
         verbose: `1` prints the plan. Defaults to `0`.
@@ -152,10 +159,32 @@ def slice_model(
     sliced = SlicingModel(
         [*inputs, rate], outputs, rates=rates, name=model.name, **slicing_model_kwargs
     )
+    _narrow_statistics(sliced, data)
     sliced.slicing_plan = _plan(model, graph, decisions, sliced, slice_groups, rewire)
     if verbose:
         sliced.slicing_plan.summary()
     return sliced
+
+
+def _narrow_statistics(sliced, data):
+    """Marks the narrow widths' batch-norm rows stale, or calibrates them.
+
+    Every row starts as the full network's statistics, right at full width
+    (which computes what the original model computes) only: the narrower
+    widths' inputs differ. With `data`, the narrower widths are calibrated
+    on it; without, their rows stay stale (evaluating them warns, exporting
+    them is refused) until `fit` or `keras_slicing.calibrate_batchnorm`
+    recomputes them.
+    """
+    norms = calibration.batchnorm_layers(sliced)
+    narrow = [r for r in sliced.rates if r != 1.0]
+    if not norms or not narrow:
+        return
+    if data is not None:
+        calibration.calibrate_batchnorm(sliced, data, rates=narrow)
+        return
+    for layer in norms:
+        layer.mark_stale([r for r in layer.declared_rates if r != 1.0])
 
 
 def _check_keep_full(keep_full, graph):

@@ -9,6 +9,10 @@ from keras_slicing.layers.base import affine_values
 from keras_slicing.layers.base import leading_values
 from keras_slicing.layers.base import plain_config
 
+# Not a variable: saving it beside the weights keeps get_weights() as in
+# keras.layers.BatchNormalization.
+_STALE_KEY = "stale_rows"
+
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
 class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization):
@@ -22,7 +26,15 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
     that give the same number of active groups share one row. Calling the
     layer at an undeclared rate is an error that lists the declared ones.
     After training, `keras_slicing.calibrate_batchnorm` recomputes exact
-    statistics (US-Nets' post-training calibration). Channels-last only.
+    statistics (US-Nets' post-training calibration); `SlicingModel.fit` does
+    so when it ends. Channels-last only.
+
+    The layer knows which rows were computed for the current weights:
+    `stale_rates` lists the declared rates whose statistics a training step
+    of a `SlicingModel` (or a conversion) left behind, until
+    `calibrate_batchnorm` recomputes them. `SlicingModel` warns when it
+    evaluates or predicts with such a row, and `extract_submodel` and
+    `export_tflite` refuse it. The list is saved with the weights.
 
     Args:
         rates: The slice rates that get statistics. `None` (the default)
@@ -88,13 +100,54 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
                 )
             self._row_groups.append(groups)
             self._declared.append(rate)
-        # Set by keras_slicing.calibrate_batchnorm while it runs.
-        self._calibration = None
+        # Host-side, not a weight: which rows no longer belong to the
+        # weights (see stale_rates). Fresh statistics (the initializers'
+        # or loaded ones) are trusted, as in keras.layers.BatchNormalization.
+        self._stale = [False] * len(self._declared)
 
     @property
     def declared_rates(self):
         """The rates that have their own statistics, as a tuple."""
         return tuple(self._declared)
+
+    @property
+    def stale_rates(self):
+        """Declared rates whose statistics predate the current weights.
+
+        A training step of a `SlicingModel` changes the weights every row
+        was computed for, and the moving averages it keeps lag behind them;
+        `keras_slicing.calibrate_batchnorm` recomputes a row and clears it
+        from this tuple.
+        """
+        return tuple(r for r, stale in zip(self._declared, self._stale) if stale)
+
+    def mark_stale(self, rates=None):
+        """Records that the statistics of `rates` (default: all) are stale.
+
+        For code that changes the weights outside `SlicingModel.fit` and
+        `train_on_batch` (which mark every row themselves), e.g. a
+        conversion that copies one width's statistics into every row.
+        """
+        rows = range(len(self._declared)) if rates is None else [
+            self.row_of(r) for r in rates
+        ]
+        for row in rows:
+            self._stale[row] = True
+
+    def _mark_calibrated(self, row):
+        self._stale[int(row)] = False
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        store[_STALE_KEY] = np.array(self._stale, "bool")
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if _STALE_KEY in keys:
+            stale = np.asarray(store[_STALE_KEY]).astype(bool).tolist()
+            if len(stale) == len(self._stale):
+                self._stale = stale
+        super().load_own_variables({k: store[k] for k in keys if k != _STALE_KEY})
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -176,29 +229,36 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
     def call(self, inputs, rate=None, training=None, mask=None):
         row = self._row(rate)
         n = backend.dim(inputs, -1)
-        dtype = keras.backend.result_type(inputs.dtype, "float32")
-        x = ops.cast(inputs, dtype)
-        gamma = ops.cast(self.gamma[:n], dtype) if self.scale else None
-        beta = ops.cast(self.beta[:n], dtype) if self.center else None
-        if self._calibration is not None:
-            mean, variance = self._moments(x, mask)
-            self._calibration.add(self, row, x.shape, mean, variance)
-        elif training and self.trainable:
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        if training and self.trainable:
             mean, variance = self._moments(x, mask)
             self._update_row(self.moving_mean, row, n, mean)
             self._update_row(self.moving_variance, row, n, variance)
         else:
-            mean = ops.cast(ops.take(self.moving_mean, row, axis=0)[:n], dtype)
-            variance = ops.cast(
-                ops.take(self.moving_variance, row, axis=0)[:n], dtype
-            )
+            mean = ops.take(self.moving_mean, row, axis=0)[:n]
+            variance = ops.take(self.moving_variance, row, axis=0)[:n]
+        return self._normalize(x, mean, variance)
+
+    def batch_moments(self, inputs, mask=None):
+        """`(outputs, mean, variance)` normalizing `inputs` by their moments.
+
+        What a training call computes, without updating any statistics:
+        `keras_slicing.calibrate_batchnorm` pools these moments.
+        """
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = self._moments(x, mask)
+        return self._normalize(x, mean, variance), mean, variance
+
+    def _normalize(self, x, mean, variance):
+        n = backend.dim(x, -1)
+        dtype = x.dtype
         outputs = ops.batch_normalization(
             x=x,
-            mean=mean,
-            variance=variance,
+            mean=ops.cast(mean, dtype),
+            variance=ops.cast(variance, dtype),
             axis=-1,
-            offset=beta,
-            scale=gamma,
+            offset=ops.cast(self.beta[:n], dtype) if self.center else None,
+            scale=ops.cast(self.gamma[:n], dtype) if self.scale else None,
             epsilon=self.epsilon,
         )
         return ops.cast(outputs, self.compute_dtype)

@@ -41,7 +41,7 @@ class SlicingTrainer:
         if self.train_function is not None and not force:
             return self.train_function
         for rate in self.rates:
-            self.at_rate(rate)  # built once here, not inside a trace
+            self._at_rate(rate)  # built once here, not inside a trace
         out_shardings = None
         if keras.distribution.distribution() is not None:
             out_shardings = (None, self._get_state_sharding_spec())
@@ -65,7 +65,7 @@ class SlicingTrainer:
     def make_test_function(self, force=False):
         rate = self._eval_rate
         if force or rate not in self._test_functions:
-            self.at_rate(rate)
+            self._at_rate(rate)
             step = functools.partial(self._stateless_test_step, rate)
             if self.jit_compile:
                 step = jax.jit(step)

@@ -61,9 +61,9 @@ class SlicingTrainer:
 
     def _width_forward(self, rate):
         if self._compiled_widths is None:
-            return self.at_rate(rate)
+            return self._at_rate(rate)
         if rate not in self._compiled_widths:
-            width = self.at_rate(rate)
+            width = self._at_rate(rate)
 
             def forward(inputs, training=False):
                 return width(inputs, training=training)
@@ -78,6 +78,11 @@ class SlicingTrainer:
                 forward, backend="eager", dynamic=False
             )
         return self._compiled_widths[rate]
+
+    def _teacher_outputs(self, x):
+        # No autograd record of the teacher's forward pass.
+        with torch.no_grad():
+            return super()._teacher_outputs(x)
 
     def _loss_and_gradients(self, loss_fn, variables):
         for variable in variables:

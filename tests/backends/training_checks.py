@@ -217,3 +217,49 @@ def fed_rates_run_at_that_width():
         np.testing.assert_allclose(logs["accuracy"], accuracy, atol=1e-6)
         by_rates = model.evaluate_rates(x, y, rates=[rate])[rate]
         np.testing.assert_allclose(by_rates["loss"], logs["loss"], rtol=1e-5)
+
+
+@check
+def fit_recalibrates_batchnorm_and_a_teacher_stays_frozen():
+    """fit ends with every width's batch-norm statistics computed on the
+    training data (no stale row left), after steps that learned from a
+    frozen teacher whose weights did not move."""
+    cnn = small_cnn(bn_rates=TRAIN_RATES)
+    randomize_weights(cnn, seed=9)
+    image = keras.Input((8, 8, 1))
+    teacher = keras.Model(image, keras.layers.Dense(10)(keras.layers.Flatten()(image)))
+    model = keras_slicing.SlicingModel(
+        cnn.inputs, cnn.outputs, rates=TRAIN_RATES, distillation=teacher, seed=0
+    )
+    model.compile(
+        keras.optimizers.SGD(0.05),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=(32, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, size=(32,)).astype("int32")
+    frozen = [w.copy() for w in teacher.get_weights()]
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    for old, new in zip(frozen, teacher.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    bn = next(
+        l for l in model.layers
+        if isinstance(l, keras_slicing.layers.SlicedBatchNormalization)
+    )
+    assert bn.stale_rates == (), bn.stale_rates
+    # Nothing normalizes by batch before this layer: its inputs are the
+    # data's, batch by batch alike.
+    bn_input = keras.Model(model.inputs, keras.tree.flatten(bn.input)[0])
+    for rate in TRAIN_RATES:
+        h = np.concatenate([
+            ops.convert_to_numpy(bn_input([part, np.full(16, rate, "float32")]))
+            for part in (x[:16], x[16:])
+        ]).astype("float64")
+        row, n = bn.row_of(rate), h.shape[-1]
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(bn.moving_mean)[row, :n], h.mean((0, 1, 2)), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(bn.moving_variance)[row, :n], h.var((0, 1, 2)),
+            rtol=1e-4, atol=1e-5,
+        )

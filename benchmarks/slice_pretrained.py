@@ -1,0 +1,408 @@
+"""Slicing a pretrained plain model, against a sliced model trained from scratch.
+
+Prints one table per data set and writes benchmarks/results/slice_pretrained.json
+(or --output).
+
+    python benchmarks/slice_pretrained.py [--datasets=digits,mnist1d] [--seeds=3]
+    python benchmarks/slice_pretrained.py --merge=a.json,b.json   # seeds run apart
+
+For each data set and seed (the seed sets every initialization and shuffle):
+1. `pretrained`: the plain batch-norm CNN trained alone for the full schedule.
+2. `converted/<rewire>`: `keras_slicing.slice_model(pretrained, rewire=...)`
+   for no rewiring and every rewiring available, the narrower widths'
+   batch-norm statistics calibrated on the training data
+   (`data=(x_train, y_train)`), no training.
+3. `finetune/<recipe>@<fraction>`: the converted model (default rewiring)
+   fine-tuned for 10%, 25% and 50% of the from-scratch schedule's steps
+   (one run, measured when each fraction is reached; the learning rate is
+   constant, so a run stopped there is the same run). Fractions are rounded
+   to whole epochs (`finetune_step_fraction` in the summary: MNIST-1D's
+   "25%" is 2 of its 10 epochs). Recipes:
+   - `default`: `SlicingModel`'s defaults (`"all"` rates, loss weights
+     `3 - 2r`), labels only;
+   - `teacher`: the pretrained model as a frozen teacher
+     (`distillation=pretrained`: every rate learns from its soft targets).
+   Both use Adam at `--finetune_learning_rate` (a third of the scratch
+   rate: a pretrained start needs smaller steps).
+4. `scratch`: the same sliced network (`slice_model` of the untrained plain
+   model) trained from scratch with the defaults for the full schedule.
+
+Every model: batch 64 (digits) or 128 (MNIST-1D), cross-entropy on logits; `fit` ends by recalibrating
+every width's batch-norm statistics (its default). Accuracies are on the
+test split (digits: a stratified 25%, seed 0; MNIST-1D: its 1,000 test
+signals), mean and standard error over seeds.
+
+The batch-norm statistics' cost is measured too: one calibration pass of
+the trained sliced model on fit's default sample (2,048 examples or all the
+training data), against one training epoch of the same model.
+
+Networks (plain): digits conv32-BN-ReLU-conv64-BN-ReLU-GAP-dense10;
+MNIST-1D conv32/2-BN-ReLU-conv64/2-BN-ReLU-conv64/2-BN-ReLU-flatten-dense10;
+batch-norm momentum 0.9.
+The machine may be shared: timings are medians of a few repeats, and the
+JSON says how many CPUs there were.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_slicing  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.accuracy import load  # noqa: E402
+from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
+
+RATES = (1.0, 0.75, 0.5, 0.25)
+REWIRES = (None, "l1", "bn", "taylor")
+FRACTIONS = (0.1, 0.25, 0.5)
+RECIPES = ("default", "teacher")
+# Short schedules: the suite's 2-core machine is shared. Batch norm lets
+# both CNNs fit their training data within them.
+EPOCHS = {"digits": 20, "mnist1d": 10}
+# Batches per epoch: digits 22, MNIST-1D 32 (its 4,000 examples at 128).
+BATCHES = {"digits": 64, "mnist1d": 128}
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def plain_network(name):
+    # Batch-norm momentum 0.9 (PyTorch's 0.1): with Keras' 0.99 the plain
+    # models' moving averages lag so far behind on these short schedules
+    # that they evaluate at 18-62% (measured here); slice_model carries it.
+    K = keras.layers
+    if name == "digits":
+        x = keras.Input((8, 8, 1))
+        h = x
+        for filters in (32, 64):
+            h = K.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+            h = K.ReLU()(K.BatchNormalization(momentum=0.9)(h))
+        h = K.GlobalAveragePooling2D()(h)
+    else:
+        x = keras.Input((40, 1))
+        h = x
+        for i, filters in enumerate((32, 64, 64)):
+            h = K.Conv1D(filters, 5 if i == 0 else 3, strides=2, padding="same",
+                         use_bias=False)(h)
+            h = K.ReLU()(K.BatchNormalization(momentum=0.9)(h))
+        h = K.Flatten()(h)
+    return keras.Model(x, K.Dense(10)(h), name=f"{name}_cnn")
+
+
+def compile_model(model, learning_rate):
+    model.compile(keras.optimizers.Adam(learning_rate), LOSS, metrics=["accuracy"])
+
+
+def width_accuracy(model, x, y):
+    """Test accuracy (percent) of every width of a sliced model."""
+    return {
+        str(rate): 100.0 * float(np.mean(
+            np.argmax(model.at_rate(rate).predict(x, batch_size=512, verbose=0), -1) == y
+        ))
+        for rate in RATES
+    }
+
+
+def plain_accuracy(model, x, y):
+    return 100.0 * float(np.mean(
+        np.argmax(model.predict(x, batch_size=512, verbose=0), -1) == y
+    ))
+
+
+class _EpochTimes(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times = getattr(self, "times", []) + [time.perf_counter() - self.start]
+
+
+def run_seed(name, seed, epochs, args, result, save):
+    """Fills `result` stage by stage, calling `save()` after each."""
+    x_train, y_train, x_test, y_test = load(name, "test")
+    data = (x_train, y_train)
+    batch = BATCHES[name]
+    result.update({"converted": {}, "finetune": {}})
+
+    keras.utils.set_random_seed(seed)
+    pretrained = plain_network(name)
+    compile_model(pretrained, args.learning_rate)
+    start = time.perf_counter()
+    pretrained.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
+    result["pretrained"] = plain_accuracy(pretrained, x_test, y_test)
+    result["pretrained_seconds"] = time.perf_counter() - start
+    print(f"[{name} seed {seed}] pretrained {result['pretrained']:.2f} "
+          f"({result['pretrained_seconds']:.0f} s)", flush=True)
+    save()
+
+    for rewire in REWIRES:
+        try:
+            sliced = keras_slicing.slice_model(
+                pretrained, rates=RATES, rewire=rewire, data=data, seed=seed
+            )
+        except (ImportError, NotImplementedError) as error:
+            print(f"[{name} seed {seed}] rewire={rewire} unavailable: {error}")
+            continue
+        result["converted"][str(rewire)] = width_accuracy(sliced, x_test, y_test)
+        print(f"[{name} seed {seed}] converted {rewire}: "
+              f"{result['converted'][str(rewire)]}", flush=True)
+        save()
+
+    for recipe in RECIPES:
+        keras.utils.set_random_seed(seed)
+        teacher = {"distillation": pretrained} if recipe == "teacher" else {}
+        sliced = keras_slicing.slice_model(
+            pretrained, rates=RATES, data=data, seed=seed, **teacher
+        )
+        compile_model(sliced, args.finetune_learning_rate)
+        done, runs = 0, result["finetune"].setdefault(recipe, {})
+        start = time.perf_counter()
+        for fraction in FRACTIONS:
+            until = round(fraction * epochs)
+            sliced.fit(x_train, y_train, batch_size=batch, initial_epoch=done,
+                       epochs=until, verbose=0)
+            done = until
+            runs[str(fraction)] = width_accuracy(sliced, x_test, y_test)
+            print(f"[{name} seed {seed}] {recipe}@{fraction}: {runs[str(fraction)]} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            save()
+        result[f"finetune_{recipe}_seconds"] = time.perf_counter() - start
+
+    keras.utils.set_random_seed(seed)
+    scratch = keras_slicing.slice_model(plain_network(name), rates=RATES, rewire=None,
+                                        seed=seed)
+    compile_model(scratch, args.learning_rate)
+    timer = _EpochTimes()
+    start = time.perf_counter()
+    scratch.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0,
+                callbacks=[timer])
+    result["scratch_seconds"] = time.perf_counter() - start
+    result["scratch"] = width_accuracy(scratch, x_test, y_test)
+    print(f"[{name} seed {seed}] scratch: {result['scratch']}", flush=True)
+    save()
+
+    # The cost of the statistics: a calibration pass as fit makes it (its
+    # default sample, fit's batch size) against the epochs just timed.
+    sample = x_train[:keras_slicing.calibration.CALIBRATION_EXAMPLES]
+    keras_slicing.calibrate_batchnorm(scratch, sample, batch_size=batch)  # traced
+    passes = []
+    for _ in range(3):
+        start = time.perf_counter()
+        keras_slicing.calibrate_batchnorm(scratch, sample, batch_size=batch)
+        passes.append(time.perf_counter() - start)
+    result["calibration_seconds"] = float(np.median(passes))
+    result["epoch_seconds"] = float(np.median(timer.times[1:]))
+    save()
+
+
+# ---------------------------------------------------------------- report
+
+
+def mean_se(values):
+    values = np.asarray(values, dtype=float)
+    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(se)
+
+
+def summarize(runs):
+    """Mean and s.e. over seeds of every accuracy, and the goals' verdicts.
+
+    Only seeds that ran to the end count (a stopped run saves its stages),
+    except in `converted_only`: the conversions of every seed that has them.
+    """
+    seeds = sorted(s for s in runs if "epoch_seconds" in runs[s])
+    converted = sorted(s for s in runs if len(runs[s].get("converted", {})) >= 3)
+    partial = {"converted_only": {
+        "seeds": converted,
+        "rows": {
+            f"converted, rewire={w}": {
+                str(rate): mean_se([runs[s]["converted"][w][str(rate)] for s in converted])
+                for rate in RATES
+            }
+            for w in (runs[converted[0]]["converted"] if converted else ())
+        },
+        "pretrained": mean_se([runs[s]["pretrained"] for s in converted])
+        if converted else None,
+    }}
+    if not seeds:
+        return {"seeds": [], **partial}
+    first = runs[seeds[0]]
+
+    def over(get):
+        return mean_se([get(runs[s]) for s in seeds])
+
+    rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
+    for rewire in first["converted"]:
+        rows[f"converted, rewire={rewire}"] = {
+            str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
+            for rate in RATES
+        }
+    for recipe in first["finetune"]:
+        for fraction in first["finetune"][recipe]:
+            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
+                str(rate): over(
+                    lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
+                )
+                for rate in RATES
+            }
+    rows["scratch (100% of steps)"] = {
+        str(rate): over(lambda r, k=str(rate): r["scratch"][k]) for rate in RATES
+    }
+    goals = {}
+    for recipe in first["finetune"]:
+        # Paired by seed: each fine-tuned run against that seed's scratch run.
+        gaps = {
+            str(rate): over(lambda r, c=recipe, k=str(rate):
+                            r["finetune"][c]["0.25"][k] - r["scratch"][k])
+            for rate in RATES
+        }
+        drop = over(lambda r, c=recipe: r["finetune"][c]["0.25"]["1.0"] - r["pretrained"])
+        goals[recipe] = {
+            "gap_to_scratch_at_25%": gaps,
+            "every_width_within_0.5_of_scratch": all(g[0] >= -0.5 for g in gaps.values()),
+            "full_width_minus_pretrained_at_25%": drop,
+            "full_width_within_0.3_of_pretrained": drop[0] >= -0.3,
+        }
+    narrow = {
+        str(rewire): over(lambda r, w=str(rewire): r["converted"][w]["0.25"])
+        for rewire in first["converted"]
+    }
+    timing = {
+        "calibration_seconds": over(lambda r: r["calibration_seconds"]),
+        "epoch_seconds": over(lambda r: r["epoch_seconds"]),
+        "calibration_over_epoch": over(
+            lambda r: r["calibration_seconds"] / r["epoch_seconds"]
+        ),
+    }
+    return {"seeds": seeds, "rows": rows, "goals": goals,
+            "converted_at_0.25": narrow, "timing": timing, **partial}
+
+
+def report(results):
+    for name, per_seed in results["runs"].items():
+        summary = summarize(per_seed)
+        results.setdefault("summary", {})[name] = summary
+        if not summary["seeds"]:
+            print(f"\n{name}: no seed ran to the end; conversions of seeds "
+                  f"{summary['converted_only']['seeds']}: "
+                  f"{summary['converted_only']['rows']}")
+            continue
+        # Fine-tuning stops at whole epochs: the fractions of the steps run.
+        epochs = results["settings"]["epochs"][name]
+        summary["finetune_epochs"] = {
+            str(f): round(f * epochs) for f in results["settings"]["fractions"]
+        }
+        summary["finetune_step_fraction"] = {
+            str(f): round(f * epochs) / epochs for f in results["settings"]["fractions"]
+        }
+        header = ["model"] + [f"r={r:g}" for r in RATES]
+        rows = []
+        for label, values in summary["rows"].items():
+            rows.append([label] + [
+                f"{values[str(r)][0]:.2f} ± {values[str(r)][1]:.2f}"
+                if str(r) in values else "" for r in RATES
+            ])
+        common.print_table(
+            f"{name}: test accuracy (%), mean ± s.e. over seeds "
+            f"{summary['seeds']}", header, rows,
+        )
+        for recipe, goal in summary["goals"].items():
+            gaps = ", ".join(
+                f"{r}: {g[0]:+.2f} ± {g[1]:.2f}"
+                for r, g in goal["gap_to_scratch_at_25%"].items()
+            )
+            print(f"  {recipe} at 25% minus scratch: {gaps}; every width "
+                  f"within 0.5: {goal['every_width_within_0.5_of_scratch']}; full "
+                  f"width minus pretrained {goal['full_width_minus_pretrained_at_25%'][0]:+.2f}"
+                  f" (within 0.3: {goal['full_width_within_0.3_of_pretrained']})")
+        t = summary["timing"]
+        print(f"  calibration pass {t['calibration_seconds'][0]:.2f} s, training "
+              f"epoch {t['epoch_seconds'][0]:.2f} s: "
+              f"{t['calibration_over_epoch'][0]:.2f} epochs")
+    return results
+
+
+def markdown(results):
+    """The docs' tables of a result file, as Markdown."""
+    lines = []
+    for name, summary in results["summary"].items():
+        epochs = results["settings"]["epochs"][name]
+        if not summary["seeds"]:
+            summary = summary["converted_only"]
+            summary["rows"] = {
+                "pretrained (plain)": {"1.0": summary["pretrained"]},
+                **summary["rows"],
+            }
+        lines += [f"**{name}** ({epochs} epochs from scratch, seeds "
+                  f"{', '.join(summary['seeds'])}):", "",
+                  "| model | " + " | ".join(f"width {r:g}" for r in RATES) + " |",
+                  "|---|" + "---:|" * len(RATES)]
+        for label, values in summary["rows"].items():
+            cells = [
+                f"{values[str(r)][0]:.2f} ± {values[str(r)][1]:.2f}"
+                if str(r) in values else "" for r in RATES
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="digits,mnist1d")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first_seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="Full schedule (0: 20 digits, 10 MNIST-1D).")
+    parser.add_argument("--learning_rate", type=float, default=3e-3)
+    parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--merge", default=None, help="JSON files to combine.")
+    parser.add_argument("--markdown", default=None,
+                        help="Print the Markdown tables of this result file.")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+
+    if args.markdown:
+        print(markdown(json.loads(open(args.markdown).read())))
+        return
+    if args.merge:
+        parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
+        results = {**parts[0], "runs": {}}
+        for part in parts:
+            for name, per_seed in part["runs"].items():
+                results["runs"].setdefault(name, {}).update(per_seed)
+                results["settings"]["epochs"][name] = part["settings"]["epochs"][name]
+        common.write_json("slice_pretrained", report(results), args.output)
+        return
+
+    results = {
+        "machine": {**common.machine_facts(),
+                    "note": "2-core machine shared with other jobs; timings "
+                            "are indicative, ratios measured in one process"},
+        "settings": {
+            "rates": RATES, "batch": BATCHES, "epochs": {},
+            "learning_rate": args.learning_rate,
+            "finetune_learning_rate": args.finetune_learning_rate,
+            "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
+        },
+        "runs": {},
+    }
+    for name in args.datasets.split(","):
+        epochs = args.epochs or EPOCHS[name]
+        results["settings"]["epochs"][name] = epochs
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            per_seed = results["runs"].setdefault(name, {})
+            # Written after every stage: a stopped run keeps what it finished.
+            run_seed(name, seed, epochs, args, per_seed.setdefault(str(seed), {}),
+                     lambda: common.write_json("slice_pretrained", results, args.output))
+    common.write_json("slice_pretrained", report(results), args.output)
+
+
+if __name__ == "__main__":
+    main()
