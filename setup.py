@@ -30,6 +30,9 @@ setup(
     packages=find_packages(include=["keras_slicing", "keras_slicing.*"])
     + ["keras_slicing_lite"],
     package_dir={"keras_slicing_lite": "tflite/keras_slicing_lite"},
+    # The command line, outside the package so that `keras-slicing info`
+    # starts without importing Keras and TensorFlow.
+    py_modules=["keras_slicing_cli"],
     # TensorFlow comes through an extra: `tensorflow-cpu` and the CUDA build
     # are different distributions, and a plain `tensorflow` requirement would
     # pull the large wheel on top of a CPU install.
@@ -51,7 +54,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "keras-slicing=keras_slicing.cli:run",
+            "keras-slicing=keras_slicing_cli:run",
             "keras-slicing-lite=keras_slicing_lite.cli:main",
         ]
     },

@@ -18,6 +18,8 @@ overrides or calls trainer methods Keras documents only in its source:
   reuses so that `compile` arguments keep their Keras meaning.
 """
 
+import sys
+
 # The loss tracker must undo the per-replica loss scaling of
 # `tf.distribute`, as Keras' own train step does (identity elsewhere).
 from keras.src.losses.loss import unscale_loss_for_distribution  # noqa: F401
@@ -43,3 +45,44 @@ def in_symbolic_scope():
     except ImportError:  # moved in a later Keras: assume a real run
         return False
     return in_symbolic_scope()
+
+
+def calling_functional_model():
+    """The outermost functional model whose `call` runs now, or None.
+
+    A layer cannot see the model it runs in: Keras passes it tensors, not
+    graph nodes, and the JAX trainer enters a model through `stateless_call`
+    without a call context. Every backend and trainer runs a functional
+    graph through `Functional.call` (a `Sequential` through its inner
+    functional model), so the stack tells which model a sliced layer's
+    first call belongs to; `keras_slicing.checks` checks that model once.
+    """
+    found = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _FUNCTIONAL_CALL:
+            model = frame.f_locals.get("self")
+            if model is not None:
+                found = model
+        frame = frame.f_back
+    return found
+
+
+try:
+    from keras.src.models.functional import Functional as _Functional
+
+    _FUNCTIONAL_CALL = _Functional.call.__code__
+except (ImportError, AttributeError):  # moved in a later Keras: no lazy check
+    _FUNCTIONAL_CALL = None
+
+
+def without_call_arguments(error):
+    """Keeps Keras from appending the call's arguments to `error`'s message.
+
+    Each layer call an error passes through appends "Arguments received by
+    ...", with numpy inputs printed in full: thousands of characters that
+    bury a rate or model error whose own message already names what is
+    wrong. Keras skips an error that carries this mark.
+    """
+    error._keras_call_info_injected = True
+    return error

@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 import keras_slicing
-from keras_slicing import cli
+import keras_slicing_cli as cli
 
 L = keras_slicing.layers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,7 +145,7 @@ def test_wrong_number_of_arguments_is_a_usage_error():
 
 def test_help_prints_the_commands_and_their_flags():
     result = subprocess.run(
-        [sys.executable, "-m", "keras_slicing.cli", "--help"],
+        [sys.executable, "-m", "keras_slicing_cli", "--help"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
@@ -179,7 +179,7 @@ def test_module_runs_as_a_console_script(files, tmp_path):
     out = tmp_path / "bundle"
     _invoke("export", str(files / "tiny.keras"), str(out), "--rates=0.5")
     result = subprocess.run(
-        [sys.executable, "-m", "keras_slicing.cli", "info", str(out)],
+        [sys.executable, "-m", "keras_slicing_cli", "info", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
