@@ -23,6 +23,7 @@ commands:
 # log lines), which `info` does not need. The heavy imports happen inside the
 # commands that use them, after the log settings are made.
 
+import contextlib
 import os
 import sys
 
@@ -78,6 +79,20 @@ _VERBOSE = flags.DEFINE_bool(
     "default).",
 )
 
+# Which commands read each flag: any other command refuses it rather than
+# ignoring it.
+_FLAG_COMMANDS = {
+    "rates": ("export", "bench"),
+    "quantization": ("export",),
+    "representative_data": ("export",),
+    "int8_io": ("export",),
+    "evaluation_data": ("export",),
+    "output_kind": ("export",),
+    "num_threads": ("bench",),
+    "batch_size": ("bench",),
+    "repeats": ("bench",),
+}
+
 _USAGE = (
     "usage: keras-slicing export MODEL.keras OUT_DIR [flags] | "
     "info BUNDLE | bench BUNDLE [flags]"
@@ -102,8 +117,12 @@ def main(argv):
         raise app.UsageError(
             f"'{args[0]}' takes {arity} argument(s). Received: {args[1:]}\n{_USAGE}"
         )
-    if _RATES.present and args[0] == "info":
-        raise app.UsageError("'info' prints every rate of a bundle: --rates does not apply.")
+    for name, used_by in _FLAG_COMMANDS.items():
+        if flags.FLAGS[name].present and args[0] not in used_by:
+            raise app.UsageError(
+                f"--{name} applies to {' and '.join(used_by)}, not to "
+                f"'{args[0]}'.\n{_USAGE}"
+            )
     _set_log_levels(_VERBOSE.value)
     try:
         command(*args[1:])
@@ -154,10 +173,38 @@ def run(argv=None):
 
 def _main(argv):
     try:
-        return main(argv)
+        if _VERBOSE.value:
+            return main(argv)
+        with _native_logs_hidden():
+            return main(argv)
     except app.UsageError as error:
         print(f"keras-slicing: error: {error}\n\n{usage()}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _native_logs_hidden():
+    """Sends what native code writes to stderr to /dev/null, Python's own
+    stderr (errors, warnings, tracebacks) still to the terminal.
+
+    TensorFlow 2.21 logs through C++ absl, which ignores
+    TF_CPP_MIN_LOG_LEVEL for lines such as "oneDNN custom operations are
+    on" (at import and again in the converter).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    python_stderr, sys.stderr = sys.stderr, os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _export(model_path, output_dir):
@@ -182,7 +229,7 @@ def _export(model_path, output_dir):
     manifest = export_tflite(
         model,
         output_dir,
-        rates=_RATES.value,
+        rates=_parsed_rates(_RATES.value),
         quantization=_QUANTIZATION.value,
         representative_data=representative,
         evaluation_data=evaluation,
@@ -295,24 +342,33 @@ def _bench(bundle_dir):
     _print_table(rows)
 
 
+def _parsed_rates(texts):
+    """`--rates` as floats (None when absent); the library checks the range."""
+    if texts is None:
+        return None
+    try:
+        return [float(text) for text in texts]
+    except ValueError:
+        raise ValueError(
+            "--rates must be comma-separated numbers in (0, 1], e.g. "
+            f"--rates=1,0.5. Received: --rates={','.join(texts)}"
+        ) from None
+
+
 def _chosen_entries(manifest, rates):
-    """The manifest entries of `rates` (all when None), widest first."""
+    """The manifest entries of `--rates` (all when None), widest first."""
     entries = manifest["rates"]
     if rates is None:
         return entries
     by_text = {_format_rate(e["rate"]): e for e in entries}
     chosen = []
-    for text in rates:
-        try:
-            key = _format_rate(float(text))
-        except ValueError:
-            key = None
-        if key not in by_text:
+    for rate in _parsed_rates(rates):
+        if _format_rate(rate) not in by_text:
             raise ValueError(
                 f"--rates must name rates of the bundle: "
-                f"{', '.join(by_text)}. Received: {text!r}"
+                f"{', '.join(by_text)}. Received: {_format_rate(rate)}"
             )
-        chosen.append(by_text[key])
+        chosen.append(by_text[_format_rate(rate)])
     return sorted({id(e): e for e in chosen}.values(), key=lambda e: -e["rate"])
 
 

@@ -32,7 +32,7 @@ class _MomentAccumulator:
         return mean, np.maximum(square / count - mean**2, 0.0)
 
 
-def calibrate_batchnorm(model, data, rates=None, batch_size=256):
+def calibrate_batchnorm(model, data, rates=None, batch_size=256, verbose=0):
     """Recomputes every `SlicedBatchNormalization`'s statistics per rate.
 
     Moving averages learned while the widths were sampled are noisy; this
@@ -50,6 +50,9 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
         rates: Rates to calibrate; each must be declared by every sliced
             batch-norm layer. Defaults to the rates declared by the layers.
         batch_size: Batch size for array data. Defaults to `256`.
+        verbose: `0` (silent) or `1`: a Keras progress bar per rate over
+            the batches run (`N/Unknown` for an iterable without length).
+            Defaults to `0`.
 
     Returns:
         The tuple of calibrated rates.
@@ -76,8 +79,14 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256):
     try:
         for rate in rates:
             seen = 0
+            if verbose:
+                print(f"calibrate_batchnorm: rate {rates_lib.format_rate(rate)}")
+            progress = keras.utils.Progbar(
+                _num_batches(data, batch_size), verbose=verbose, unit_name="batch"
+            )
             for batch in _batches(data, batch_size):
                 seen += 1
+                progress.update(seen)
                 size = len(keras.tree.flatten(batch)[0])
                 model(
                     _feed(model, rate_ids, batch, np.full((size,), rate, "float32")),
@@ -105,6 +114,15 @@ def _write_row(variable, row, values):
     table = np.array(keras.ops.convert_to_numpy(variable))
     table[row, : len(values)] = values
     variable.assign(table)
+
+
+def _num_batches(data, batch_size):
+    """How many batches `_batches` yields; None (unknown) for an iterable."""
+    if isinstance(data, tuple) and data and _is_arrays(data[0]):
+        data = data[0]
+    if _is_arrays(data):
+        return -(-len(keras.tree.flatten(data)[0]) // batch_size)
+    return None
 
 
 def _all_layers(model):
