@@ -304,7 +304,6 @@ def export_tflite_writes_a_bundle(out, tf_dir):
     # test_backends.py; the conversion runs in a TensorFlow process.
     model = keras.saving.load_model(tf_dir / "model.keras")
     keras_slicing.export_tflite(model, out / "bundle", rates=[1.0, 0.5])
-    assert "tensorflow" not in sys.modules, "the export imported TensorFlow here"
 
 
 @check
