@@ -154,7 +154,9 @@ def check_model(model, allow_sliced_outputs=False):
                 f"{_through(state)}, so at a rate below 1 it has fewer "
                 "entries than at full width (labels and losses would not "
                 f"match). Build {_label(source)} with slice_output=False so "
-                "that every width gives all outputs."
+                "that every width gives all outputs (or, for a feature "
+                "extractor meant to give sliced outputs, declare it once with "
+                "keras_slicing.check_model(model, allow_sliced_outputs=True))."
             )
     _CHECKED.add(model)
     return model

@@ -51,7 +51,10 @@ class SlicedLayerMixin:
     """Mixin placed before a Keras layer class in a sliced layer's bases.
 
     Keras refuses non-tensor positional call arguments, so the rate is passed
-    on by keyword; a Python rate is validated here, before any tracing.
+    on by keyword. A rate known now (a number, an array, an eager tensor) is
+    validated here, before any tracing; and a run (not the building of a
+    graph) checks the functional model it runs in, once
+    (`keras_slicing.checks.check_called_model`).
 
     `keras_slicing.check_model` classifies a sliced layer by these
     attributes alone, so a new sliced layer needs no change there:
