@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 
@@ -58,7 +59,7 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256, verbose=0):
         The tuple of calibrated rates.
     """
     layers = [
-        layer for layer in _all_layers(model)
+        layer for layer in keras_internals.all_sublayers(model)
         if isinstance(layer, SlicedBatchNormalization)
     ]
     if not layers:
@@ -123,10 +124,6 @@ def _num_batches(data, batch_size):
     if _is_arrays(data):
         return -(-len(keras.tree.flatten(data)[0]) // batch_size)
     return None
-
-
-def _all_layers(model):
-    return list(model._flatten_layers(include_self=False, recursive=True))
 
 
 def _batches(data, batch_size):

@@ -511,7 +511,7 @@ def _through(state):
 
 
 def _tensor_name(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    if history is not None:
-        return history.operation.name
+    operation = keras_internals.producer(tensor)
+    if operation is not None:
+        return operation.name
     return getattr(tensor, "name", "?")

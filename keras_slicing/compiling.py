@@ -7,7 +7,7 @@ one copy of the loss tracker and of the compiled metrics per rate; `metrics`,
 Keras' own. This is the model's side of Keras' `Trainer.compile`, apart from
 `model.py`, which says what the model is: the steps that update the metrics
 are `keras_slicing/train_step.py`, and how each backend compiles them is in
-`keras_slicing/backend/*_trainer.py`, which fill `_compiled_rate_sets`.
+`keras_slicing/trainers/`, which fill `_compiled_rate_sets`.
 
 It reads `rates`, set up by `SlicingModel`.
 """
@@ -16,6 +16,7 @@ It reads `rates`, set up by `SlicingModel`.
 import keras
 
 from keras_slicing import backend
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.keras_internals import CompileMetrics
 from keras_slicing.keras_internals import tracking
@@ -155,7 +156,8 @@ class SlicingCompile:
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def _build_metrics(self, y, y_pred):
-        for metrics in (self._compile_metrics, *self._rate_compile_metrics):
+        compiled = keras_internals.compiled_metrics(self)
+        for metrics in (compiled, *self._rate_compile_metrics):
             if metrics is not None and not metrics.built:
                 metrics.build(y, y_pred)
 

@@ -29,6 +29,7 @@ from keras_slicing_lite import outputs as outputs_lib
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import output_kind as output_kind_lib
 from keras_slicing import rates as rates_lib
 from keras_slicing.cost import model_cost
@@ -445,7 +446,7 @@ def _check_evaluation(evaluation_data, data_input, output, kind):
 def _describe_tensors(interpreter, data_input, output):
     (input_detail,) = interpreter.get_input_details()
     (output_detail,) = interpreter.get_output_details()
-    output_name = output._keras_history.operation.name
+    output_name = keras_internals.producer(output).name
     return {
         "input": _tensor_entry(input_detail, data_input.name),
         "output": _tensor_entry(output_detail, output_name),

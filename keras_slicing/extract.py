@@ -1,20 +1,12 @@
 """Cutting one width out of a sliced model as a plain Keras model."""
 
 import keras
-import numpy as np
 
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
-from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
-from keras_slicing.layers.conv1d import SlicedConv1D
-from keras_slicing.layers.conv2d import SlicedConv2D
-from keras_slicing.layers.dense import SlicedDense
-from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
 from keras_slicing.layers.flatten import SlicedFlatten
-from keras_slicing.layers.group_normalization import SlicedGroupNormalization
-
-_SLICING_KEYS = ("slice_groups", "slice_input", "slice_output", "rates")
 
 
 def extract_submodel(model, rate):
@@ -22,15 +14,14 @@ def extract_submodel(model, rate):
 
     The functional graph of `model` is replayed with the rate bound to a
     Python float. Every sliced layer becomes the standard Keras layer of its
-    active width (`Dense`, `Conv1D`, `Conv2D`, `DepthwiseConv2D`,
+    active width, the one its `plain_layer` returns (`Dense`, `Conv2D`,
     `GroupNormalization` with `active_channels / channels_per_group` groups,
-    `BatchNormalization` holding that rate's moving statistics) with copies
-    of exactly the active weights; `SlicedFlatten` becomes `Permute` +
-    `Flatten`; every other layer is cloned from its config with copied
-    weights. The result takes the data
-    inputs alone, computes the same outputs as `model` at `rate`, and shares
-    no variable with it: it can be saved, fine-tuned or converted without
-    `keras_slicing`.
+    `BatchNormalization` holding that rate's moving statistics, `LSTM`, ...)
+    with copies of exactly the active weights; `SlicedFlatten` becomes
+    `Permute` + `Flatten`; every other layer is cloned from its config with
+    copied weights. The result takes the data inputs alone, computes the
+    same outputs as `model` at `rate`, and shares no variable with it: it can
+    be saved, fine-tuned or converted without `keras_slicing`.
 
     The model is first checked by `keras_slicing.check_model` (sliced
     outputs allowed: a narrow feature extractor is a valid cut), so a graph
@@ -130,80 +121,19 @@ class _Builder:
                 "rather than taken from a rate input, so it has no fixed "
                 f"value. Received: rate={rate!r}"
             )
-        x = args[0]
         shapes = [
             tuple(t.shape) for t in keras.tree.flatten((args, kwargs))
             if isinstance(t, keras.KerasTensor)
         ]
         key = (id(layer), tuple(shapes))
         if key not in self.clones:
-            if hasattr(layer, "plain_layer"):
-                # Sequence layers build their own (see layers/base.py).
-                self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
-            else:
-                self.clones[key] = self._standard_layer(layer, x, rate)
+            self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
         standard, weights = self.clones[key]
-        outputs = standard(x, *args[1:], **kwargs)
-        if isinstance(weights, list):
+        outputs = standard(*args, **kwargs)
+        if weights is not None:  # the first call built the variables
             standard.set_weights(weights)
             self.clones[key] = (standard, None)
-        elif weights is not None:  # the first call built the variables
-            for name, value in weights.items():
-                getattr(standard, name).assign(value)
-            self.clones[key] = (standard, None)
         return outputs
-
-    def _standard_layer(self, layer, x, rate):
-        """A standard layer for `layer` at `rate` and its weights by name."""
-        n_in = x.shape[-1]
-        config = {
-            k: v for k, v in layer.get_config().items() if k not in _SLICING_KEYS
-        }
-        config["name"] = self._name(layer)
-        weights = {}
-        if isinstance(layer, SlicedDense):
-            n_out = _output_width(layer, layer.units, rate)
-            config["units"] = n_out
-            standard = keras.layers.Dense.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[:n_in, :n_out]
-            if layer.use_bias:
-                weights["bias"] = _value(layer.bias)[:n_out]
-        elif isinstance(layer, (SlicedConv1D, SlicedConv2D)):
-            n_out = _output_width(layer, layer.filters, rate)
-            config["filters"] = n_out
-            plain = (
-                keras.layers.Conv1D
-                if isinstance(layer, SlicedConv1D)
-                else keras.layers.Conv2D
-            )
-            standard = plain.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[..., :n_in, :n_out]
-            if layer.use_bias:
-                weights["bias"] = _value(layer.bias)[:n_out]
-        elif isinstance(layer, SlicedDepthwiseConv2D):
-            standard = keras.layers.DepthwiseConv2D.from_config(config)
-            weights["kernel"] = _value(layer.kernel)[:, :, :n_in, :]
-            if layer.use_bias:
-                weights["bias"] = _value(layer.bias)[: n_in * layer.depth_multiplier]
-        elif isinstance(layer, SlicedGroupNormalization):
-            config["groups"] = n_in // layer._channels_per_group
-            standard = keras.layers.GroupNormalization.from_config(config)
-            weights.update(_affine(layer, n_in))
-        elif isinstance(layer, SlicedBatchNormalization):
-            row = layer.row_of(rate)
-            standard = keras.layers.BatchNormalization.from_config(config)
-            weights.update(_affine(layer, n_in))
-            weights["moving_mean"] = _value(layer.moving_mean)[row, :n_in]
-            weights["moving_variance"] = _value(layer.moving_variance)[row, :n_in]
-        else:
-            raise _CarryError(
-                f"extract_submodel: no standard layer is known for sliced "
-                f"layer '{layer.name}' ({type(layer).__name__}). Supported: "
-                "SlicedDense, SlicedConv1D, SlicedConv2D, "
-                "SlicedDepthwiseConv2D, SlicedGroupNormalization, "
-                "SlicedBatchNormalization, SlicedFlatten."
-            )
-        return standard, weights
 
     def _flatten(self, layer, x):
         key = (id(layer), tuple(x.shape))
@@ -246,7 +176,7 @@ class _Builder:
     def _nested(self, layer, args, kwargs):
         if not any(
             graph.is_sliced(inner)
-            for inner in layer._flatten_layers(include_self=False, recursive=True)
+            for inner in keras_internals.all_sublayers(layer)
         ):
             key = id(layer)
             if key not in self.clones:
@@ -254,7 +184,7 @@ class _Builder:
                 clone.set_weights(layer.get_weights())
                 self.clones[key] = (clone, None)
             return self.clones[key][0](*args, **kwargs)
-        if not hasattr(layer, "_run_through_graph"):
+        if not graph.is_functional(layer):
             raise _CarryError(
                 f"extract_submodel: nested model '{layer.name}' "
                 f"({type(layer).__name__}) holds sliced layers but is not "
@@ -275,25 +205,6 @@ class _Builder:
 
 class _CarryError(ValueError):
     pass
-
-
-def _output_width(layer, width, rate):
-    if not layer.slice_output:
-        return width
-    return rates_lib.active_width(width, rate, layer.slice_groups)
-
-
-def _value(variable):
-    return np.asarray(keras.ops.convert_to_numpy(variable))
-
-
-def _affine(layer, n):
-    weights = {}
-    if layer.scale:
-        weights["gamma"] = _value(layer.gamma)[:n]
-    if layer.center:
-        weights["beta"] = _value(layer.beta)[:n]
-    return weights
 
 
 def _copy_weights(layer, clone, rate):

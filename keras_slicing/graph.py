@@ -1,14 +1,16 @@
 """Walking a functional model with a rate input at a fixed rate.
 
-The one place that touches Keras' functional-graph internals: cost counting
-and sub-model extraction replay the model's graph with the rate input bound
-to a Python float, so every sliced layer sees a static width.
+Cost counting, sub-model extraction and `SlicingModel.at_rate` replay the
+model's graph with the rate input bound to a Python float, so every sliced
+layer sees a static width. Keras reads its graphs only through private API,
+used here by way of `keras_internals`.
 """
 
 import collections
 
 import keras
 
+from keras_slicing import keras_internals
 from keras_slicing.layers.base import SlicedLayerMixin
 
 Call = collections.namedtuple("Call", ["operation", "inputs", "rate", "outputs"])
@@ -28,7 +30,7 @@ def rate_inputs(model):
     _check_functional(model)
     used = set()
     for layer in model.layers:
-        for node in layer._inbound_nodes:
+        for node in keras_internals.inbound_nodes(layer):
             rate = node.arguments.kwargs.get("rate")
             if isinstance(rate, keras.KerasTensor):
                 used.add(id(rate))
@@ -43,8 +45,9 @@ def rate_inputs(model):
 def calls(model):
     """The `Call`s of `model`'s graph in execution order, inputs left out."""
     _check_functional(model)
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
+    nodes_by_depth = keras_internals.nodes_by_depth(model)
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
             if not node.operation or node.is_input:
                 continue
             rate = node.arguments.kwargs.get("rate")
@@ -71,10 +74,7 @@ def replay(model, rate, call_fn, inputs=None):
     data_iter = iter(data)
     for x in model.inputs:
         feed.append(rate if id(x) in rate_ids else next(data_iter))
-    outputs = model._run_through_graph(
-        feed, operation_fn=lambda op: op, call_fn=call_fn
-    )
-    return outputs
+    return keras_internals.run_through_graph(model, feed, call_fn)
 
 
 def layer_shapes(model, rate):
@@ -106,9 +106,7 @@ def layer_shapes(model, rate):
 
 def is_functional(layer):
     """Whether `layer` is a functional model whose graph can be replayed."""
-    return isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph") and (
-        getattr(layer, "_nodes_by_depth", None) is not None
-    )
+    return keras_internals.is_functional(layer)
 
 
 def is_sliced(layer):
@@ -116,7 +114,7 @@ def is_sliced(layer):
 
 
 def _check_functional(model):
-    if not hasattr(model, "_run_through_graph") or not hasattr(model, "inputs"):
+    if not is_functional(model):
         raise ValueError(
             "Expected a functional keras.Model built from keras.Input "
             f"tensors. Received: {type(model).__name__}"

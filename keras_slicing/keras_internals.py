@@ -1,32 +1,61 @@
 """The private Keras API keras-slicing relies on, in one place.
 
-Keras 3.15 has no public equivalent of these; each import says why it is
-needed. Importing them here (and nowhere else) makes a Keras upgrade that
-moves one fail at import, in this file.
+Keras has no public equivalent of these; each says why it is needed. Every
+name is imported or checked when this module is imported, so a Keras release
+that moves one fails at `import keras_slicing`, here, naming the Keras
+version, instead of misbehaving later. No use has a fallback.
 
-Besides these imports, `SlicingModel` is a `keras.Model` subclass that
-overrides or calls trainer methods Keras documents only in its source:
-- `_make_function` (TensorFlow and JAX trainers): wraps one step into the
-  function `fit`/`evaluate` call, with `steps_per_execution` and
-  `tf.function`/XLA handled as for any Keras model;
-- `_maybe_symbolic_build`/`_symbolic_build` (TensorFlow): building from one
-  replica's batch under `MultiWorkerMirroredStrategy`;
+Public routes taken instead where Keras offers one: `compute_loss` (the test
+step), `compute_metrics`, `keras.Model.layers`. Not taken:
+`keras.models.clone_model(call_function=...)` replays a graph too, but it
+builds and compiles a model of the same class from the new outputs, which a
+`SlicingModel` whose rate input is bound to a number refuses (no rate input
+left), and it cannot replay shapes alone (`graph.layer_shapes`).
+
+Besides the functions below, `SlicingModel`'s trainer mixins
+(`keras_slicing/trainers/`) override or call trainer methods Keras documents
+only in its source; they are checked here for the active backend:
+- `_make_function` (TensorFlow and JAX): wraps one step into the function
+  `fit`/`evaluate` call, with `steps_per_execution` and `tf.function`/XLA
+  handled as for any Keras model;
+- `_maybe_symbolic_build`/`_symbolic_build` and `_distribute_strategy`
+  (TensorFlow): building from one replica's batch under
+  `MultiWorkerMirroredStrategy`;
 - `_get_state_sharding_spec` (JAX): the output shardings of a compiled step
   under `keras.distribution`, as Keras' own step uses;
-- `_compile_loss`, `_compute_loss`, `_loss_tracker`, `_compile_metrics`,
-  `_aggregate_additional_loss`: the compiled loss and metrics a custom step
-  reuses so that `compile` arguments keep their Keras meaning.
+- `_aggregate_additional_loss` (every backend): regularization and
+  `add_loss` terms summed as Keras' own step sums them.
 """
 
 import sys
+
+import keras
 
 # The loss tracker must undo the per-replica loss scaling of
 # `tf.distribute`, as Keras' own train step does (identity elsewhere).
 from keras.src.losses.loss import unscale_loss_for_distribution  # noqa: F401
 
+# A functional model's graph: `SlicingModel` and `extract_submodel` replay it
+# with the rate input bound to a number.
+from keras.src.models.functional import Functional
+from keras.src.ops.function import Function
+from keras.src.ops.node import Node
+from keras.src.ops.operation import Operation
+
 # The per-rate copies of the compiled metrics reuse Keras' resolution of
 # names such as "accuracy" against the model's outputs and loss.
 from keras.src.trainers.compile_utils import CompileMetrics  # noqa: F401
+from keras.src.trainers.trainer import Trainer
+
+# A Keras mask travels as a tensor attribute, which some backends' tensors
+# cannot hold: Keras then keeps it aside. Reading it is how a layer that does
+# not support masks refuses one.
+from keras.src.backend.common.masking import get_keras_mask as keras_mask  # noqa: F401
+
+# Keras' JAX and PyTorch backends infer shapes by tracing `call` with
+# abstract or meta tensors, which hold no rate to read; this tells a real run
+# from that tracing.
+from keras.src.backend.common.symbolic_scope import in_symbolic_scope  # noqa: F401
 
 # Training state that must not become a tracked weight (the rate sampler,
 # the per-rate metric lists): `DotNotTrackScope` and
@@ -34,17 +63,111 @@ from keras.src.trainers.compile_utils import CompileMetrics  # noqa: F401
 from keras.src.utils import tracking  # noqa: F401
 
 
-def in_symbolic_scope():
-    """Whether Keras is inferring shapes (`compute_output_spec`), not running.
+def _moved(what):
+    return ImportError(
+        f"keras_slicing relies on {what}, which keras {keras.__version__} "
+        "does not have (it was written against Keras 3.5 to 3.15). Install "
+        "a Keras version in that range, or a keras_slicing release that "
+        f"supports keras {keras.__version__}."
+    )
 
-    Keras' JAX and PyTorch backends infer shapes by tracing `call` with
-    abstract or meta tensors, which hold no rate to read.
+
+def _require_methods(owner, names):
+    for name in names:
+        if not callable(getattr(owner, name, None)):
+            raise _moved(f"the method {owner.__name__}.{name}")
+
+
+def _require_assigned(function, names):
+    """Checks that `function` sets the attributes `names` (its bytecode)."""
+    assigned = set(function.__code__.co_names)
+    for name in names:
+        if name not in assigned:
+            raise _moved(f"the attribute {name} set in {function.__qualname__}")
+
+
+_require_methods(Functional, ["_run_through_graph"])
+_require_methods(keras.layers.Layer, ["_flatten_layers"])
+_require_assigned(Function.__init__, ["_nodes_by_depth"])
+_require_assigned(Operation.__init__, ["_inbound_nodes"])
+_require_assigned(Node.__init__, ["_keras_history"])
+_require_assigned(Trainer.__init__, ["_compile_loss", "_compile_metrics", "_loss_tracker"])
+_require_methods(keras.Model, ["_aggregate_additional_loss"])
+_TRAINER_METHODS = {
+    "tensorflow": ["_make_function", "_maybe_symbolic_build", "_symbolic_build"],
+    "jax": ["_make_function", "_get_state_sharding_spec"],
+    "torch": [],
+}
+_require_methods(keras.Model, _TRAINER_METHODS.get(keras.backend.backend(), []))
+if keras.backend.backend() == "tensorflow":
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    _require_assigned(TensorFlowTrainer.__init__, ["_distribute_strategy"])
+
+
+def is_functional(layer):
+    """Whether `layer` is a functional model, whose graph can be replayed."""
+    return isinstance(layer, Functional)
+
+
+def inbound_nodes(layer):
+    """The nodes of `layer`'s calls in functional graphs (how a rate reaches it)."""
+    return layer._inbound_nodes
+
+
+def nodes_by_depth(model):
+    """`{depth: [node]}` of a functional model, the outputs at depth 0."""
+    return model._nodes_by_depth
+
+
+def run_through_graph(model, inputs, call_fn):
+    """`model`'s graph run on `inputs`, each node computed by `call_fn`.
+
+    `call_fn(operation, *args, **kwargs)` returns the node's outputs; the
+    operations are `model`'s own (not cloned).
     """
-    try:
-        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
-    except ImportError:  # moved in a later Keras: assume a real run
-        return False
-    return in_symbolic_scope()
+    return model._run_through_graph(
+        inputs, operation_fn=lambda operation: operation, call_fn=call_fn
+    )
+
+
+def all_sublayers(layer):
+    """Every layer inside `layer`, nested models and layers' own layers too.
+
+    `keras.Model.layers` lists the top level only; a sliced layer may sit in
+    a nested model or inside a custom layer.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=True))
+
+
+def producer(tensor):
+    """The operation whose call returned the symbolic `tensor`, or `None`."""
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def compiled_loss(model):
+    """The loss `compile` set up, without regularizers: a step adds those once.
+
+    Called as `compiled_loss(model)(y, y_pred, sample_weight)`; `None` when
+    the model was compiled without a loss.
+    """
+    return model._compile_loss
+
+
+def compiled_metrics(model):
+    """The metrics `compile` set up (`CompileMetrics`), or `None`."""
+    return model._compile_metrics
+
+
+def loss_tracker(model):
+    """The `Mean` that reports `loss` in the logs of `fit` and `evaluate`."""
+    return model._loss_tracker
+
+
+# A sliced layer's first run checks the model it runs in: every backend and
+# trainer runs a functional graph through `Functional.call`.
+_FUNCTIONAL_CALL = Functional.call.__code__
 
 
 def calling_functional_model():
@@ -66,14 +189,6 @@ def calling_functional_model():
                 found = model
         frame = frame.f_back
     return found
-
-
-try:
-    from keras.src.models.functional import Functional as _Functional
-
-    _FUNCTIONAL_CALL = _Functional.call.__code__
-except (ImportError, AttributeError):  # moved in a later Keras: no lazy check
-    _FUNCTIONAL_CALL = None
 
 
 def without_call_arguments(error):

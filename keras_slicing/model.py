@@ -4,7 +4,7 @@ This module holds its rates, scheduler and distillation settings, the plain
 models of one width (`at_rate`), `evaluate_rates` and saving; the rest of its
 behaviour is in mixins of their own: `compiling.py` (`compile` and the per-rate
 metrics), `rate_inputs.py` (inputs fed with the rate or without it),
-`train_step.py` (the steps) and `backend/*_trainer.py` (how each backend
+`train_step.py` (the steps) and `trainers/` (how each backend
 takes gradients and compiles the steps).
 """
 
@@ -12,9 +12,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_slicing import backend
 from keras_slicing import checks
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
 from keras_slicing.compiling import SlicingCompile
@@ -23,6 +23,7 @@ from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.rate_inputs import SlicingRateInputs
 from keras_slicing.train_step import SlicingTrainStep
+from keras_slicing.trainers import SlicingTrainer
 
 _SLICING_ARGS = (
     "rates",
@@ -42,7 +43,7 @@ _SEED_KEY = "rate_sampler_state"
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
 class SlicingModel(
-    backend.SlicingTrainer,
+    SlicingTrainer,
     SlicingTrainStep,
     SlicingCompile,
     SlicingRateInputs,
@@ -200,7 +201,7 @@ class SlicingModel(
             owner, len(self.outputs), distillation, distillation_weight,
             distillation_from_logits, distillation_temperature, distillation_warmup,
         )
-        for layer in self._flatten_layers(include_self=False, recursive=True):
+        for layer in keras_internals.all_sublayers(self):
             if isinstance(layer, SlicedBatchNormalization):
                 for rate in ordered:
                     layer.row_of(rate)  # an undeclared rate fails here, clearly

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras_slicing_lite import outputs as outputs_lib
 
+from keras_slicing import keras_internals
 from keras_slicing.interpreter import run_tflite
 
 
@@ -66,7 +67,7 @@ def infer(model, output, output_kind):
 
 def _final_activation(output):
     """`"softmax"`, `"sigmoid"`, `"linear"` or another name: the last layer's."""
-    layer = output._keras_history.operation
+    layer = keras_internals.producer(output)
     if isinstance(layer, keras.layers.Softmax):
         return "softmax"
     activation = getattr(layer, "activation", None)

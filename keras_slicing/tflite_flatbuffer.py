@@ -5,11 +5,13 @@ ops, which phone runtimes do not ship, is refused) and the one edit an
 export makes: a final QUANTIZE op that gives every width's int8 output the
 same scale and zero point. Apart from `export.py` because it works on the
 bytes a converter wrote, not on Keras models, through the generated Python
-of the TFLite schema (TensorFlow's copy, else LiteRT's).
+of the TFLite schema (TensorFlow's copy, see `tf_internals.py`).
 """
 
 import flatbuffers
 import numpy as np
+
+from keras_slicing.tf_internals import tflite_schema as schema
 
 
 def share_output_quantization(contents):
@@ -20,7 +22,6 @@ def share_output_quantization(contents):
     scale and zero point. Files whose parameters differ get a final
     QUANTIZE op that requantizes into the union of all ranges.
     """
-    schema = _schema()
     params = {}
     for rate, content in contents.items():
         flatbuffer = schema.Model.GetRootAs(content, 0)
@@ -44,7 +45,6 @@ def share_output_quantization(contents):
 
 
 def _append_requantize(content, scale, zero_point):
-    schema = _schema()
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(content, 0))
     subgraph = model.subgraphs[0]
     source_index = subgraph.outputs[0]
@@ -113,17 +113,7 @@ def check_builtin_ops(content, what="model"):
         )
 
 
-def _schema():
-    """The flatbuffer schema of `.tflite` files (generated Python)."""
-    try:
-        from tensorflow.lite.python import schema_py_generated as schema
-    except ImportError:
-        from ai_edge_litert import schema_py_generated as schema
-    return schema
-
-
 def _operator_codes(content):
-    schema = _schema()
     names = {
         value: key
         for key, value in vars(schema.BuiltinOperator).items()

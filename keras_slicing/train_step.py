@@ -4,7 +4,7 @@ A step is plain `keras.ops` code run against the model's variables: the plan
 of the step's rates, the forward passes and their summed loss, one optimizer
 update, and the per-rate metrics. What differs between backends (how the
 gradient is taken, how the step is compiled and fed its state) lives in the
-trainer module of each backend (`keras_slicing/backend/*_trainer.py`), which
+trainer module of each backend (`keras_slicing/trainers/<backend>.py`), which
 runs these methods.
 
 The rates of a step come as indices into `model.rates` (widest first):
@@ -20,6 +20,7 @@ import numpy as np
 from keras import ops
 
 from keras_slicing import rates as rates_lib
+from keras_slicing import keras_internals
 from keras_slicing.keras_internals import unscale_loss_for_distribution
 
 
@@ -83,6 +84,7 @@ class SlicingTrainStep:
             )
         plan = self._plan(indices)
         variables = self.trainable_weights
+        compiled_loss = keras_internals.compiled_loss(self)
 
         def forward():
             total = ops.zeros((), "float32")
@@ -91,7 +93,7 @@ class SlicingTrainStep:
             share = self._student_share(plan) if self.distillation else None
             for k, (rate, weight, _) in enumerate(plan):
                 y_pred = self._forward(x, rate, training=True)
-                loss = self._compile_loss(y, y_pred, sample_weight)
+                loss = compiled_loss(y, y_pred, sample_weight)
                 weight = ops.cast(weight, "float32")
                 if self.distillation and k:
                     soft = self._distillation.soft_target_loss(
@@ -114,7 +116,8 @@ class SlicingTrainStep:
 
         self._build_metrics(y, results[0][0])
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
-        self._loss_tracker.update_state(
+        loss_tracker = keras_internals.loss_tracker(self)
+        loss_tracker.update_state(
             unscale_loss_for_distribution(total), sample_weight=batch
         )
         for j, (tracker, metrics) in enumerate(
@@ -124,7 +127,7 @@ class SlicingTrainStep:
             self._update_rate_metrics(
                 hits, results, tracker, metrics, y, sample_weight, batch
             )
-        logs = {"loss": self._loss_tracker.result()}
+        logs = {"loss": loss_tracker.result()}
         for rate, tracker, metrics in zip(
             self.rates, self._rate_loss_trackers, self._rate_compile_metrics
         ):
@@ -200,18 +203,21 @@ class SlicingTrainStep:
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self._forward(x, rate, training=False)
         self._build_metrics(y, y_pred)
-        loss = self._compute_loss(
+        loss = self.compute_loss(
             x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
         )
-        self._loss_tracker.update_state(
+        loss_tracker = keras_internals.loss_tracker(self)
+        loss_tracker.update_state(
             unscale_loss_for_distribution(loss),
             sample_weight=ops.shape(keras.tree.flatten(x)[0])[0],
         )
-        logs = {"loss": self._loss_tracker.result()}
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
-            logs.update(self._compile_metrics.result())
-        for metric in self._compile_loss.metrics if self._compile_loss else ():
+        logs = {"loss": loss_tracker.result()}
+        metrics = keras_internals.compiled_metrics(self)
+        if metrics is not None:
+            metrics.update_state(y, y_pred, sample_weight)
+            logs.update(metrics.result())
+        compiled_loss = keras_internals.compiled_loss(self)
+        for metric in compiled_loss.metrics if compiled_loss else ():
             logs[metric.name] = metric.result()
         return self._reducible(logs)
 

@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 150
+
+# Every scenario runs in subprocesses, one per worker.
+pytestmark = pytest.mark.slow
 
 
 def _run_role(*args, env_extra=None):

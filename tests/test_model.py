@@ -220,6 +220,7 @@ def test_at_rate_exports_a_saved_model(tmp_path):
     np.testing.assert_allclose(restored.serve(x), _at(model, x, 0.25), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_small_cnn_learns_digits_at_every_rate_and_keeps_it_after_save(digits, tmp_path):
     x, y = digits
     x = x[..., None]
@@ -431,6 +432,7 @@ def test_same_arguments_work_for_every_scheduler_and_number_of_rates():
                     assert runs == len(rates)
 
 
+@pytest.mark.slow
 def test_inplace_distillation_with_every_rate_still_learns_the_labels(digits):
     # Summed, the soft targets of three narrower rates outweighed the label
     # term of the widest 3 to 1; the shared weights then chased the widest

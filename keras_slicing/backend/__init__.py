@@ -3,11 +3,11 @@
 Everything else in the package is written with `keras.ops`; what depends on
 the backend is how a rate whose value is not known yet becomes a width (a
 graph computation on TensorFlow; an error on JAX and PyTorch, whose shapes
-must be known when they run), in `<backend>.py`, and how `SlicingModel`'s
-step takes gradients and is compiled, in `<backend>_trainer.py` (the step
-itself is `keras_slicing/train_step.py`, the same on every backend). The
-modules of the active backend are imported alone, so `import keras_slicing`
-on JAX or PyTorch does not import TensorFlow.
+must be known when they run) and the slicing ops a width runs with, in
+`<backend>.py`. How `SlicingModel` trains on each backend is another matter,
+in `keras_slicing/trainers/`, which the layers never import. The module of
+the active backend is imported alone, so `import keras_slicing` on JAX or
+PyTorch does not import TensorFlow.
 """
 
 import keras
@@ -18,13 +18,10 @@ BACKEND = keras.backend.backend()
 
 if BACKEND == "tensorflow":
     from keras_slicing.backend import tensorflow as _impl
-    from keras_slicing.backend.tensorflow_trainer import SlicingTrainer
 elif BACKEND == "jax":
     from keras_slicing.backend import jax as _impl
-    from keras_slicing.backend.jax_trainer import SlicingTrainer
 elif BACKEND == "torch":
     from keras_slicing.backend import torch as _impl
-    from keras_slicing.backend.torch_trainer import SlicingTrainer
 else:
     raise ImportError(
         "keras_slicing runs on the 'tensorflow', 'jax' and 'torch' Keras "

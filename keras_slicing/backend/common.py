@@ -5,6 +5,8 @@ import numbers
 import numpy as np
 from keras import ops
 
+from keras_slicing import keras_internals
+
 
 def _not_a_number(rate, owner):
     if getattr(rate, "ndim", 0):
@@ -79,9 +81,7 @@ def rate_of_values(values, owner):
 
 def in_shape_inference():
     """Whether Keras is inferring shapes (`compute_output_spec`), not running."""
-    from keras_slicing.keras_internals import in_symbolic_scope
-
-    return in_symbolic_scope()
+    return keras_internals.in_symbolic_scope()
 
 
 def eager_assert(condition, message):

@@ -7,6 +7,7 @@ rate, with the width computed and checked in the graph.
 import numpy as np
 import tensorflow as tf
 
+from keras_slicing import tf_internals
 from keras_slicing.backend import common
 
 
@@ -83,23 +84,13 @@ def groups_from_rate_scalar(rate, slice_groups):
     return tf.maximum(tf.cast(tf.math.ceil(rounded), tf.int32), 1)
 
 
-def _in_xla_context():
-    try:
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # private module moved: assume no XLA
-        return False
-    return control_flow_util.GraphOrParentsInXlaContext(
-        tf.compat.v1.get_default_graph()
-    )
-
-
 def ensure_dynamic_shapes_allowed(owner):
     """Refuses a tensor rate inside an XLA-compiled function.
 
     XLA drops the rate checks (assertions) and, on GPUs, rejects convolutions
     with a dynamic feature dimension; a static rate compiles everywhere.
     """
-    if not tf.executing_eagerly() and _in_xla_context():
+    if not tf.executing_eagerly() and tf_internals.in_xla_context():
         raise ValueError(
             f"{owner}: a slice rate given as a tensor makes kernel shapes "
             "dynamic, which XLA (jit_compile=True) does not support. Call "

@@ -11,6 +11,7 @@ from keras import ops
 from torch.nn import functional
 
 from keras_slicing.backend import common
+from keras_slicing.torch_internals import is_fake
 
 
 def concrete_rate(rate, owner):
@@ -19,7 +20,7 @@ def concrete_rate(rate, owner):
     if value is not None:
         return value
     if isinstance(rate, torch.Tensor):
-        if rate.device.type == "meta" or _is_fake(rate):
+        if rate.device.type == "meta" or is_fake(rate):
             return None
         return common.rate_of_values(rate.detach().cpu().numpy(), owner)
     return None
@@ -30,17 +31,9 @@ def concrete_value(value):
     array = common.host_array(value)
     if array is not None or not isinstance(value, torch.Tensor):
         return array
-    if value.device.type == "meta" or _is_fake(value):
+    if value.device.type == "meta" or is_fake(value):
         return None
     return value.detach().cpu().numpy()
-
-
-def _is_fake(tensor):
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # private module moved: treat tensors as real
-        return False
-    return is_fake(tensor)
 
 
 def tensor_rate_groups(rate, slice_groups, owner):

@@ -47,6 +47,24 @@ def _is_symbolic(values):
     return any(isinstance(v, keras.KerasTensor) for v in keras.tree.flatten(values))
 
 
+def leading_values(variable, sizes):
+    """The numpy value of `variable[:sizes[0], ...]`; `None` keeps an axis.
+
+    `sizes` may be shorter than the rank: the trailing axes are kept whole.
+    """
+    value = np.asarray(ops.convert_to_numpy(variable))
+    return value[tuple(slice(size) for size in sizes)]
+
+
+def affine_values(layer, n):
+    """A normalization layer's `gamma` and `beta` (those it has), first `n`."""
+    return [
+        leading_values(getattr(layer, name), [n])
+        for name, present in (("gamma", layer.scale), ("beta", layer.center))
+        if present
+    ]
+
+
 class SlicedLayerMixin:
     """Mixin placed before a Keras layer class in a sliced layer's bases.
 
@@ -124,6 +142,20 @@ class SlicedLayerMixin:
     def _static_rate(rate):
         return rates_lib.static_rate(rate)
 
+    def plain_layer(self, rate, input_shapes, name):
+        """The standard Keras layer this layer computes at `rate`, and weights.
+
+        `input_shapes` are the shapes of the tensors the layer is called on
+        at that rate; the weights are copies of the active ones, in the order
+        of the returned layer's `weights`. `extract_submodel` builds a width
+        from these, so every sliced layer implements it.
+        """
+        raise NotImplementedError(
+            f"{self._owner()} does not implement plain_layer(rate, "
+            "input_shapes, name), which returns the standard Keras layer of "
+            "one width; extract_submodel needs it for every sliced layer."
+        )
+
     def _check_divisible(self, width, arg_name):
         if width % self.slice_groups:
             raise ValueError(
@@ -140,7 +172,12 @@ class SlicedProjectionMixin(SlicedLayerMixin):
     The kernel's last two axes are (input features, output units); the
     layer reads as many input features as its input has and, when
     `slice_output`, produces the active groups of its `_full_width()` units.
+    `_plain_class` is the standard Keras layer of one width and
+    `_width_arg` the name of its width argument.
     """
+
+    _plain_class = None
+    _width_arg = None
 
     def _init_projection(self, slice_groups, slice_input, slice_output, arg_name):
         self._init_slicing(slice_groups)
@@ -151,6 +188,20 @@ class SlicedProjectionMixin(SlicedLayerMixin):
 
     def _full_width(self):
         raise NotImplementedError
+
+    def plain_layer(self, rate, input_shapes, name):
+        """The standard Keras layer of the width of `rate`, and its weights."""
+        n_in = input_shapes[0][-1]
+        n_out = self._full_width()
+        if self.slice_output:
+            n_out = rates_lib.active_width(n_out, rate, self.slice_groups)
+        config = plain_config(self, name)
+        config[self._width_arg] = n_out
+        rank = len(self.kernel.shape)
+        weights = [leading_values(self.kernel, [None] * (rank - 2) + [n_in, n_out])]
+        if self.use_bias:
+            weights.append(leading_values(self.bias, [n_out]))
+        return self._plain_class.from_config(config), weights
 
     def _relax_input_spec(self, **rank):
         if self.slice_input:
@@ -196,6 +247,8 @@ class SlicedProjectionMixin(SlicedLayerMixin):
 
 class SlicedConvolutionMixin(SlicedProjectionMixin):
     """Convolutions: the filters are the sliced width, channels last."""
+
+    _width_arg = "filters"
 
     def _init_convolution(self, kwargs):
         """Refuses the arguments slicing does not cover; call before `super().__init__`."""

@@ -5,6 +5,9 @@ from keras import ops
 from keras_slicing import backend
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.base import SlicedLayerMixin
+from keras_slicing.layers.base import affine_values
+from keras_slicing.layers.base import leading_values
+from keras_slicing.layers.base import plain_config
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -211,6 +214,17 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
                 variable, ops.reshape(row, (1, 1)), ops.expand_dims(new_row, 0)
             )
         )
+
+    def plain_layer(self, rate, input_shapes, name):
+        """A `keras.layers.BatchNormalization` holding `rate`'s statistics."""
+        n = input_shapes[0][-1]
+        row = self.row_of(rate)
+        statistics = [
+            leading_values(variable, [None, n])[row]
+            for variable in (self.moving_mean, self.moving_variance)
+        ]
+        plain = keras.layers.BatchNormalization.from_config(plain_config(self, name))
+        return plain, affine_values(self, n) + statistics
 
     def get_config(self):
         return {

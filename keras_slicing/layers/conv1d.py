@@ -47,6 +47,8 @@ class SlicedConv1D(SlicedConvolutionMixin, keras.layers.Conv1D):
     - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
     """
 
+    _plain_class = keras.layers.Conv1D
+
     def __init__(
         self,
         filters,

@@ -43,6 +43,8 @@ class SlicedConv2D(SlicedConvolutionMixin, keras.layers.Conv2D):
     - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
     """
 
+    _plain_class = keras.layers.Conv2D
+
     def __init__(
         self,
         filters,

@@ -58,6 +58,9 @@ class SlicedDense(SlicedProjectionMixin, keras.layers.Dense):
         super().__init__(units, **kwargs)
         self._init_projection(slice_groups, slice_input, slice_output, "units")
 
+    _plain_class = keras.layers.Dense
+    _width_arg = "units"
+
     def _full_width(self):
         return self.units
 

@@ -5,6 +5,8 @@ from keras_slicing import backend
 from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import is_static_int
 from keras_slicing.layers.base import leading_block
+from keras_slicing.layers.base import leading_values
+from keras_slicing.layers.base import plain_config
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -80,6 +82,15 @@ class SlicedDepthwiseConv2D(SlicedLayerMixin, keras.layers.DepthwiseConv2D):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+    def plain_layer(self, rate, input_shapes, name):
+        """A `keras.layers.DepthwiseConv2D` of the input's channels, and weights."""
+        n_in = input_shapes[0][-1]
+        weights = [leading_values(self.kernel, [None, None, n_in])]
+        if self.use_bias:
+            weights.append(leading_values(self.bias, [n_in * self.depth_multiplier]))
+        plain = keras.layers.DepthwiseConv2D.from_config(plain_config(self, name))
+        return plain, weights
 
     def get_config(self):
         return {**super().get_config(), "slice_groups": self.slice_groups}

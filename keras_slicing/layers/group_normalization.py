@@ -3,6 +3,8 @@ from keras import ops
 
 from keras_slicing import backend
 from keras_slicing.layers.base import SlicedLayerMixin
+from keras_slicing.layers.base import affine_values
+from keras_slicing.layers.base import plain_config
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")
@@ -94,6 +96,18 @@ class SlicedGroupNormalization(SlicedLayerMixin, keras.layers.GroupNormalization
             res = res + ops.cast(beta, dtype)
         outputs = ops.reshape(grouped * inv + res, shape)
         return ops.cast(outputs, self.compute_dtype)
+
+    def plain_layer(self, rate, input_shapes, name):
+        """A `keras.layers.GroupNormalization` of the input's channels.
+
+        Its groups are the active ones, of the same channels each, so every
+        group's statistics are those of the sliced layer.
+        """
+        n = input_shapes[0][-1]
+        config = plain_config(self, name)
+        config["groups"] = n // self._channels_per_group
+        plain = keras.layers.GroupNormalization.from_config(config)
+        return plain, affine_values(self, n)
 
     def get_config(self):
         return {**super().get_config(), "slice_groups": self.slice_groups}

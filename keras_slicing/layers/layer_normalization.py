@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_slicing import backend
 from keras_slicing.layers.base import SlicedLayerMixin
+from keras_slicing.layers.base import affine_values
 from keras_slicing.layers.base import is_static_int
 from keras_slicing.layers.base import leading_block
 from keras_slicing.layers.base import plain_config
@@ -84,11 +85,8 @@ class SlicedLayerNormalization(SlicedLayerMixin, keras.layers.LayerNormalization
         n = input_shapes[0][-1]
         config = plain_config(self, name)
         config["axis"] = -1
-        weights = [
-            ops.convert_to_numpy(w)[:n] for w in (self.gamma, self.beta)
-            if w is not None
-        ]
-        return keras.layers.LayerNormalization.from_config(config), weights
+        plain = keras.layers.LayerNormalization.from_config(config)
+        return plain, affine_values(self, n)
 
     def get_config(self):
         return {**super().get_config(), "slice_groups": self.slice_groups}

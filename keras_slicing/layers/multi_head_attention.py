@@ -3,6 +3,7 @@ import numpy as np
 from keras import ops
 
 from keras_slicing import backend
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import is_static_int
@@ -115,7 +116,7 @@ class SlicedMultiHeadAttention(SlicedLayerMixin, keras.layers.MultiHeadAttention
                 f"{getattr(key, 'shape', None)}"
             )
         for name, tensor in (("query", query), ("value", value)):
-            if getattr(tensor, "_keras_mask", None) is not None:
+            if keras_internals.keras_mask(tensor) is not None:
                 raise ValueError(
                     f"{self._owner()}: the {name} carries a Keras mask, which "
                     "is not supported. Pass attention_mask= instead."

@@ -3,6 +3,7 @@ import json
 import numpy as np
 
 import keras_slicing
+import pytest
 from tests.examples.loader import load_example
 
 
@@ -38,6 +39,7 @@ def _text_file(tmp_path):
     return str(data)
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_exports_and_checks_every_width(tmp_path):
     results = _load_example().run(
         tmp_path / "out", data_file=_text_file(tmp_path), seq_len=8,
@@ -59,6 +61,7 @@ def test_tiny_run_trains_exports_and_checks_every_width(tmp_path):
     assert "FULLY_CONNECTED" in ops and "TANH" in ops
 
 
+@pytest.mark.slow
 def test_baseline_trains_a_plain_model_per_width():
     example = _load_example()
     x = np.random.default_rng(0).integers(0, 20, (8, 8))

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from tests.examples.loader import load_example
 
@@ -9,6 +10,7 @@ def _load_example():
     return load_example("digits")
 
 
+@pytest.mark.slow
 def test_demo_writes_model_bundle_results_and_plot(tmp_path):
     results = _load_example().run(
         tmp_path, epochs=2, baselines=True, latency_repeats=3, verbose=0

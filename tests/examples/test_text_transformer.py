@@ -1,6 +1,7 @@
 import numpy as np
 
 import keras_slicing
+import pytest
 from tests.examples.loader import load_example
 
 
@@ -8,6 +9,7 @@ def _load_example():
     return load_example("text_transformer")
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_exports_and_checks_every_width(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("pack my box with five dozen liquor jugs. " * 60, encoding="utf-8")

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from keras_slicing.layers import SlicedBatchNormalization
+from tests.layers import harness
 
 
 def _built_layer(rates=(1.0, 0.5, 0.25), channels=16, **kwargs):
@@ -25,19 +26,45 @@ def _set_stats(layer):
     )
 
 
-@pytest.mark.parametrize("rate, row", [(1.0, 0), (0.5, 1), (0.25, 2)])
-def test_inference_uses_the_rates_own_statistics(rate, row):
+def _layer_with_statistics():
     layer = _built_layer()
     _set_stats(layer)
-    gamma, beta, mean, variance = layer.get_weights()
+    return layer
+
+
+def _inputs_at(rate):
     n = int(16 * rate)
-    plain = keras.layers.BatchNormalization()
-    plain.build((None, 3, 3, n))
-    plain.set_weights([gamma[:n], beta[:n], mean[row, :n], variance[row, :n]])
-    x = np.random.default_rng(1).normal(size=(4, 3, 3, n)).astype("float32")
-    np.testing.assert_allclose(layer(x, rate), plain(x), atol=1e-5)
-    run = tf.function(lambda x, r: layer(x, r))
-    np.testing.assert_allclose(run(x, tf.fill([4], rate)), plain(x), atol=1e-5)
+    return (np.random.default_rng(1).normal(size=(4, 3, 3, n)).astype("float32"),)
+
+
+def _full_width_weights(layer):
+    """A plain layer's weights: the statistics of rate 1 (row 0)."""
+    gamma, beta, mean, variance = layer.get_weights()
+    return [gamma, beta, mean[0], variance[0]]
+
+
+# Each rate reads its own row of statistics, so a width's weights are not
+# leading blocks of the sliced ones.
+CASE = harness.LayerCase(
+    _layer_with_statistics, _inputs_at, keras.layers.BatchNormalization,
+    full_weights=_full_width_weights, call_kwargs={"training": False},
+    rates=(1.0, 0.5, 0.25), leading_blocks=False,
+)
+
+
+@pytest.mark.parametrize("check", harness.CHECKS, ids=harness.check_id)
+def test_sliced_layer_contract(check, tmp_path):
+    check(CASE, tmp_path)
+
+
+def test_each_rate_reads_its_own_row_of_statistics():
+    layer = _layer_with_statistics()
+    gamma, beta, mean, variance = layer.get_weights()
+    for row, rate in enumerate((1.0, 0.5, 0.25)):
+        (x,) = _inputs_at(rate)
+        n = x.shape[-1]
+        want = (x - mean[row, :n]) / np.sqrt(variance[row, :n] + 1e-3) * gamma[:n] + beta[:n]
+        np.testing.assert_allclose(layer(x, rate), want, atol=1e-5)
 
 
 def test_training_updates_only_the_active_rows_prefix():
@@ -61,17 +88,6 @@ def test_training_normalizes_with_batch_statistics():
     y = keras.ops.convert_to_numpy(layer(x, 0.25, training=True))
     np.testing.assert_allclose(y.mean((0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(y.std((0, 1, 2)), 1.0, atol=1e-3)
-
-
-def test_full_rate_equals_parent_exactly():
-    layer = _built_layer()
-    _set_stats(layer)
-    gamma, beta, mean, variance = layer.get_weights()
-    plain = keras.layers.BatchNormalization()
-    plain.build((None, 3, 3, 16))
-    plain.set_weights([gamma, beta, mean[0], variance[0]])
-    x = tf.random.normal((2, 3, 3, 16), seed=4)
-    np.testing.assert_array_equal(layer(x, 1.0), plain(x))
 
 
 def test_undeclared_rate_lists_the_declared_rates():

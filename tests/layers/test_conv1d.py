@@ -4,12 +4,12 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 import keras_slicing
 from keras_slicing.layers import SlicedConv1D
 from keras_slicing.rates import active_width
+from tests.layers import harness
 
 RATES = [1.0, 0.75, 0.5, 0.3, 0.25]
 L = keras_slicing.layers
@@ -17,52 +17,30 @@ L = keras_slicing.layers
 
 def _built_layer(in_channels=16, filters=32, **kwargs):
     kwargs = {"padding": "same", "strides": 2, **kwargs}
-    layer = SlicedConv1D(filters, 3, **kwargs)
+    layer = SlicedConv1D(filters, 3, bias_initializer="random_normal", **kwargs)
     layer.build((None, 11, in_channels))
     return layer
 
 
-def _reference(layer, n_in, n_out, **kwargs):
-    kernel, bias = layer.get_weights()
-    kwargs = {"padding": "same", "strides": 2, **kwargs}
-    conv = keras.layers.Conv1D(n_out, 3, **kwargs)
-    conv.build((None, 11, n_in))
-    conv.set_weights([kernel[:, :n_in, :n_out], bias[:n_out]])
-    return conv
+def _inputs_at(rate):
+    n_in = active_width(16, rate, 8)
+    return (np.random.default_rng(0).normal(size=(2, 11, n_in)).astype("float32"),)
 
 
-@pytest.mark.parametrize("rate", RATES)
-def test_rate_matches_plain_conv1d_on_active_slice(rate):
-    layer = _built_layer()
-    n_in, n_out = active_width(16, rate, 8), active_width(32, rate, 8)
-    x = np.random.default_rng(0).normal(size=(2, 11, n_in)).astype("float32")
-    got = layer(x, rate)
-    assert got.shape == (2, 6, n_out)
-    np.testing.assert_allclose(got, _reference(layer, n_in, n_out)(x), atol=1e-5)
+def _causal_layer():
+    return _built_layer(padding="causal", strides=1, dilation_rate=2)
 
 
-@pytest.mark.parametrize("rate", [1.0, 0.5, 0.25])
-def test_causal_dilated_padding_matches_plain_conv1d(rate):
-    options = {"padding": "causal", "strides": 1, "dilation_rate": 2}
-    layer = _built_layer(**options)
-    n_in, n_out = active_width(16, rate, 8), active_width(32, rate, 8)
-    x = np.random.default_rng(1).normal(size=(2, 11, n_in)).astype("float32")
-    want = _reference(layer, n_in, n_out, **options)(x)
-    np.testing.assert_allclose(layer(x, rate), want, atol=1e-5)
+CASES = {
+    "strided": harness.LayerCase(_built_layer, _inputs_at, keras.layers.Conv1D, rates=RATES),
+    "causal_dilated": harness.LayerCase(_causal_layer, _inputs_at, keras.layers.Conv1D),
+}
 
 
-@pytest.mark.parametrize("rate", [1.0, 0.5, 0.25])
-def test_tensor_rate_in_graph_matches_python_rate(rate):
-    layer = _built_layer()
-    x = tf.random.normal((2, 11, active_width(16, rate, 8)), seed=1)
-    run = tf.function(lambda x, r: layer(x, r))
-    np.testing.assert_allclose(run(x, tf.fill([2], rate)), layer(x, rate), atol=1e-6)
-
-
-def test_full_rate_equals_parent_conv_exactly():
-    layer = _built_layer()
-    x = tf.random.normal((2, 11, 16), seed=2)
-    np.testing.assert_array_equal(layer(x, 1.0), _reference(layer, 16, 32)(x))
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("check", harness.CHECKS, ids=harness.check_id)
+def test_sliced_layer_contract(check, case, tmp_path):
+    check(CASES[case], tmp_path)
 
 
 def test_unsliced_input_and_output_for_first_and_last_layers():
@@ -142,25 +120,3 @@ def test_tflite_float32_files_match_keras(tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-4)
     assert json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert os.path.getsize(tmp_path / "bundle" / manifest["rates"][0]["file"]) > 0
-
-
-def test_keras_file_round_trip_keeps_weights_and_slicing(tmp_path):
-    model = _signal_model()
-    path = tmp_path / "signal.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    layer = loaded.get_layer(model.layers[2].name)
-    assert isinstance(layer, SlicedConv1D) and not layer.slice_input
-    x = np.random.default_rng(6).normal(size=(3, 40, 1)).astype("float32")
-    for rate in (1.0, 0.25):
-        r = np.full(3, rate, "float32")
-        np.testing.assert_array_equal(loaded([x, r]), model([x, r]))
-
-
-def test_config_round_trip_keeps_slicing_arguments():
-    layer = _built_layer(slice_groups=4, slice_input=False)
-    config = layer.get_config()
-    clone = SlicedConv1D.from_config(config)
-    slicing = (clone.slice_groups, clone.slice_input, clone.slice_output)
-    assert slicing == (4, False, True)
-    assert clone.get_config() == config

@@ -5,52 +5,29 @@ import tensorflow as tf
 
 from keras_slicing.layers import SlicedDense
 from keras_slicing.rates import active_width
-
-RATES = [1.0, 0.75, 0.5, 0.3, 0.25, 0.125]
+from tests.layers import harness
 
 
 def _built_layer(in_units=32, units=64, **kwargs):
-    layer = SlicedDense(units, activation="relu", **kwargs)
+    layer = SlicedDense(units, activation="relu", bias_initializer="random_normal", **kwargs)
     layer.build((None, in_units))
     return layer
 
 
-def _reference(layer, n_in, n_out):
-    """A plain Dense holding exactly the active block of the weights."""
-    kernel, bias = layer.get_weights()
-    dense = keras.layers.Dense(n_out, activation="relu")
-    dense.build((None, n_in))
-    dense.set_weights([kernel[:n_in, :n_out], bias[:n_out]])
-    return dense
-
-
-@pytest.mark.parametrize("rate", RATES)
-def test_rate_matches_plain_dense_on_active_slice(rate):
-    layer = _built_layer()
-    n_in, n_out = active_width(32, rate, 8), active_width(64, rate, 8)
-    x = np.random.default_rng(1).normal(size=(5, n_in)).astype("float32")
-    got = layer(x, rate)
-    want = _reference(layer, n_in, n_out)(x)
-    assert got.shape == (5, n_out)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("rate", RATES)
-def test_tensor_rate_in_graph_matches_python_rate(rate):
-    layer = _built_layer()
+def _inputs_at(rate):
     n_in = active_width(32, rate, 8)
-    x = np.random.default_rng(2).normal(size=(4, n_in)).astype("float32")
-    run = tf.function(lambda x, r: layer(x, r))
-    got = run(tf.constant(x), tf.fill([4], rate))
-    np.testing.assert_allclose(got, layer(x, rate), rtol=1e-6, atol=1e-6)
+    return (np.random.default_rng(1).normal(size=(5, n_in)).astype("float32"),)
 
 
-def test_full_rate_equals_parent_dense_exactly():
-    layer = _built_layer()
-    plain = _reference(layer, 32, 64)
-    x = np.random.default_rng(3).normal(size=(7, 32)).astype("float32")
-    np.testing.assert_array_equal(layer(x, 1.0), plain(x))
-    np.testing.assert_array_equal(layer(x, tf.ones([7])), plain(x))
+CASE = harness.LayerCase(
+    _built_layer, _inputs_at, keras.layers.Dense,
+    rates=(1.0, 0.75, 0.5, 0.3, 0.25, 0.125),
+)
+
+
+@pytest.mark.parametrize("check", harness.CHECKS, ids=harness.check_id)
+def test_sliced_layer_contract(check, tmp_path):
+    check(CASE, tmp_path)
 
 
 def test_unsliced_output_keeps_full_width_at_every_rate():
@@ -92,16 +69,6 @@ def test_bad_rate_tensor_fails_assertion_in_graph(bad):
     run = tf.function(lambda x, r: layer(x, r))
     with pytest.raises(tf.errors.InvalidArgumentError, match="slice"):
         run(tf.ones((2, 32)), tf.constant(bad, tf.float32))
-
-
-def test_config_round_trip_reproduces_outputs():
-    layer = _built_layer(slice_groups=4)
-    clone = SlicedDense.from_config(layer.get_config())
-    clone.build((None, 32))
-    clone.set_weights(layer.get_weights())
-    assert clone.slice_groups == 4 and clone.slice_input and clone.slice_output
-    x = np.random.default_rng(4).normal(size=(3, 16)).astype("float32")
-    np.testing.assert_array_equal(clone(x, 0.5), layer(x, 0.5))
 
 
 def test_symbolic_call_with_python_rate_has_active_width():

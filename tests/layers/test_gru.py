@@ -1,10 +1,10 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_slicing
 from keras_slicing.layers import SlicedGRU
+from tests.layers import harness
 
 UNITS, FEATURES, GATES = 16, 8, 3
 RATES = [(1.0, 16, 8), (0.75, 12, 6), (0.5, 8, 4), (0.25, 4, 2)]  # rate, units, inputs
@@ -15,6 +15,26 @@ def _layer(**kwargs):
     layer = SlicedGRU(UNITS, slice_groups=4, bias_initializer="random_normal", **kwargs)
     layer.build((None, 6, FEATURES))
     return layer
+
+
+def _inputs_at(rate):
+    return (X[..., : int(FEATURES * rate)],)
+
+
+# A width takes the first units of every gate block: not a leading block.
+CASES = {
+    f"reset_after_{flag}": harness.LayerCase(
+        lambda flag=flag: _layer(return_sequences=True, reset_after=flag),
+        _inputs_at, keras.layers.GRU, leading_blocks=False,
+    )
+    for flag in (True, False)
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("check", harness.CHECKS, ids=harness.check_id)
+def test_sliced_layer_contract(check, case, tmp_path):
+    check(CASES[case], tmp_path)
 
 
 def _gates(array, rows, n):
@@ -32,17 +52,6 @@ def _plain_narrow(layer, n, n_in, **kwargs):
     return plain
 
 
-@pytest.mark.parametrize("reset_after", [True, False])
-@pytest.mark.parametrize("rate, n, n_in", RATES)
-def test_rate_matches_plain_gru_of_the_active_units(rate, n, n_in, reset_after):
-    layer = _layer(return_sequences=True, reset_after=reset_after)
-    plain = _plain_narrow(layer, n, n_in, return_sequences=True, reset_after=reset_after)
-    x = X[..., :n_in]
-    np.testing.assert_allclose(layer(x, rate), plain(x), atol=1e-5)
-    run = tf.function(lambda x, r: layer(x, r))
-    np.testing.assert_allclose(run(x, tf.fill([3], rate)), plain(x), atol=1e-5)
-
-
 @pytest.mark.parametrize("rate, n, n_in", RATES[1:])
 def test_narrow_width_is_full_gru_with_inactive_units_held_at_zero(rate, n, n_in):
     layer = _layer(return_sequences=True)
@@ -58,14 +67,6 @@ def test_narrow_width_is_full_gru_with_inactive_units_held_at_zero(rate, n, n_in
     want = keras.ops.convert_to_numpy(full(x))
     np.testing.assert_array_equal(want[..., n:], 0.0)
     np.testing.assert_allclose(layer(X[..., :n_in], rate), want[..., :n], atol=1e-5)
-
-
-def test_full_rate_matches_plain_gru():
-    layer = _layer()
-    plain = keras.layers.GRU(UNITS)
-    plain.build((None, 6, FEATURES))
-    plain.set_weights(layer.get_weights())
-    np.testing.assert_allclose(layer(X, 1.0), plain(X), atol=1e-6)
 
 
 def test_state_has_the_active_width_and_resumes_the_sequence():

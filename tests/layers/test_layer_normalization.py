@@ -1,10 +1,11 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_slicing
 from keras_slicing.layers import SlicedLayerNormalization
+from keras_slicing.rates import active_width
+from tests.layers import harness
 
 
 def _built_layer(features=32):
@@ -15,17 +16,17 @@ def _built_layer(features=32):
     return layer
 
 
-@pytest.mark.parametrize("n", [32, 24, 16, 8])
-def test_active_features_match_plain_layer_norm(n):
-    layer = _built_layer()
-    gamma, beta = layer.get_weights()
-    plain = keras.layers.LayerNormalization()
-    plain.build((None, 5, n))
-    plain.set_weights([gamma[:n], beta[:n]])
-    x = np.random.default_rng(0).normal(1.0, 2.0, size=(3, 5, n)).astype("float32")
-    np.testing.assert_allclose(layer(x, n / 32), plain(x), atol=1e-5)
-    run = tf.function(lambda x, r: layer(x, r))
-    np.testing.assert_allclose(run(x, tf.fill([3], n / 32)), plain(x), atol=1e-5)
+def _inputs_at(rate):
+    n = active_width(32, rate, 8)
+    return (np.random.default_rng(0).normal(1.0, 2.0, size=(3, 5, n)).astype("float32"),)
+
+
+CASE = harness.LayerCase(_built_layer, _inputs_at, keras.layers.LayerNormalization)
+
+
+@pytest.mark.parametrize("check", harness.CHECKS, ids=harness.check_id)
+def test_sliced_layer_contract(check, tmp_path):
+    check(CASE, tmp_path)
 
 
 def test_statistics_are_those_of_the_active_features():
@@ -37,16 +38,7 @@ def test_statistics_are_those_of_the_active_features():
     np.testing.assert_allclose(y, (x - mean) / std, atol=1e-5)
 
 
-def test_full_rate_equals_parent_exactly():
-    layer = _built_layer()
-    plain = keras.layers.LayerNormalization()
-    plain.build((None, 5, 32))
-    plain.set_weights(layer.get_weights())
-    x = tf.random.normal((2, 5, 32), seed=3)
-    np.testing.assert_array_equal(layer(x, 1.0), plain(x))
-
-
-def test_extracted_width_is_a_plain_layer_norm(tmp_path):
+def test_extracted_width_is_a_plain_layer_norm():
     x = keras.Input((5, 16))
     rate = keras_slicing.rate_input()
     h = keras_slicing.layers.SlicedDense(32, slice_input=False)(x, rate)
@@ -60,10 +52,6 @@ def test_extracted_width_is_a_plain_layer_norm(tmp_path):
     np.testing.assert_allclose(
         quarter(data), model([data, np.full(3, 0.25, "float32")]), atol=1e-6
     )
-    model.save(tmp_path / "m.keras")
-    restored = keras.saving.load_model(tmp_path / "m.keras")
-    feed = [data, np.full(3, 0.5, "float32")]
-    np.testing.assert_array_equal(restored(feed), model(feed))
 
 
 def test_follows_its_input_width():

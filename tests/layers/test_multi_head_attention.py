@@ -5,6 +5,7 @@ import tensorflow as tf
 
 import keras_slicing
 from keras_slicing.layers import SlicedMultiHeadAttention
+from tests.layers import harness
 
 HEADS, KEY_DIM, FEATURES = 4, 8, 16
 RATES = [(1.0, 4), (0.75, 3), (0.5, 2), (0.25, 1)]
@@ -19,6 +20,22 @@ def _layer(**kwargs):
     return layer
 
 
+# A rate keeps the first heads; query and value keep their width.
+CASES = {
+    f"causal_{causal}": harness.LayerCase(
+        _layer, lambda rate: (X, X), keras.layers.MultiHeadAttention,
+        call_kwargs={"use_causal_mask": causal},
+    )
+    for causal in (False, True)
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("check", harness.CHECKS, ids=harness.check_id)
+def test_sliced_layer_contract(check, case, tmp_path):
+    check(CASES[case], tmp_path)
+
+
 def _plain(layer, heads, n_in, n_out=None):
     """A plain MultiHeadAttention holding the first `heads` heads (numpy cut)."""
     n_out = n_out or n_in
@@ -30,17 +47,6 @@ def _plain(layer, heads, n_in, n_out=None):
         wv[:n_in, :heads], bv[:heads], wo[:heads, :, :n_out], bo[:n_out],
     ])
     return plain
-
-
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("rate, heads", RATES)
-def test_rate_keeps_the_first_heads(rate, heads, causal):
-    layer = _layer()
-    plain = _plain(layer, heads, FEATURES)
-    want = plain(X, X, use_causal_mask=causal)
-    np.testing.assert_allclose(layer(X, X, rate=rate, use_causal_mask=causal), want, atol=1e-5)
-    run = tf.function(lambda x, r: layer(x, x, rate=r, use_causal_mask=causal))
-    np.testing.assert_allclose(run(X, tf.fill([2], rate)), want, atol=1e-5)
 
 
 @pytest.mark.parametrize("rate, heads", RATES[1:])

@@ -134,9 +134,12 @@ def test_stop_during_load_answers_or_fails_every_request(live, reference):
     deadline = time.perf_counter() + WAIT_S
     while len(results) < 500 and time.perf_counter() < deadline:
         time.sleep(0.01)
-    began = time.perf_counter()
-    live.stop(timeout=0.05)
-    assert time.perf_counter() - began < 5
+    # stop() must return while clients keep submitting; a hang is caught by
+    # the join's timeout, not by timing the call (the machine may be busy).
+    stopper = threading.Thread(target=live.stop, kwargs={"timeout": 0.05})
+    stopper.start()
+    stopper.join(WAIT_S)
+    assert not stopper.is_alive()
     for worker in workers:
         worker.join(WAIT_S)
         assert not worker.is_alive()
@@ -160,10 +163,11 @@ def test_full_queue_rejects_at_once(bundle_dir, toy_profile, reference):
         while server.stats["queued"]:  # the worker holds the first one
             time.sleep(0.001)
         queued = [server.submit(x[i]) for i in range(4)]
-        began = time.perf_counter()
         with pytest.raises(QueueFullError, match="max_queue"):
             server.submit(x[5])
-        assert time.perf_counter() - began < 0.5
+        # At once: refused while the worker still holds the first request,
+        # not after waiting for room (none frees before the gate opens).
+        assert not first.done()
         gate.set()
         for future in [first, *queued]:
             assert future.result(timeout=WAIT_S).output.shape == (10,)

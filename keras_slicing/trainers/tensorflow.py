@@ -13,6 +13,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_slicing import tf_internals
+
 
 class SlicingTrainer:
     """The TensorFlow part of `SlicingModel`'s steps (a mixin of it)."""
@@ -69,7 +71,7 @@ class SlicingTrainer:
         # Across workers Keras reduces every log value along axis 0, which a
         # scalar lacks (plain Keras 3 models fail there); the reduction
         # removes the axis added here again.
-        if _is_multi_worker(self.distribute_strategy):
+        if tf_internals.in_multi_worker_mode(self.distribute_strategy):
             return {name: ops.expand_dims(value, 0) for name, value in logs.items()}
         return logs
 
@@ -95,11 +97,3 @@ def _first_replica(value, strategy):
     if isinstance(value, tf.distribute.DistributedValues):
         return strategy.experimental_local_results(value)[0]
     return value
-
-
-def _is_multi_worker(strategy):
-    """Whether `strategy` reduces across several worker processes."""
-    in_multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and bool(
-        in_multi_worker and in_multi_worker()
-    )
