@@ -5,6 +5,7 @@ usage:
         [--quantization=float32|float16|dynamic|int8]
         [--representative_data=FILE.npy] [--int8_io]
         [--evaluation_data=FILE.npz] [--output_kind=KIND]
+        [--single_file [--sharing=views|slices|copies]]
     keras-slicing info BUNDLE
     keras-slicing bench BUNDLE [--rates=1,0.5] [--num_threads=1]
         [--batch_size=1] [--repeats=15]
@@ -12,8 +13,9 @@ usage:
 
 commands:
     export  cut every rate out of a saved sliced model and write a TFLite
-            bundle (one file per width + manifest.json); runs on TensorFlow
-            whatever KERAS_BACKEND says
+            bundle (one file per width + manifest.json; with
+            --single_file, one file holding every width as a signature);
+            runs on TensorFlow whatever KERAS_BACKEND says
     info    verify a bundle and print its manifest
     bench   time every width of a bundle (or those of --rates) here
 """
@@ -63,6 +65,15 @@ _OUTPUT_KIND = flags.DEFINE_string(
     "export: what the output means (multiclass_logits, binary_probability, "
     "regression, ...); default: inferred from the model and its compiled loss.",
 )
+_SINGLE_FILE = flags.DEFINE_bool(
+    "single_file", False,
+    "export: one .tflite holding every width as a signature (rate_1, ...).",
+)
+_SHARING = flags.DEFINE_enum(
+    "sharing", "views", ["views", "slices", "copies"],
+    "export: with --single_file, how narrow widths reuse wider weights "
+    "(slices: every weight stored once, but sliced kernels run slower).",
+)
 _NUM_THREADS = flags.DEFINE_integer(
     "num_threads", 1, "bench: interpreter threads.", lower_bound=1
 )
@@ -88,6 +99,8 @@ _FLAG_COMMANDS = {
     "int8_io": ("export",),
     "evaluation_data": ("export",),
     "output_kind": ("export",),
+    "single_file": ("export",),
+    "sharing": ("export",),
     "num_threads": ("bench",),
     "batch_size": ("bench",),
     "repeats": ("bench",),
@@ -235,9 +248,17 @@ def _export(model_path, output_dir):
         evaluation_data=evaluation,
         int8_io=_INT8_IO.value,
         output_kind=_OUTPUT_KIND.value,
+        single_file=_SINGLE_FILE.value,
+        sharing=_SHARING.value,
         verbose=1,
     )
-    print(f"Wrote {len(manifest['rates'])} files to {output_dir}")
+    if _SINGLE_FILE.value:
+        print(
+            f"Wrote {len(manifest['rates'])} widths as signatures of one file "
+            f"(sharing={_SHARING.value}) to {output_dir}"
+        )
+    else:
+        print(f"Wrote {len(manifest['rates'])} files to {output_dir}")
     _print_manifest(manifest)
 
 
@@ -320,7 +341,12 @@ def _bench(bundle_dir):
             os.path.join(bundle_dir, entry["file"]),
             num_threads=_NUM_THREADS.value,
         )
-        interpreter_lib.set_random_input(interpreter, _BATCH_SIZE.value)
+        if "signature" in entry:  # a single-file bundle: time the signature
+            interpreter = interpreter_lib.SignatureCall(
+                interpreter, entry["signature"], _BATCH_SIZE.value
+            )
+        else:
+            interpreter_lib.set_random_input(interpreter, _BATCH_SIZE.value)
         interpreters.append(interpreter)
     seconds = interpreter_lib.measure_latencies(interpreters, _REPEATS.value)
     print(
@@ -400,10 +426,13 @@ def _print_manifest(manifest):
     rows = [("rate", "file", "bytes", "params", "MACs", metric)]
     for entry in manifest["rates"]:
         accuracy = entry.get(metric)
+        file = entry["file"]
+        if "signature" in entry:
+            file = f"{file}:{entry['signature']}"
         rows.append(
             (
                 _format_rate(entry["rate"]),
-                entry["file"],
+                file,
                 f"{entry['bytes']:,}",
                 f"{entry['params']:,}",
                 f"{entry['macs']:,}",

@@ -14,6 +14,9 @@ from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
 from keras_slicing.model import SlicingModel
 from keras_slicing.rates import rate_input
+from keras_slicing.search import search_widths
+from keras_slicing.widths import WidthConfig
+from keras_slicing.widths import width_groups
 
 __version__ = "0.1.0"
 
@@ -30,6 +33,7 @@ def __getattr__(name):
 
 __all__ = [
     "SlicingModel",
+    "WidthConfig",
     "calibrate_batchnorm",
     "callbacks",
     "check_model",
@@ -39,4 +43,6 @@ __all__ = [
     "model_cost",
     "rate_input",
     "schedulers",
+    "search_widths",
+    "width_groups",
 ]

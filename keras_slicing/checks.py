@@ -14,6 +14,7 @@ sliced layer needs no change here. Plain Keras layers go through `_TABLE`.
 """
 
 import collections
+import contextvars
 import math
 import weakref
 
@@ -28,6 +29,9 @@ from keras_slicing import keras_internals
 # holds the layers from the sliced layer that narrowed it.
 _State = collections.namedtuple("_State", ["kind", "groups", "fixed", "path"])
 _FULL = _State("full", None, 0, ())
+# Set by `traced_walk`: called with `(call, input_states, output_states)` for
+# every call the walk visits (nested models' calls included).
+_observer = contextvars.ContextVar("keras_slicing_walk_observer", default=None)
 
 
 def _layers(*names):
@@ -143,7 +147,8 @@ def check_model(model, allow_sliced_outputs=False):
     """
     outputs = _walk(model, {id(x): _FULL for x in model.inputs})
     if allow_sliced_outputs:
-        _CHECKED.add(model)
+        if _observer.get() is None:  # not a walk for width_groups
+            _CHECKED.add(model)
         return model
     for tensor, state in zip(model.outputs, outputs):
         if state.kind != "full":
@@ -175,6 +180,24 @@ def check_called_model():
         check_model(model)
 
 
+def traced_walk(model):
+    """`check_model`'s walk of `model`, recorded call by call.
+
+    Returns `[(call, input_states, output_states)]` in execution order, a
+    state being `(kind, groups, fixed, path)` with `path[0]` the sliced
+    layer that narrowed the tensor. `keras_slicing.width_groups` derives
+    which layers must share a width from it, so the groups and the check
+    cannot disagree. Sliced outputs are allowed (a feature extractor).
+    """
+    records = []
+    token = _observer.set(lambda *record: records.append(record))
+    try:
+        check_model(model, allow_sliced_outputs=True)
+    finally:
+        _observer.reset(token)
+    return records
+
+
 def _walk(model, states):
     """Walks `model`'s graph from `states` (by input id); output states."""
     rate_sources = graph.rate_inputs(model)
@@ -185,6 +208,9 @@ def _walk(model, states):
         results = _call(call, inputs)
         for x, state in zip(call.outputs, results):
             states[id(x)] = state
+        observe = _observer.get()
+        if observe is not None:
+            observe(call, inputs, results)
     return [states.get(id(x), _FULL) for x in model.outputs]
 
 

@@ -5,7 +5,7 @@ import math
 import keras
 
 from keras_slicing import graph
-from keras_slicing import rates as rates_lib
+from keras_slicing import widths
 
 
 def model_cost(model, rate=1.0):
@@ -24,18 +24,22 @@ def model_cost(model, rate=1.0):
 
     Args:
         model: A functional `keras.Model` whose inputs include the rate.
-        rate: The slice rate in (0, 1]. Defaults to `1.0`.
+        rate: The slice rate in (0, 1], or a width configuration (a
+            `keras_slicing.WidthConfig` or a dict `{group: rate}`).
+            Defaults to `1.0`.
 
     Returns:
         `{"params": int, "macs": int}`.
     """
-    rate = rates_lib.validate_rate(rate, "model_cost")
+    rate = widths.resolve(model, rate, "model_cost")
     params = 0
     macs = 0
     for layer, input_shapes, output_shapes in graph.layer_shapes(model, rate):
         if hasattr(layer, "active_cost"):
             # Sequence layers count their own (several inputs and outputs).
-            p, m = layer.active_cost(rate, input_shapes, output_shapes)
+            p, m = layer.active_cost(
+                graph.rate_of(rate, layer), input_shapes, output_shapes
+            )
         else:
             p, m = _layer_cost(layer, input_shapes[0], output_shapes[0])
         params += p

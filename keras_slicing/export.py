@@ -32,16 +32,21 @@ from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import output_kind as output_kind_lib
 from keras_slicing import rates as rates_lib
+from keras_slicing import widths as widths_lib
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
 from keras_slicing.interpreter import load_interpreter
 from keras_slicing.tflite_flatbuffer import check_builtin_ops
 from keras_slicing.tflite_flatbuffer import share_output_quantization
+from keras_slicing.tflite_single_file import SHARING_MODES
+from keras_slicing.tflite_single_file import merge_widths
 # Part of this module's API: benchmarks and tests import it from here.
 from keras_slicing.tflite_flatbuffer import tflite_op_names  # noqa: F401
 
 FORMAT = manifest_lib.FORMAT
 FORMAT_VERSION = manifest_lib.FORMAT_VERSION
+SINGLE_FILE_FORMAT_VERSION = manifest_lib.SINGLE_FILE_FORMAT_VERSION
+SINGLE_FILE_NAME = "model.tflite"
 MANIFEST_NAME = manifest_lib.MANIFEST_NAME
 QUANTIZATIONS = manifest_lib.QUANTIZATIONS
 
@@ -51,10 +56,13 @@ def export_tflite(
     output_dir,
     rates=None,
     quantization="float32",
+    configs=None,
     representative_data=None,
     evaluation_data=None,
     int8_io=False,
     output_kind=None,
+    single_file=False,
+    sharing="views",
     verbose=0,
 ):
     """Writes a TFLite bundle: one file per rate and `manifest.json`.
@@ -83,6 +91,16 @@ def export_tflite(
         rates: Rates to export. Defaults to the model's `rates` attribute
             when it has one, else `(1.0, 0.75, 0.5, 0.25)`. Written widest
             first.
+        configs: Optional width configurations to export besides `rates`
+            (`keras_slicing.WidthConfig`s, dicts `{group: rate}`, or the
+            points of a `keras_slicing.search_widths` result). Each becomes
+            an entry of the manifest's `rates` under its equivalent rate,
+            the uniform rate of equal MACs (`widths.equivalent_rate`), with
+            its `config`; so the edge runtime, its planner and
+            `ElasticServer` choose among them exactly as among rates, in
+            cost order. A configuration that is one of `rates` or repeats
+            another is left out; two different sub-networks of one key are
+            refused.
         quantization: `"float32"`, `"float16"` (float16 weights),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full
             integer, calibrated on `representative_data`).
@@ -106,8 +124,23 @@ def export_tflite(
             ...). `None` infers it from the last layer's activation and
             units and the compiled loss, and raises when they leave it
             ambiguous (a linear single unit is binary logits or regression).
-        verbose: `0` (silent) or `1` (a progress bar over the widths, as in
-            Keras' `fit`). Defaults to `0`.
+        single_file: Write one file, `model.tflite`, holding every rate as a
+            signature (`rate_1`, `rate_0.5`, ...) instead of one file per
+            rate; the manifest (format version 3) names each rate's
+            signature. Each signature computes exactly what that rate's own
+            file computes. See `sharing` for what is stored once.
+        sharing: With `single_file`, how a narrow width's weights reuse the
+            wider ones (`keras_slicing.tflite_single_file.SHARING_MODES`):
+            `"views"` (default) points every weight block that is
+            contiguous in the wider weight (biases, normalization vectors,
+            kernels sliced only in their first dimension) at the wider
+            bytes and stores the rest; no width runs slower than its own
+            file. `"slices"` also cuts the non-contiguous blocks from the
+            wider weight with `STRIDED_SLICE` ops that LiteRT evaluates once
+            at preparation: every weight is stored once, but the kernels
+            they feed leave XNNPACK and run slower (warned when exported).
+            `"copies"` stores every width's weights, like the converter's
+            multi-signature conversion.
 
     Returns:
         The manifest, as written to `manifest.json`.
@@ -120,11 +153,20 @@ def export_tflite(
     """
     quantization = _check_quantization(quantization, representative_data, int8_io)
     rates = _export_rates(model, rates)
+    _check_sharing(single_file, sharing)
     checks.check_model(model)
+    configs = _export_configs(model, configs, rates)
     if keras.backend.backend() != "tensorflow":
+        if configs:
+            raise ValueError(
+                "export_tflite: configs are exported on the TensorFlow "
+                f"backend only (this is {keras.backend.backend()}): save the "
+                "model (model.save('model.keras')) and call export_tflite "
+                "with KERAS_BACKEND=tensorflow."
+            )
         return _export_on_tensorflow(
             model, output_dir, rates, quantization, representative_data,
-            evaluation_data, int8_io, output_kind, verbose,
+            evaluation_data, int8_io, output_kind, single_file, sharing, verbose,
         )
     if not graph.rate_inputs(model):
         raise ValueError(
@@ -150,13 +192,15 @@ def export_tflite(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.parent / f".{output_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
     os.mkdir(staging)
+    widths = {rate: rate for rate in rates}
+    widths.update(configs)
     progress = keras.utils.Progbar(
-        len(rates), verbose=verbose, stateful_metrics=["rate"], unit_name="width"
+        len(widths), verbose=verbose, stateful_metrics=["rate"], unit_name="width"
     )
     try:
         contents = {}
-        for rate in rates:
-            plain = extract_submodel(model, rate)
+        for rate in sorted(widths, reverse=True):
+            plain = extract_submodel(model, widths[rate])
             contents[rate] = convert_to_tflite(
                 plain, quantization, representative, int8_io
             )
@@ -164,11 +208,16 @@ def export_tflite(
             progress.add(1, [("rate", rate)])
         if int8_io:
             contents = share_output_quantization(contents)
+        single = None
+        if single_file:
+            single = _merge(contents, sharing, data_input, evaluation, representative)
+            (staging / SINGLE_FILE_NAME).write_bytes(single)
         entries = []
         tensors = None
         for rate, content in contents.items():
             name = tflite_file_name(rate)
-            (staging / name).write_bytes(content)
+            if single is None:
+                (staging / name).write_bytes(content)
             interpreter = load_interpreter(model_content=content)
             described = _describe_tensors(interpreter, data_input, output)
             if tensors is None:
@@ -180,7 +229,7 @@ def export_tflite(
                     "must give the same output: build the last layer with "
                     "slice_output=False."
                 )
-            cost = model_cost(model, rate)
+            cost = model_cost(model, widths[rate])
             entry = {
                 "rate": rate,
                 "file": name,
@@ -190,12 +239,27 @@ def export_tflite(
                 "macs": cost["macs"],
                 metric: None,
             }
+            if rate in configs:
+                entry["config"] = widths_lib.group_rates(
+                    model, configs[rate], "export_tflite"
+                )
+            if single is not None:
+                # Scores come from the per-width file, which the signature
+                # was checked to equal.
+                entry.update(
+                    file=SINGLE_FILE_NAME,
+                    signature=signature_key(rate),
+                    sha256=hashlib.sha256(single).hexdigest(),
+                    bytes=len(single),
+                )
             if evaluation is not None:
                 entry[metric] = output_kind_lib.score(interpreter, kind, *evaluation)
             entries.append(entry)
         manifest = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": (
+                FORMAT_VERSION if single is None else SINGLE_FILE_FORMAT_VERSION
+            ),
             "model_name": model.name,
             "created_by": f"keras-slicing {_version()}",
             "quantization": quantization,
@@ -205,6 +269,8 @@ def export_tflite(
             "output": tensors["output"],
             "rates": entries,
         }
+        if single is not None:
+            manifest["sharing"] = sharing
         (staging / MANIFEST_NAME).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False) + "\n",
             encoding="utf-8",
@@ -261,9 +327,14 @@ def convert_to_tflite(
         return converter.convert()
 
 
+def signature_key(rate):
+    """The signature of `rate` in a single file: `"rate_" + format_rate(rate)`."""
+    return f"rate_{rates_lib.format_rate(rate)}"
+
+
 def _export_on_tensorflow(
     model, output_dir, rates, quantization, representative_data,
-    evaluation_data, int8_io, output_kind, verbose,
+    evaluation_data, int8_io, output_kind, single_file, sharing, verbose,
 ):
     """`export_tflite` through a `.keras` file and a TensorFlow process.
 
@@ -298,6 +369,8 @@ def _export_on_tensorflow(
             command.append("--int8_io")
         if output_kind is not None:
             command.append(f"--output_kind={output_kind}")
+        if single_file:
+            command += ["--single_file", f"--sharing={sharing}"]
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         env["PYTHONPATH"] = os.pathsep.join(
             [_package_root()] + [p for p in [env.get("PYTHONPATH")] if p]
@@ -381,6 +454,88 @@ def _check_quantization(quantization, representative_data, int8_io):
     return quantization
 
 
+def _check_sharing(single_file, sharing):
+    if not isinstance(single_file, bool):
+        raise ValueError(
+            "export_tflite: single_file must be True or False. Received: "
+            f"single_file={single_file!r}"
+        )
+    if sharing not in SHARING_MODES:
+        raise ValueError(
+            f"export_tflite: unknown sharing. Allowed: {SHARING_MODES}. "
+            f"Received: sharing={sharing!r}"
+        )
+    if sharing != "views" and not single_file:
+        raise ValueError(
+            "export_tflite: sharing applies to single_file=True only. "
+            f"Received: sharing={sharing!r}, single_file=False"
+        )
+
+
+def _merge(contents, sharing, data_input, evaluation, representative):
+    """The single file of `contents`, checked signature by signature."""
+    rates = list(contents)
+    merged, reports = merge_widths(
+        [contents[r] for r in rates], [signature_key(r) for r in rates], sharing
+    )
+    check_builtin_ops(merged, "single file")
+    if evaluation is not None:
+        x = evaluation[0][:8]
+    elif representative is not None:
+        x = representative[:8]
+    else:
+        x = _probe_inputs(data_input)
+    interpreter = load_interpreter(model_content=merged)
+    for rate in rates:
+        own = load_interpreter(model_content=contents[rate])
+        want = _run_once(own.get_signature_runner(), x)
+        got = _run_once(interpreter.get_signature_runner(signature_key(rate)), x)
+        exact = want.dtype.kind in "iu"
+        if got.shape != want.shape or (
+            not np.array_equal(got, want)
+            if exact
+            else not np.allclose(got, want, rtol=0.0, atol=1e-5)
+        ):
+            raise AssertionError(
+                f"export_tflite: signature {signature_key(rate)!r} of the single "
+                "file differs from the file of that rate. Export with "
+                "single_file=False and report the model."
+            )
+    sliced = [report for report in reports if report.sliced_tensors]
+    if sliced:
+        count = sum(len(report.sliced_tensors) for report in sliced)
+        warnings.warn(
+            f"export_tflite: sharing='slices' cut {count} weight tensors of "
+            "the narrow widths from the wider ones at preparation; the "
+            "operators they feed lose XNNPACK's packed weights, so those "
+            "widths are slower than in their own files (1.4x to 2.1x in "
+            "benchmarks/results/tflite_single_file_thread_time.json). Use "
+            "sharing='views' for full speed.",
+            stacklevel=3,
+        )
+    return merged
+
+
+def _probe_inputs(data_input):
+    shape = [8] + [d or 1 for d in data_input.shape[1:]]
+    dtype = np.dtype(data_input.dtype)
+    if dtype.kind in "iu":
+        return np.zeros(shape, dtype=dtype)
+    return np.random.default_rng(0).normal(size=shape).astype(dtype)
+
+
+def _run_once(runner, x):
+    (name,) = runner.get_input_details()
+    detail = runner.get_input_details()[name]
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind in "iu" and np.asarray(x).dtype.kind == "f":
+        scale, zero_point = detail["quantization"]
+        if scale:
+            x = np.clip(np.round(np.asarray(x) / scale + zero_point), -128, 127)
+    (output,) = runner(**{name: np.asarray(x).astype(dtype)}).values()
+    return output
+
+
 def _export_rates(model, rates):
     if rates is None:
         rates = getattr(model, "rates", None) or rates_lib.DEFAULT_RATES
@@ -391,6 +546,42 @@ def _export_rates(model, rates):
             f"export_tflite: rates must be distinct. Received: rates={list(rates)}"
         )
     return tuple(sorted(rates, reverse=True))
+
+
+def _export_configs(model, configs, rates):
+    """`{equivalent rate: config}` of the configurations to export.
+
+    A configuration that is one of `rates` (every group at it), or repeats
+    an earlier one, is the same sub-network and is left out.
+    """
+    groups = {g.name: g.slice_groups for g in widths_lib.width_groups(model)}
+
+    def widths_of(by_group):
+        return tuple(
+            rates_lib.active_groups(by_group[name], size)
+            for name, size in groups.items()
+        )
+
+    seen = {widths_of({name: r for name in groups}): r for r in rates}
+    by_key = {}
+    for config in configs or ():
+        config = getattr(config, "config", config)  # a SearchPoint
+        by_group = widths_lib.group_rates(model, config, "export_tflite: configs")
+        if widths_of(by_group) in seen:
+            continue
+        key = widths_lib.equivalent_rate(model, config)
+        if key in by_key or key in rates:
+            other = (
+                f"rate {key:g}" if key in rates else f"configuration {by_key[key]}"
+            )
+            raise ValueError(
+                f"export_tflite: configuration {config} costs as much as "
+                f"{other} (equivalent rate {key:g}), and a bundle holds one "
+                "entry per rate. Drop one of them."
+            )
+        seen[widths_of(by_group)] = key
+        by_key[key] = config
+    return by_key
 
 
 def _single(tensors, what, model):

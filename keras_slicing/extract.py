@@ -6,6 +6,7 @@ from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
+from keras_slicing import widths
 from keras_slicing.layers.flatten import SlicedFlatten
 
 
@@ -33,11 +34,14 @@ def extract_submodel(model, rate):
         model: A functional `keras.Model` whose inputs include the rate
             (`keras_slicing.rate_input()`), e.g. a `SlicingModel` or
             `keras.Model([x, rate], y)` built from sliced layers.
-        rate: The slice rate in (0, 1].
+        rate: The slice rate in (0, 1], or a width configuration (a
+            `keras_slicing.WidthConfig` or a dict `{group: rate}`, see
+            `keras_slicing.width_groups`): each group at its own width.
 
     Returns:
         A functional `keras.Model` of the data inputs, named
-        `"{model.name}_rate_{rate}"`.
+        `"{model.name}_rate_{rate}"` (for a configuration, its groups'
+        rates joined by `_`).
 
     Example:
 
@@ -52,7 +56,7 @@ def extract_submodel(model, rate):
     Reference:
     - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
     """
-    rate = rates_lib.validate_rate(rate, "extract_submodel")
+    rate = widths.resolve(model, rate, "extract_submodel")
     data = graph.data_inputs(model)  # also rejects a non-functional model
     checks.check_model(model, allow_sliced_outputs=True)
     if not data:
@@ -75,7 +79,7 @@ def extract_submodel(model, rate):
     return keras.Model(
         inputs[0] if len(inputs) == 1 else inputs,
         outputs,
-        name=f"{model.name}_rate_{rates_lib.format_rate(rate)}",
+        name=f"{model.name}_rate_{graph.describe_rate(rate)}",
     )
 
 
@@ -104,7 +108,7 @@ class _Builder:
             raise _CarryError(
                 f"extract_submodel: cannot carry layer '{layer.name}' "
                 f"({type(layer).__name__}) at rate "
-                f"{rates_lib.format_rate(self.rate)}: {error}"
+                f"{graph.describe_rate(self.rate)}: {error}"
             ) from error
 
     def _sliced(self, layer, args, kwargs):
@@ -215,7 +219,7 @@ def _copy_weights(layer, clone, rate):
             raise _CarryError(
                 f"extract_submodel: layer '{layer.name}' "
                 f"({type(layer).__name__}) holds weights of shape "
-                f"{have.shape} but at rate {rates_lib.format_rate(rate)} its "
+                f"{have.shape} but at rate {graph.describe_rate(rate)} its "
                 f"input gives shape {want.shape}: a plain layer with weights "
                 "cannot read a sliced tensor. Use its sliced version from "
                 "keras_slicing.layers, or set slice_output=False on the "

@@ -22,6 +22,38 @@ KerasTensors it returns.
 """
 
 
+class LayerRates:
+    """The rate of every sliced layer under a width configuration.
+
+    `keras_slicing.widths` resolves a configuration into one; wherever a
+    function of this module takes a `rate`, it also takes a `LayerRates`:
+    the rate inputs are then bound to `default` and every sliced layer in
+    `by_layer` (keyed by `id(layer)`) is called with its own rate.
+    """
+
+    def __init__(self, by_layer, default, label):
+        self.by_layer = dict(by_layer)
+        self.default = float(default)
+        self.label = label
+
+    def __repr__(self):
+        return f"LayerRates({self.label})"
+
+
+def rate_of(rate, layer):
+    """The Python rate `layer` runs at under `rate` (a float or `LayerRates`)."""
+    if isinstance(rate, LayerRates):
+        return rate.by_layer.get(id(layer), rate.default)
+    return rate
+
+
+def describe_rate(rate):
+    """A rate or `LayerRates` as text for names and messages."""
+    if isinstance(rate, LayerRates):
+        return rate.label
+    return format(float(rate), "g")
+
+
 def rate_inputs(model):
     """The model inputs that feed the `rate` of a sliced layer.
 
@@ -70,11 +102,23 @@ def replay(model, rate, call_fn, inputs=None):
     """
     rate_ids = {id(x) for x in rate_inputs(model)}
     data = list(inputs) if inputs is not None else data_inputs(model)
+    if isinstance(rate, LayerRates):
+        call_fn = _per_layer(rate, call_fn)
+        rate = rate.default
     feed = []
     data_iter = iter(data)
     for x in model.inputs:
         feed.append(rate if id(x) in rate_ids else next(data_iter))
     return keras_internals.run_through_graph(model, feed, call_fn)
+
+
+def _per_layer(layer_rates, call_fn):
+    def call(layer, *args, **kwargs):
+        if kwargs.get("rate") is not None and is_sliced(layer):
+            kwargs["rate"] = rate_of(layer_rates, layer)
+        return call_fn(layer, *args, **kwargs)
+
+    return call
 
 
 def layer_shapes(model, rate):

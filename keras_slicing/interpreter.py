@@ -88,9 +88,40 @@ def set_random_input(interpreter, batch_size=1, seed=0):
     Latency does not depend on the values, only on shapes and types.
     """
     (detail,) = interpreter.get_input_details()
-    shape = (batch_size, *[int(d) for d in detail["shape_signature"][1:]])
-    interpreter.resize_tensor_input(detail["index"], shape)
+    x = _random_input(detail, batch_size, seed)
+    interpreter.resize_tensor_input(detail["index"], x.shape)
     interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], x)
+
+
+class SignatureCall:
+    """One signature of a file on a random input, timed like an interpreter.
+
+    `invoke()` runs the signature runner (setting the input, invoking its
+    subgraph, reading the output), so `latency_rounds` can time a signature
+    of a single-file bundle; time the whole files it is compared with the
+    same way, through their one signature (`key=None`), so that both sides
+    pay the same Python overhead.
+
+    Args:
+        interpreter: The file's interpreter.
+        key: The signature; `None` for a file's only one.
+        batch_size: Examples in the input.
+        x: The input, instead of a random one.
+    """
+
+    def __init__(self, interpreter, key=None, batch_size=1, x=None):
+        self._runner = interpreter.get_signature_runner(key)
+        ((self._name, detail),) = self._runner.get_input_details().items()
+        self._x = _random_input(detail, batch_size) if x is None else x
+
+    def invoke(self):
+        """Runs the signature; returns `{output name: array}`."""
+        return self._runner(**{self._name: self._x})
+
+
+def _random_input(detail, batch_size, seed=0):
+    shape = (batch_size, *[int(d) for d in detail["shape_signature"][1:]])
     dtype = np.dtype(detail["dtype"])
     rng = np.random.default_rng(seed)
     if np.issubdtype(dtype, np.integer) and not detail["quantization"][0]:
@@ -100,15 +131,20 @@ def set_random_input(interpreter, batch_size=1, seed=0):
         x = rng.integers(info.min, info.max, size=shape, endpoint=True)
     else:
         x = rng.random(shape)
-    interpreter.set_tensor(detail["index"], x.astype(dtype))
+    return x.astype(dtype)
 
 
-def time_invoke(interpreter, number):
-    """Seconds per `invoke()`, averaged over `number` calls on set inputs."""
-    start = time.perf_counter()
+def time_invoke(interpreter, number, clock=time.perf_counter):
+    """Seconds per `invoke()`, averaged over `number` calls on set inputs.
+
+    `clock` is wall time by default; `time.thread_time` counts only the CPU
+    time of the calling thread, which other jobs of a busy machine do not
+    inflate (valid for single-threaded interpreters).
+    """
+    start = clock()
     for _ in range(number):
         interpreter.invoke()
-    return (time.perf_counter() - start) / number
+    return (clock() - start) / number
 
 
 def measure_latencies(interpreters, repeats=15, min_seconds=0.02):
@@ -120,7 +156,7 @@ def measure_latencies(interpreters, repeats=15, min_seconds=0.02):
     return [float(np.median(times)) for times in rounds]
 
 
-def latency_rounds(interpreters, repeats=15, min_seconds=0.02):
+def latency_rounds(interpreters, repeats=15, min_seconds=0.02, clock=time.perf_counter):
     """Seconds per `invoke()` of each interpreter in each timing round.
 
     Rounds are interleaved (every interpreter once per round, in reverse
@@ -135,11 +171,11 @@ def latency_rounds(interpreters, repeats=15, min_seconds=0.02):
     for interpreter in interpreters:
         for _ in range(3):  # warm-up: first calls allocate and pack weights
             interpreter.invoke()
-        single = time_invoke(interpreter, 5)
+        single = time_invoke(interpreter, 5, clock)
         numbers.append(max(1, int(min_seconds / max(single, 1e-7))))
     rounds = [[] for _ in interpreters]
     order = list(range(len(interpreters)))
     for repeat in range(repeats):
         for i in order if repeat % 2 == 0 else reversed(order):
-            rounds[i].append(time_invoke(interpreters[i], numbers[i]))
+            rounds[i].append(time_invoke(interpreters[i], numbers[i], clock))
     return rounds

@@ -17,6 +17,7 @@ from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
+from keras_slicing import widths
 from keras_slicing.compiling import SlicingCompile
 from keras_slicing.distillation import Distillation
 from keras_slicing.keras_internals import tracking
@@ -295,9 +296,14 @@ class SlicingModel(
         float, so every shape is static: use it to predict, evaluate, export
         (`model.at_rate(0.5).export(path)`) or convert one width. Models are
         cached per rate.
+
+        `rate` may also be a width configuration (a
+        `keras_slicing.WidthConfig` or a dict `{group: rate}`, see
+        `keras_slicing.width_groups`): each group then runs at its own rate.
         """
-        rate = rates_lib.validate_rate(rate, f"SlicingModel '{self.name}'.at_rate")
-        if rate not in self._at_rate_models:
+        rate = widths.resolve(self, rate, f"SlicingModel '{self.name}'.at_rate")
+        key = rate if not isinstance(rate, graph.LayerRates) else rate.label
+        if key not in self._at_rate_models:
             sources = graph.data_inputs(self)
             inputs = [
                 keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name)
@@ -306,13 +312,13 @@ class SlicingModel(
             outputs = graph.replay(
                 self, rate, lambda layer, *a, **k: layer(*a, **k), inputs=inputs
             )
-            label = rates_lib.format_rate(rate).replace(".", "_")
-            self._at_rate_models[rate] = keras.Model(
+            label = graph.describe_rate(rate).replace(".", "_")
+            self._at_rate_models[key] = keras.Model(
                 inputs[0] if len(inputs) == 1 else inputs,
                 outputs,
                 name=f"{self.name}_at_{label}",
             )
-        return self._at_rate_models[rate]
+        return self._at_rate_models[key]
 
     def evaluate_rates(
         self, x=None, y=None, rates=None, batch_size=None, sample_weight=None,

@@ -254,3 +254,16 @@ def test_info_and_export_are_quiet_and_info_imports_no_tensorflow(files, tmp_pat
     info = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=120)
     assert info.stdout.splitlines()[-1] == "0 False False", info.stderr
+
+
+def test_single_file_export_is_benched_per_signature(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert _invoke(
+        "export", str(files / "tiny.keras"), str(out), "--rates=1,0.5", "--single_file"
+    ) == 0
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.tflite"]
+    assert [e["signature"] for e in _manifest(out)["rates"]] == ["rate_1", "rate_0.5"]
+    capsys.readouterr()
+    assert _invoke("bench", str(out), "--repeats=2") == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[0] for row in rows if row and row[0] in ("1", "0.5")] == ["1", "0.5"]

@@ -73,6 +73,13 @@ def bundle_dir(trained_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def single_file_bundle_dir(trained_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bundles") / "digits_single_file"
+    keras_slicing.export_tflite(trained_model, path, rates=RATES, single_file=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def int8_bundle_dir(trained_model, digits, tmp_path_factory):
     path = tmp_path_factory.mktemp("bundles") / "digits_int8"
     keras_slicing.export_tflite(

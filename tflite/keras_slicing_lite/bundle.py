@@ -1,4 +1,5 @@
-"""A verified keras-slicing bundle: one TFLite model per width.
+"""A verified keras-slicing bundle: a TFLite model per width, as one file
+per width or as one file with a signature per width.
 
 `Bundle` is the API; the work beneath it lives beside it: `inputs.py`
 checks and converts batches, `interpreters.py` loads and runs the files,
@@ -25,7 +26,8 @@ def load_bundle(path, num_threads=None, max_cached_shapes=8):
 
     Everything is checked before anything is returned: the manifest's format
     and version, then the size and sha256 of every model file, then that each
-    file loads and its input/output tensors match the manifest. A failure at
+    file (each signature, for a single-file bundle) loads and runs and its
+    input/output tensors match the manifest. A failure at
     any step raises and leaves nothing loaded.
 
     Args:

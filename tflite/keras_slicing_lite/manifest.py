@@ -9,6 +9,18 @@ Version 2 adds `output_kind` (see `outputs.py`) and `metric`, the name of
 the per-rate key holding the evaluation (`accuracy`, `binary_accuracy` or
 `mean_absolute_error`). Version 1 has neither and means a multiclass output
 with `accuracy` per rate; it is still read.
+
+An entry may carry `config`, `{width group: rate}`: it was exported from a
+width configuration (each group of layers at its own rate), and its `rate`
+is the uniform rate of equal MACs, its key among the entries. Readers that
+ignore `config` serve it as any other width.
+
+Version 3 is the single-file layout: every rate entry names the same file
+and, under `signature`, the signature of that file that computes the rate
+(`rate_1`, `rate_0.5`, ...). Per-width bundles are still written as
+version 2, so that older readers keep loading them; a version-2 reader
+refuses a single-file bundle instead of running its widest width for every
+rate.
 """
 
 import errno
@@ -23,7 +35,8 @@ from keras_slicing_lite import outputs
 
 FORMAT = "keras-slicing-bundle"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SINGLE_FILE_FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 # A manifest is a few kilobytes; anything far larger is not one.
 MAX_MANIFEST_BYTES = 1 << 20
@@ -80,13 +93,18 @@ def verify_files(bundle_dir, manifest, owner="load_bundle"):
 
     Returns:
         `{rate: bytes}`: the verified contents, so that what is loaded later
-        is exactly what was hashed.
+        is exactly what was hashed. Rates of one file (the single-file
+        layout) share one `bytes` object, read and hashed once.
 
     Raises:
         BundleError: naming the first file that is missing or differs.
     """
     contents = {}
+    read = {}
     for entry in manifest["rates"]:
+        if entry["file"] in read:
+            contents[entry["rate"]] = read[entry["file"]]
+            continue
         path = pathlib.Path(bundle_dir) / entry["file"]
         try:
             data = read_regular_file(path, owner, expected_size=entry.get("bytes"))
@@ -102,8 +120,13 @@ def verify_files(bundle_dir, manifest, owner="load_bundle"):
                 f"{entry['sha256']}, the file hashes to {digest}. The file is "
                 "corrupted or does not belong to this manifest."
             )
-        contents[entry["rate"]] = data
+        contents[entry["rate"]] = read[entry["file"]] = data
     return contents
+
+
+def signature(entry):
+    """The signature of a rate entry's file, or `None` for a whole file."""
+    return entry.get("signature")
 
 
 def read_regular_file(path, owner, expected_size=None, max_bytes=None):
@@ -218,6 +241,7 @@ def _check_manifest(manifest, path, owner):
     previous = math.inf
     for entry in entries:
         rate = _check_rate_entry(entry, path, manifest, owner)
+        _check_signature(entry, rate, entries, version, path, owner)
         if not rate < previous:
             _fail(
                 path,
@@ -310,6 +334,22 @@ def _check_rate_entry(entry, path, manifest, owner):
                 f"null. Received: {key}={value!r}",
                 owner,
             )
+    config = entry.get("config")
+    if config is not None and not (
+        isinstance(config, dict)
+        and config
+        and all(
+            isinstance(k, str) and _is_number(v) and 0.0 < v <= 1.0
+            for k, v in config.items()
+        )
+    ):
+        _fail(
+            path,
+            f"rate={rate:g}: 'config' (a width configuration) must be null or "
+            "a non-empty object {group: rate in (0, 1]}. Received: "
+            f"config={config!r}",
+            owner,
+        )
     name = metric(manifest)
     value = entry.get(name)
     if value is not None and not _is_number(value):
@@ -320,6 +360,39 @@ def _check_rate_entry(entry, path, manifest, owner):
             owner,
         )
     return float(rate)
+
+
+def _check_signature(entry, rate, entries, version, path, owner):
+    """Version 3 entries name one file and a distinct signature each."""
+    key = entry.get("signature")
+    if version < SINGLE_FILE_FORMAT_VERSION:
+        if key is not None:
+            _fail(
+                path,
+                f"rate={rate:g}: 'signature' needs format_version "
+                f"{SINGLE_FILE_FORMAT_VERSION}. Received: format_version="
+                f"{version}",
+                owner,
+            )
+        return
+    if not isinstance(key, str) or not key:
+        _fail(
+            path,
+            f"format_version={version} is the single-file layout: rate={rate:g} "
+            "must name in 'signature' the signature of the file that computes "
+            f"it. Received: signature={key!r}",
+            owner,
+        )
+    if [e.get("signature") for e in entries].count(key) != 1:
+        _fail(path, f"signature {key!r} is named by more than one rate.", owner)
+    files = {e.get("file") for e in entries}
+    if len(files) != 1:
+        _fail(
+            path,
+            "a single-file bundle names one file for every rate. Received: "
+            f"files={sorted(map(str, files))}",
+            owner,
+        )
 
 
 def _is_number(value):
