@@ -36,8 +36,7 @@ from absl import logging
 _RATES = flags.DEFINE_list(
     "rates",
     None,
-    "export, bench: comma-separated slice rates (default: every rate of the "
-    "model or bundle).",
+    "export, bench: comma-separated slice rates (default: all).",
 )
 _QUANTIZATION = flags.DEFINE_enum(
     "quantization",
@@ -86,8 +85,7 @@ _REPEATS = flags.DEFINE_integer(
 _VERBOSE = flags.DEFINE_bool(
     "verbose",
     False,
-    "Show TensorFlow's, absl's and the converter's own log lines (hidden by "
-    "default).",
+    "Show the frameworks' own log lines.",
 )
 
 # Which commands read each flag: any other command refuses it rather than
