@@ -10,16 +10,20 @@ parameters, MACs per character, validation and test bits per character
 (BPC), the test BPC of the exported TFLite file (builtin ops only) and its
 size, and, unless --nobaselines, the test BPC of the same network built at
 that width and trained alone with the same budget (steps, batch, optimizer).
-It writes:
+A run longer than one pass over the training text makes further passes, each
+in a new random order. The learning curve (validation BPC of every width,
+and of every plain model, at `--curve_points` evenly spaced steps) goes into
+the results. It writes:
 
     OUTPUT_DIR/char_lm.keras        the sliced Keras model
     OUTPUT_DIR/tflite/              one .tflite per width + manifest.json
-    OUTPUT_DIR/results.json         every number printed
+    RESULTS_FILE                    every number printed and the learning
+                                    curve (default OUTPUT_DIR/results.json)
 
 Usage:
 
     python examples/char_lm.py [--steps=300] [--data_file=ptb.train.txt]
-        [--output_dir=results_char_lm]
+        [--output_dir=results_char_lm] [--results_file=...]
 
 `--data_file` takes any local UTF-8 text file (e.g. Penn Treebank, the
 paper's setting), split the same way. Windows of `--seq_len` characters are
@@ -61,6 +65,8 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "Random seed (weights, batches, rates).")
     flags.DEFINE_bool("baselines", True, "Also train a plain model per width.")
     flags.DEFINE_string("output_dir", "results_char_lm", "Where everything is written.")
+    flags.DEFINE_string("results_file", None, "Results JSON; default OUTPUT_DIR/results.json.")
+    flags.DEFINE_integer("curve_points", 10, "Validations along training (0: none).")
     flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar).")
 
 
@@ -144,22 +150,60 @@ def bits_per_character(logits, targets):
     return float(np.mean(log_z - picked) / math.log(2))
 
 
-def train_baselines(data, build_plain, batch_size, learning_rate, rates, seed):
+def training_order(count, steps, batch_size, seed):
+    """Window indices for `steps` batches: passes over the data, each shuffled."""
+    rng = np.random.default_rng(seed)
+    needed = steps * batch_size
+    passes = [rng.permutation(count) for _ in range(-(-needed // count))]
+    return np.concatenate(passes)[:needed]
+
+
+class LearningCurve(keras.callbacks.Callback):
+    """Records `evaluate()` (a dict of validation BPC) every `every` steps."""
+
+    def __init__(self, evaluate, every):
+        super().__init__()
+        self.evaluate, self.every = evaluate, every
+        self.steps, self.points, self._step = [], [], 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every and self._step % self.every == 0:
+            self.steps.append(self._step)
+            self.points.append(self.evaluate())
+
+    def as_dict(self):
+        return {"steps": self.steps, "val_bpc": self.points}
+
+
+def _curve_every(steps, curve_points):
+    return max(1, steps // curve_points) if curve_points else 0
+
+
+def train_baselines(data, build_plain, batch_size, learning_rate, rates, seed,
+                    validation=None, curve_points=0):
+    """Test BPC of a plain model per width, and its learning curve if asked."""
     (x, y), (x_test, y_test) = data
-    bpc = {}
+    bpc, curves = {}, {}
     for rate in rates:
         keras.utils.set_random_seed(seed)
         model = compile_lm(build_plain(rate), learning_rate)
-        model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+        curve = LearningCurve(
+            lambda: bits_per_character(model.predict(validation[0], verbose=0), validation[1]),
+            _curve_every(len(x) // batch_size, curve_points) if validation else 0,
+        )
+        model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[curve])
         bpc[rate] = bits_per_character(model.predict(x_test, verbose=0), y_test)
+        curves[rate] = curve.as_dict()
         print(f"  plain model at width {rate:g}: test BPC {bpc[rate]:.3f}")
-    return bpc
+    return (bpc, curves) if validation else bpc
 
 
 def run(output_dir, data_file=None, seq_len=32, embedding_dim=32, units=64,
         steps=300, batch_size=32, learning_rate=1e-2, seed=0, baselines=True,
-        rates=DEFAULT_RATES, verbose=1):
-    """The whole job; returns the results dictionary written to results.json."""
+        rates=DEFAULT_RATES, verbose=1, results_file=None, curve_points=10):
+    """The whole job; returns the results dictionary written to the results file."""
     sizes = {"embedding_dim": embedding_dim, "units": units}
     return run_language_model(
         output_dir,
@@ -170,13 +214,14 @@ def run(output_dir, data_file=None, seq_len=32, embedding_dim=32, units=64,
             vocab_size, seq_len, embedding_dim, units, rate
         ),
         sizes, data_file, seq_len, steps, batch_size, learning_rate, seed,
-        baselines, rates, verbose,
+        baselines, rates, verbose, results_file, curve_points,
     )
 
 
 def run_language_model(output_dir, build_sliced, build_plain, sizes,
                        data_file, seq_len, steps, batch_size, learning_rate,
-                       seed, baselines, rates, verbose):
+                       seed, baselines, rates, verbose, results_file=None,
+                       curve_points=10):
     """Trains, exports and compares a sliced character model of any kind.
 
     `build_sliced(vocab_size, rates)` returns the `SlicingModel` and
@@ -189,7 +234,8 @@ def run_language_model(output_dir, build_sliced, build_plain, sizes,
     vocab = vocabulary(train_text)
     vocab_size = len(vocab) + 1
     x, y = windows(train_text, vocab, seq_len)
-    order = np.random.default_rng(seed).permutation(len(x))[: steps * batch_size]
+    passes = steps * batch_size / len(x)
+    order = training_order(len(x), steps, batch_size, seed)
     x, y = x[order], y[order]
     x_val, y_val = windows(val_text, vocab, seq_len)
     x_test, y_test = windows(test_text, vocab, seq_len)
@@ -197,11 +243,24 @@ def run_language_model(output_dir, build_sliced, build_plain, sizes,
     print(
         f"{source}: {len(train_text):,} / {len(val_text):,} / {len(test_text):,} "
         f"characters (train / validation / test), {vocab_size} symbols; "
-        f"{len(x)} training windows of {seq_len} ({steps} steps of {batch_size})"
+        f"{steps} steps of {batch_size} windows of {seq_len} "
+        f"({passes:.2f} passes over the training text)"
     )
 
     model = compile_lm(build_sliced(vocab_size, rates), learning_rate)
-    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=verbose)
+    feed = lambda data, rate: [data, np.full(len(data), rate, "float32")]  # noqa: E731
+    curve = LearningCurve(
+        lambda: {
+            f"{rate:g}": bits_per_character(
+                model.predict(feed(x_val, rate), verbose=0), y_val
+            )
+            for rate in model.rates
+        },
+        _curve_every(steps, curve_points),
+    )
+    model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False,
+              verbose=verbose, callbacks=[curve])
+    train_seconds = time.time() - started
 
     os.makedirs(output_dir, exist_ok=True)
     model_path = os.path.join(output_dir, f"{model.name}.keras")
@@ -209,18 +268,18 @@ def run_language_model(output_dir, build_sliced, build_plain, sizes,
     bundle_dir = os.path.join(output_dir, "tflite")
     manifest = keras_slicing.export_tflite(model, bundle_dir)
 
-    baseline = None
+    baseline = baseline_curves = None
     if baselines:
         print("\ntraining a plain model per width, same budget:")
-        baseline = train_baselines(
+        baseline, baseline_curves = train_baselines(
             ((x, y), (x_test, y_test)), lambda r: build_plain(vocab_size, r),
             batch_size, learning_rate, model.rates, seed,
+            validation=(x_val, y_val), curve_points=curve_points,
         )
 
     rows = []
     for entry in manifest["rates"]:
         rate = entry["rate"]
-        feed = lambda data: [data, np.full(len(data), rate, "float32")]  # noqa: E731
         interpreter = load_interpreter(os.path.join(bundle_dir, entry["file"]))
         tflite_logits = np.concatenate([
             run_tflite(interpreter, x_test[i : i + 256])
@@ -230,8 +289,8 @@ def run_language_model(output_dir, build_sliced, build_plain, sizes,
             "rate": rate,
             "params": entry["params"],
             "macs_per_char": entry["macs"] // seq_len,
-            "val_bpc": bits_per_character(model.predict(feed(x_val), verbose=0), y_val),
-            "test_bpc": bits_per_character(model.predict(feed(x_test), verbose=0), y_test),
+            "val_bpc": bits_per_character(model.predict(feed(x_val, rate), verbose=0), y_val),
+            "test_bpc": bits_per_character(model.predict(feed(x_test, rate), verbose=0), y_test),
             "tflite_test_bpc": bits_per_character(tflite_logits, y_test),
             "tflite_bytes": entry["bytes"],
             **({"baseline_test_bpc": baseline[rate]} if baseline else {}),
@@ -244,11 +303,19 @@ def run_language_model(output_dir, build_sliced, build_plain, sizes,
         **sizes,
         "steps": steps,
         "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "passes": round(passes, 3),
         "scheduler": "random_min_max",
+        "machine": machine_facts(),
+        "sliced_train_seconds": round(train_seconds, 1),
         "seconds": round(time.time() - started, 1),
         "widths": rows,
+        "curve": curve.as_dict(),
+        **({"baseline_curves": {f"{r:g}": c for r, c in baseline_curves.items()}}
+           if baseline_curves else {}),
     }
-    results_path = os.path.join(output_dir, "results.json")
+    results_path = results_file or os.path.join(output_dir, "results.json")
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     with open(results_path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
     os.replace(results_path + ".tmp", results_path)
@@ -257,6 +324,21 @@ def run_language_model(output_dir, build_sliced, build_plain, sizes,
     print(f"results:  {results_path}")
     print(f"finished in {results['seconds']:.0f} s")
     return results
+
+
+def machine_facts():
+    """Where the numbers were measured: CPUs, Python and library versions."""
+    import platform
+
+    import tensorflow as tf
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
 
 
 def print_table(rows, name):
@@ -284,7 +366,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # the converter logs every file
     run(FLAGS.output_dir, FLAGS.data_file, FLAGS.seq_len, FLAGS.embedding_dim,
         FLAGS.units, FLAGS.steps, FLAGS.batch_size, FLAGS.learning_rate,
-        FLAGS.seed, FLAGS.baselines, verbose=FLAGS.verbose)
+        FLAGS.seed, FLAGS.baselines, verbose=FLAGS.verbose,
+        results_file=FLAGS.results_file, curve_points=FLAGS.curve_points)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ checked, and a plain Transformer of each width is trained alone with the
 same budget. Usage:
 
     python examples/text_transformer.py [--steps=300] [--data_file=...]
-        [--output_dir=results_text_transformer]
+        [--output_dir=results_text_transformer] [--results_file=...]
 """
 
 import os
@@ -50,6 +50,8 @@ def define_flags():
     flags.DEFINE_integer("seed", 0, "Random seed (weights, batches, rates).")
     flags.DEFINE_bool("baselines", True, "Also train a plain model per width.")
     flags.DEFINE_string("output_dir", "results_text_transformer", "Where everything is written.")
+    flags.DEFINE_string("results_file", None, "Results JSON; default OUTPUT_DIR/results.json.")
+    flags.DEFINE_integer("curve_points", 10, "Validations along training (0: none).")
     flags.DEFINE_integer("verbose", 1, "Keras fit verbosity (1: progress bar).")
 
 
@@ -141,7 +143,7 @@ def plain_transformer(vocab_size, seq_len, model_dim, num_heads, ffn_units,
 def run(output_dir, data_file=None, seq_len=32, model_dim=64, num_heads=4,
         ffn_units=256, num_blocks=2, steps=300, batch_size=32,
         learning_rate=3e-3, seed=0, baselines=True, rates=DEFAULT_RATES,
-        verbose=1):
+        verbose=1, results_file=None, curve_points=10):
     """The whole job; returns the results dictionary written to results.json."""
     sizes = {"model_dim": model_dim, "num_heads": num_heads,
              "ffn_units": ffn_units, "num_blocks": num_blocks}
@@ -155,7 +157,7 @@ def run(output_dir, data_file=None, seq_len=32, model_dim=64, num_heads=4,
             vocab_size, seq_len, model_dim, num_heads, ffn_units, num_blocks, rate
         ),
         sizes, data_file, seq_len, steps, batch_size, learning_rate, seed,
-        baselines, rates, verbose,
+        baselines, rates, verbose, results_file, curve_points,
     )
 
 
@@ -166,7 +168,8 @@ def main(argv):
     run(FLAGS.output_dir, FLAGS.data_file, FLAGS.seq_len, FLAGS.model_dim,
         FLAGS.num_heads, FLAGS.ffn_units, FLAGS.num_blocks, FLAGS.steps,
         FLAGS.batch_size, FLAGS.learning_rate, FLAGS.seed, FLAGS.baselines,
-        verbose=FLAGS.verbose)
+        verbose=FLAGS.verbose, results_file=FLAGS.results_file,
+        curve_points=FLAGS.curve_points)
 
 
 if __name__ == "__main__":

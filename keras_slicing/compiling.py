@@ -56,8 +56,8 @@ class SlicingCompile:
           width's forward pass captured once by `torch.compile` with its
           `"eager"` backend (the backward pass and the update stay
           uncompiled). It removes the Python work of running the layers
-          for a capture of tens of seconds per rate; see the README's
-          backend section for when it pays.
+          for a capture of tens of seconds per rate; see docs/backends.md
+          for when it pays.
         The usual schedulers give a few sets (`"random_min_max"` over four
         rates: two), listed in `compiled_rate_sets` once they ran.
         """

@@ -1,6 +1,6 @@
 """A TFLite bundle: one `.tflite` file per width plus `manifest.json`.
 
-Bundle format v2 (read by the edge runtime; documented in the README):
+Bundle format v2 (read by the edge runtime; documented in docs/deployment.md):
 `BUNDLE/manifest.json` and `BUNDLE/rate_{format_rate(r)}.tflite` per rate.
 The manifest is read back, here and on the edge, by the one reader of the
 TensorFlow-free `keras_slicing_lite.manifest`; what an output means and how
@@ -106,8 +106,8 @@ def export_tflite(
             integer, calibrated on `representative_data`).
         representative_data: Array of input examples that calibrates the
             activation ranges; required for, and only used by, `"int8"`.
-            Cover the data well: on digits, the first 200 training images
-            cost up to 2 points of accuracy, all 1,437 nothing measurable.
+            Cover the data well (every class, a few hundred examples or
+            more): ranges calibrated on a narrow slice of it cost accuracy.
         evaluation_data: Optional `(x, y)`; each written file is scored on
             it with the metric of the output kind (`manifest["metric"]`):
             `accuracy` of class labels (integers or one-hot) for multiclass,

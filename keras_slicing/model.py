@@ -85,8 +85,8 @@ class SlicingModel(
             training every width separately costs) against 1.5 for the
             paper's `"random_min_max"`; with the default `rate_loss_weights`
             it came closest to models trained alone, width by width, in the
-            cross-validation of `benchmarks/accuracy.py` (`random_min_max`
-            trailed by 0.8 to 2.7 points more at width 0.5 of digits).
+            cross-validation of `benchmarks/accuracy.py` (measured in
+            docs/benchmarks.md).
         num_random: Number of randomly drawn rates of a named random
             scheduler; when fewer rates are left, all of them run, and
             `"all"` ignores it. Defaults to 1.
@@ -95,11 +95,9 @@ class SlicingModel(
         rate_loss_weights: Optional weights of the per-rate losses in the
             sum, one per entry of `rates` (or a dict rate -> weight).
             Defaults to `3 - 2 * r` for rate `r`: 1 at full width, 2.5 at
-            0.25. In 5-fold cross-validation on the training splits of
-            digits (100 epochs) and MNIST-1D it stayed within 1.0 point of
-            models trained alone at every width (5.3 points ahead at 0.25
-            on MNIST-1D); an even sum, heavier narrow widths and in-place
-            distillation did no better. Pass
+            0.25. In cross-validation on digits and MNIST-1D an even sum,
+            heavier narrow widths and in-place distillation did no better
+            (docs/benchmarks.md). Pass
             `[1.0] * len(rates)` for an even sum. With `distillation` the
             default is 1 for every rate.
         distillation: `None`, or `"inplace"` for in-place distillation as in

@@ -148,8 +148,8 @@ class SlicingTrainStep:
         label term of the widest n to 1. The widths share their weights, so
         every step that moves a narrower rate towards the widest also moves
         the widest, and the chase (not the labels) then drives training: the
-        widest rate drifts to worse than chance (digits, `"all"`: 63% at
-        full width). Sharing one unit of weight keeps labels and soft targets
+        widest rate drifts to worse than chance (a test pins it on digits).
+        Sharing one unit of weight keeps labels and soft targets
         balanced whatever the scheduler runs.
         """
         ran = [hits for _, _, hits in plan[1:]]

@@ -78,13 +78,11 @@ def fused_group_norm(x, groups, gamma, beta, epsilon):
     Keras' composite group norm runs some ten element-wise ops and their
     gradients eagerly, over half of a sliced ResNet-20 step on this
     backend; the fused kernel is one pass each way. Its channels-last
-    kernel crawls on 4 channels (a ResNet-20's first stage at r = 0.25:
-    68 ms of group norm per forward+backward, against 21 ms plus 22 ms of
-    copies through channels-first memory), so fewer than 8 channels go
-    through a channels-first copy. From 8 channels on, the copies and the
-    convolutions' mixed layouts behind them cost more than they save (at
-    r = 0.75, 12 channels: 782 ms per forward+backward with the copies,
-    569 ms without; `benchmarks/torch_ops.py`).
+    kernel crawls on 4 channels (a ResNet-20's first stage at r = 0.25),
+    so fewer than 8 channels go through a channels-first copy. From 8
+    channels on, the copies and the convolutions' mixed layouts behind them
+    cost more than they save (`benchmarks/torch_ops.py`, before and after;
+    docs/benchmarks.md).
     """
     few = x.shape[-1] < CHANNELS_LAST_GROUP_NORM_MIN
     x = torch.movedim(x, -1, 1)

@@ -154,19 +154,19 @@ def test_export_there_writes_the_operators_and_sizes_of_tensorflow(run, tf_dir, 
         )
 
 
-def _readme_jax_script():
-    readme = (ROOT / "README.md").read_text()
+def _docs_jax_script():
+    page = (ROOT / "docs" / "backends.md").read_text()
     scripts = [
-        code for code in re.findall(r"```py\n(.*?)```", readme, flags=re.S)
+        code for code in re.findall(r"```py\n(.*?)```", page, flags=re.S)
         if code.startswith("# KERAS_BACKEND=jax")
     ]
-    assert len(scripts) == 1, "the README's JAX training script is missing"
+    assert len(scripts) == 1, "the JAX training script of docs/backends.md is missing"
     return scripts[0]
 
 
-def test_readme_jax_script_trains_and_its_file_exports_with_tensorflow(tmp_path):
-    # The README's script, then (not in the README) the outputs JAX gives.
-    script = _readme_jax_script() + (
+def test_docs_jax_script_trains_and_its_file_exports_with_tensorflow(tmp_path):
+    # The page's script, then (not on the page) the outputs JAX gives.
+    script = _docs_jax_script() + (
         "\nnp.savez('jax_outputs.npz', x=features[:8], **{str(r): "
         "model.at_rate(r).predict(features[:8], verbose=0) for r in (1.0, 0.5, 0.25)})\n"
     )

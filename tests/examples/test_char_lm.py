@@ -33,6 +33,13 @@ def test_bits_per_character_of_uniform_logits_is_log2_of_the_symbols():
     assert abs(bpc - 4.0) < 1e-9
 
 
+def test_training_order_makes_shuffled_passes_over_every_window():
+    order = _load_example().training_order(5, steps=3, batch_size=4, seed=0)
+    assert len(order) == 12
+    assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
+    assert list(order[:5]) != list(range(5))
+
+
 def _text_file(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("the quick brown fox jumps over the lazy dog. " * 60, encoding="utf-8")
@@ -53,6 +60,8 @@ def test_tiny_run_trains_exports_and_checks_every_width(tmp_path):
         assert abs(row["tflite_test_bpc"] - row["test_bpc"]) < 1e-3
         assert 0 < row["test_bpc"] < 8
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
+    assert results["curve"]["steps"] == [1, 2]  # curve_points > steps: every step
+    assert [sorted(point) for point in results["curve"]["val_bpc"]] == [["0.5", "1"]] * 2
     manifest = keras_slicing.export.read_manifest(tmp_path / "out" / "tflite")
     assert [e["rate"] for e in manifest["rates"]] == [1.0, 0.5]
     ops = keras_slicing.export.tflite_op_names(

@@ -222,3 +222,58 @@ def test_size_mismatch_is_found_before_hashing(bundle_copy, monkeypatch):
     monkeypatch.setattr(hashlib, "sha256", no_read)
     with pytest.raises(BundleError, match=r"rate_1\.tflite has \d+ bytes but the manifest"):
         load_bundle(bundle_copy)
+
+
+def _open_descriptors():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_directory_in_place_of_a_model_file_is_named_and_leaks_nothing(bundle_copy):
+    target = bundle_copy / "rate_0.5.tflite"
+    target.unlink()
+    target.mkdir()
+    before = _open_descriptors()
+    for _ in range(3):
+        with pytest.raises(BundleError, match=r"rate_0\.5\.tflite is not a regular file \(a directory\)"):
+            load_bundle(bundle_copy)
+    assert _open_descriptors() == before
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('{"format": "keras-slicing-bundle", "rates": [{"rate": 1%s}]}' % ("0" * 400),
+         "a rate must be a number in"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"format_version": 1%s}' % ("0" * 5000), "not valid JSON"),
+    ],
+)
+def test_overflowing_or_deeply_nested_manifest_is_a_bundle_error(bundle_copy, text, match):
+    if "rates" in text:  # a valid manifest but for the rate
+        manifest = json.loads((bundle_copy / "manifest.json").read_text())
+        manifest["rates"][0]["rate"] = 10**400
+        text = json.dumps(manifest)
+    (bundle_copy / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match=rf"manifest\.json.*{match}|{match}.*manifest\.json"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("command", ["info", "serve"])
+def test_cli_prints_one_line_for_a_bad_bundle(bundle_copy, command, capsys):
+    from keras_slicing_lite import cli
+
+    (bundle_copy / "manifest.json").write_text("[" * 100_000)
+    assert cli.main([command, str(bundle_copy)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert err.startswith(f"keras-slicing-lite {command}: error:") and "manifest.json" in err
+
+
+def test_cli_info_lists_every_width(bundle_dir, capsys):
+    from keras_slicing_lite import cli
+
+    assert cli.main(["info", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    for entry in manifest["rates"]:
+        assert f"rate {entry['rate']:g}: {entry['file']}, {entry['bytes']} bytes" in out

@@ -111,14 +111,14 @@ def test_front_end_reserves_its_measured_reply_time(bundle_dir, toy_profile, ref
     slow_s = 0.03
     server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real").start()
     front = HTTPFrontEnd(server, port=0, measure_front_end=measure).start()
-    answer = front._answer
+    answer = front.api._answer
 
     def slow_answer(*args):
         # Every reply leaves at least `slow_s` after its output was ready.
         time.sleep(slow_s)
         return answer(*args)
 
-    front._answer = slow_answer
+    front.api._answer = slow_answer
     try:
         x = reference[0]
         for k in range(3):

@@ -23,6 +23,8 @@ from keras_slicing_lite import load_bundle
 
 @pytest.fixture
 def front(bundle_dir, toy_profile):
+    # The standard library's front end, serve's default; the contract of
+    # both front ends is checked in test_http_contract.py.
     server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real").start()
     front = HTTPFrontEnd(server, host="127.0.0.1", port=0, max_body_bytes=200_000).start()
     yield front

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from keras_slicing_lite import BatchTooLargeError
 from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import LatencyProfile
 from keras_slicing_lite import QueueFullError
@@ -241,3 +242,53 @@ def test_start_calls_every_width_at_every_batch_size_before_requests(
     server.start()
     assert server.stop(timeout=WAIT_S)
     assert sorted(seen) == sorted((r, b) for r in (1.0, 0.25) for b in (1, 2, 4, 8))
+
+
+def test_pinned_rate_is_served_in_the_queue_with_its_deadline(live, reference):
+    x, expected = reference
+    with live:
+        pinned = [live.submit(x[i], deadline_ms=0, rate=0.25) for i in range(4)]
+        free = [live.submit(x[i], deadline_ms=1000) for i in range(4)]
+        done, not_done = concurrent.futures.wait(pinned + free, timeout=WAIT_S)
+    assert not not_done
+    for i, future in enumerate(pinned):
+        response = future.result()
+        assert response.rate == 0.25 and response.late
+        np.testing.assert_allclose(response.output, expected[0.25][i], atol=1e-5)
+    stats = live.stats
+    assert stats["served"] == 8 and stats["late"] >= 4
+    assert stats["by_rate"][0.25] >= 4
+
+
+def test_rate_the_server_does_not_serve_is_refused(bundle_dir, toy_profile, reference):
+    server = ElasticServer(load_bundle(bundle_dir), toy_profile, rates=[1.0, 0.5], clock="real")
+    with server:
+        with pytest.raises(ValueError, match=r"rate=0\.25 is not served here"):
+            server.submit(reference[0][0], rate=0.25)
+
+
+def test_submit_batch_queues_all_or_nothing(bundle_dir, toy_profile, reference):
+    x, _ = reference
+    server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real", max_queue=4)
+    with server:
+        with pytest.raises(BatchTooLargeError, match="max_queue=4 can ever hold"):
+            server.submit_batch(x[:5])
+        assert server.stats["queued"] == 0
+        futures = server.submit_batch(x[:4], deadline_ms=100)
+        assert len(futures) == 4
+        done, not_done = concurrent.futures.wait(futures, timeout=WAIT_S)
+    assert not not_done and server.stats["served"] == 4
+
+
+def test_replay_serves_pinned_requests_at_their_rate_and_counts_them(bundle_dir, toy_profile, reference):
+    x, expected = reference
+    server = ElasticServer(load_bundle(bundle_dir), toy_profile)
+    requests = [Request(x[i], arrival_s=0.001 * i, deadline_s=0.001 * i, rate=0.5 if i % 2 else None)
+                for i in range(8)]
+    responses = server.replay(requests)
+    for i, response in enumerate(responses):
+        if i % 2:
+            assert response.rate == 0.5
+        np.testing.assert_allclose(response.output, expected[response.rate][i], atol=1e-5)
+    assert server.stats["served"] == 8
+    assert server.stats["by_rate"][0.5] >= 4

@@ -58,6 +58,8 @@ def test_load_and_predict_work_without_tensorflow(bundle_dir, reference, tmp_pat
             raise SystemExit("the import block did not work")
         import numpy as np
         import keras_slicing_lite
+        import keras_slicing_lite.asgi_server
+        import keras_slicing_lite.cli
 
         bundle = keras_slicing_lite.load_bundle(sys.argv[1])
         np.save("out.npy", bundle.predict(np.load("x.npy"), rate=0.5))

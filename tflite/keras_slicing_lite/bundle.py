@@ -180,6 +180,23 @@ class Bundle:
         rate = self._rate(rate, "predict")
         return self._run(rate, self.prepare(x, "predict"))
 
+    def run_prepared(self, batch, rate):
+        """Runs a batch already returned by `prepare`, at one of `rates`.
+
+        `predict` without the checks: for callers (the server, the profiler)
+        that prepared the batch once and call many times.
+        """
+        return self._run(self._rate(rate, "run_prepared"), batch)
+
+    @property
+    def input_quantization(self):
+        """`(scale, zero_point)` of the input; a scale of 0 means not quantized."""
+        return self._input_quantization
+
+    def keep_interpreters(self, count):
+        """Keeps at least `count` interpreters per rate (one per batch size)."""
+        self._interpreters.keep_at_least(count)
+
     def resolve_rates(self, rates=None, owner="Bundle"):
         """The set of bundle rates named by a `rates=` argument.
 
@@ -314,7 +331,7 @@ class Bundle:
         if (
             isinstance(rate, bool)
             or not isinstance(rate, numbers.Real)
-            or not math.isfinite(float(rate))
+            or not _finite(rate)
         ):
             raise ValueError(
                 f"{owner}: rate must be one of the bundle's rates "
@@ -359,3 +376,12 @@ class Bundle:
             f"Bundle({str(self.path)!r}, model_name={name!r}, "
             f"rates=[{profiling.format_rates(self.rates)}])"
         )
+
+
+def _finite(value):
+    # float() of an integer of hundreds of digits overflows instead of
+    # giving infinity.
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

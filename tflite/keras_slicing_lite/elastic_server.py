@@ -1,6 +1,12 @@
-"""Serving requests with deadlines by choosing the width per batch."""
+"""Serving requests with deadlines by choosing the width per batch.
+
+One serving loop for both clocks: `ElasticServer` keeps the queue ordered
+by deadline, takes each batch (`_take`) and answers it (`_answer`); replay
+waits on a virtual or real clock, live serving on a worker thread.
+"""
 
 import bisect
+import concurrent.futures
 import math
 import numbers
 import threading
@@ -9,7 +15,6 @@ import time
 import numpy as np
 
 from keras_slicing_lite.latency_profile import STATISTICS
-from keras_slicing_lite.live import LiveServing
 from keras_slicing_lite.planner import ArrivalRate
 from keras_slicing_lite.planner import WidthPlanner
 from keras_slicing_lite.request import Request
@@ -17,9 +22,28 @@ from keras_slicing_lite.request import Response
 
 CLOCKS = ("simulated", "real")
 SIMULATED_LATENCIES = ("p50", "sampled")
+# Fields of a queue entry, a tuple ordered by deadline, then arrival order.
+DEADLINE, SEQUENCE, ID, ARRIVAL, EXAMPLE, FUTURE, RATE = range(7)
 
 
-class ElasticServer(LiveServing):
+class QueueFullError(RuntimeError):
+    """`ElasticServer.submit` refused a request: `max_queue` are waiting."""
+
+
+class BatchTooLargeError(QueueFullError):
+    """`ElasticServer.submit_batch` refused a batch larger than `max_queue`:
+    it could never be queued, however long the caller waits."""
+
+
+class ServerStoppedError(RuntimeError):
+    """The server is not running, or stopped before answering a request."""
+
+
+class ServerFailedError(RuntimeError):
+    """The server's worker failed; `__cause__` holds its exception."""
+
+
+class ElasticServer:
     """Answers queued requests, choosing the width of each batch to meet deadlines.
 
     Requests wait in a queue ordered by deadline. Whenever the model is
@@ -51,10 +75,19 @@ class ElasticServer(LiveServing):
       work around a call adds about the same to each; a busy machine slows
       every call in proportion).
 
+    Both clocks run one mechanism: requests wait in one queue ordered by
+    deadline, and each batch is planned, run, answered and counted the same
+    way; only waiting differs (a virtual clock, or a worker thread woken by
+    `submit`). A request may pin its rate (`Request(rate=...)`,
+    `submit(..., rate=...)`): it waits in the same queue, keeps its deadline
+    and is counted like any other, and is answered in a batch of its rate.
+
     Live serving cannot hang a caller: a future cancelled by its caller is
     skipped; a request whose deadline has already passed is answered (late)
     and counted; `max_queue` bounds the queue and `submit` beyond it raises
-    `QueueFullError` at once; an exception in the worker fails the requests
+    `QueueFullError` at once (`submit_batch` queues a batch whole or
+    not at all, and refuses one larger than `max_queue` with
+    `BatchTooLargeError`); an exception in the worker fails the requests
     it holds and everything queued with that error, and every later
     `submit` raises `ServerFailedError` (the thread never dies silently);
     `stop(timeout)` drains the queue, failing with `ServerStoppedError`
@@ -117,22 +150,12 @@ class ElasticServer(LiveServing):
                 "ElasticServer: plan_statistic must be one of "
                 f"{', '.join(STATISTICS)}. Received: plan_statistic={plan_statistic!r}"
             )
-        if (
-            isinstance(headroom, bool)
-            or not isinstance(headroom, numbers.Real)
-            or not headroom > 0
-            or not math.isfinite(headroom)
-        ):
+        if not _is_number(headroom) or not headroom > 0:
             raise ValueError(
                 "ElasticServer: headroom must be a positive number. "
                 f"Received: headroom={headroom!r}"
             )
-        if (
-            isinstance(reserve_ms, bool)
-            or not isinstance(reserve_ms, numbers.Real)
-            or not reserve_ms >= 0
-            or not math.isfinite(reserve_ms)
-        ):
+        if not _is_number(reserve_ms) or not reserve_ms >= 0:
             raise ValueError(
                 "ElasticServer: reserve_ms must be a number >= 0. "
                 f"Received: reserve_ms={reserve_ms!r}"
@@ -208,8 +231,11 @@ class ElasticServer(LiveServing):
         self._kind = bundle.output_kind
         self._lock = threading.Lock()
         self._reset_stats()
+        self._queue = []
         self._thread = None
         self._fault = None
+        self._finishing = None
+        self._wakeup = threading.Condition()
 
     @property
     def stats(self):
@@ -224,8 +250,7 @@ class ElasticServer(LiveServing):
         with self._lock:
             stats = dict(self._stats)
             stats["by_rate"] = dict(self._stats["by_rate"])
-        live = getattr(self, "_live", None)
-        stats["queued"] = len(live) if live is not None and self._thread else 0
+        stats["queued"] = len(self._queue) if self._thread else 0
         return stats
 
     @property
@@ -255,11 +280,7 @@ class ElasticServer(LiveServing):
             raise ValueError("ElasticServer.plan: the queue is empty.")
         if arrival_rate is None:
             arrival_rate = self._arrivals.at(float(now_s))
-        elif (
-            isinstance(arrival_rate, bool)
-            or not isinstance(arrival_rate, numbers.Real)
-            or not arrival_rate >= 0
-        ):
+        elif not _is_number(arrival_rate, inf_ok=True) or not arrival_rate >= 0:
             raise ValueError(
                 "ElasticServer.plan: arrival_rate must be a number >= 0 (requests "
                 f"per second) or None. Received: arrival_rate={arrival_rate!r}"
@@ -296,88 +317,386 @@ class ElasticServer(LiveServing):
                     f"it arrives. Received: arrival_s={arrival}, "
                     f"deadline_s={deadline}"
                 )
-            x = self._example(request.x, f"request {position}")
+            owner = f"ElasticServer.replay (request {position})"
+            x = self._example(request.x, owner)
+            rate = None if request.rate is None else self.pin_rate(request.rate, owner)
             rid = position if request.id is None else request.id
-            items.append((arrival, deadline, position, rid, x))
-        items.sort(key=lambda item: (item[0], item[2]))
+            items.append((deadline, position, rid, arrival, x, None, rate))
+        items.sort(key=lambda item: (item[ARRIVAL], item[SEQUENCE]))
         responses = [None] * len(items)
-        queue = []
+        self._queue = []
         self._arrivals = ArrivalRate()
-        if self.clock == "simulated":
-            now = 0.0
-            rng = np.random.default_rng(self._seed)
-        else:
-            origin = time.perf_counter()
-        nxt = 0
-        while nxt < len(items) or queue:
+        rng = np.random.default_rng(self._seed)
+        origin = time.perf_counter()
+        now, nxt = 0.0, 0
+        while nxt < len(items) or self._queue:
             if self.clock == "real":
                 now = time.perf_counter() - origin
-            while nxt < len(items) and items[nxt][0] <= now:
-                arrival, deadline, position, rid, x = items[nxt]
-                bisect.insort(queue, (deadline, position, rid, arrival, x))
-                self._arrivals.add(arrival)
+            while nxt < len(items) and items[nxt][ARRIVAL] <= now:
+                bisect.insort(self._queue, items[nxt])
+                self._arrivals.add(items[nxt][ARRIVAL])
                 nxt += 1
-            if not queue:
-                wake = items[nxt][0]
+            if not self._queue:
+                wake = items[nxt][ARRIVAL]
                 if self.clock == "simulated":
                     now = wake
                 else:
                     time.sleep(max(0.0, wake - (time.perf_counter() - origin)))
                 continue
-            rate, count = self._plan(now, queue)
-            batch = queue[:count]
-            del queue[:count]
-            outputs, bucket = self._run(rate, [entry[4] for entry in batch])
-            if self.clock == "simulated" and self.simulated_latency == "sampled":
-                finish = now + self.profile.sample_ms(rate, bucket, rng) / 1e3
-            elif self.clock == "simulated":
-                finish = now + self._service_s[(rate, bucket)]
+            rate, batch = self._take(now)
+            if self.clock == "real":
+                finish = lambda bucket: time.perf_counter() - origin  # noqa: E731
+            elif self.simulated_latency == "sampled":
+                finish = lambda bucket: now + self.profile.sample_ms(rate, bucket, rng) / 1e3  # noqa: E731
             else:
-                finish = time.perf_counter() - origin
-                self._observe(rate, bucket, finish - now)
-            answered = []
-            for (deadline, position, rid, arrival, _), out in zip(batch, outputs):
-                response = Response(
-                    rid, out, rate, count, arrival, now, finish, deadline, self._kind
-                )
-                responses[position] = response
-                answered.append(response)
-            self._count(rate, answered)
-            now = finish
+                finish = lambda bucket: now + self._service_s[(rate, bucket)]  # noqa: E731
+            answered = self._answer(rate, batch, now, finish)
+            for entry, response in zip(batch, answered):
+                responses[entry[SEQUENCE]] = response
+            if self.clock == "simulated":
+                now = answered[0].finish_s
         return responses
 
-    def _plan(self, now, queue):
-        """Chooses `(rate, batch_size)` for a queue sorted by deadline."""
-        return self._planner.plan(now, queue, self._arrivals.at(now))
+    def start(self):
+        """Starts serving live requests (real clock only) on a worker thread.
 
-    def _observe(self, rate, bucket, seconds):
-        self._planner.observe(rate, bucket, seconds)
+        Every width is first called once at every padded batch size, so that
+        no request waits for an interpreter to be built.
+        """
+        if self.clock != "real":
+            raise ValueError(
+                "ElasticServer.start: live serving runs on the wall clock; "
+                "create the server with clock='real'. Received: "
+                f"clock={self.clock!r}"
+            )
+        if self._thread is not None:
+            raise RuntimeError("ElasticServer.start: the server is already running.")
+        if self._finishing is not None and self._finishing.is_alive():
+            raise RuntimeError(
+                "ElasticServer.start: the previous worker is still finishing "
+                "the batch it held when stop() timed out; try again shortly."
+            )
+        self._warm_up()
+        self._origin = time.perf_counter()
+        self._arrivals = ArrivalRate()
+        self._queue = []
+        self._sequence = 0
+        self._stopping = False
+        self._fault = None
+        self._thread = threading.Thread(
+            target=self._serve_live, name="ElasticServer", daemon=True
+        )
+        self._thread.start()
+        return self
 
-    def _bucket(self, count):
-        return self._planner.bucket(count)
+    def submit(self, x, deadline_ms=None, rate=None):
+        """Queues one example; returns a `concurrent.futures.Future` of its `Response`.
 
-    def _run(self, rate, examples):
-        count = len(examples)
-        bucket = self._bucket(count)
-        batch = np.stack(examples)
+        The future may be cancelled by the caller at any time before the
+        worker takes it; it is then skipped.
+
+        Args:
+            x: A single example (no batch axis).
+            deadline_ms: Milliseconds from now until the answer is due;
+                `None` means no deadline. A deadline already past (zero or
+                negative) is still answered, and counted late.
+            rate: One of the server's rates to answer at, or `None` (the
+                default) to let the server choose.
+
+        Raises:
+            ValueError: for an example of the wrong shape or dtype, or a
+                rate the server does not serve.
+            QueueFullError: when `max_queue` requests are already waiting.
+            ServerFailedError: after a fault in the worker (its cause).
+            ServerStoppedError: when the server is stopped or stopping.
+        """
+        return self._submit([self._example(x, "submit")], deadline_ms, rate, "submit")[0]
+
+    def submit_batch(self, x, deadline_ms=None, rate=None):
+        """Queues every example of a batch, or none; returns their futures.
+
+        A batch is queued whole or refused whole, so that a refused batch
+        never holds places in the queue that other requests could use.
+
+        Args:
+            x: A batch `(batch, *input_shape[1:])`, or a list of examples.
+            deadline_ms, rate: As for `submit`, the same for every example.
+
+        Raises:
+            BatchTooLargeError: when the batch holds more than `max_queue`
+                examples (it could never be queued); otherwise the errors
+                of `submit`.
+        """
+        owner = "submit_batch"
+        self._check_running(owner)
+        if len(x) == 0:
+            raise ValueError(f"ElasticServer.{owner}: the batch is empty.")
+        if self.max_queue is not None and len(x) > self.max_queue:
+            with self._lock:
+                self._stats["rejected"] += len(x)
+            raise BatchTooLargeError(
+                f"ElasticServer.{owner}: the batch has {len(x)} examples, more "
+                f"than max_queue={self.max_queue} can ever hold; send at most "
+                f"{self.max_queue} per request."
+            )
+        prepared = self.bundle.prepare(np.asarray(x), f"ElasticServer.{owner}")
+        return self._submit(list(prepared), deadline_ms, rate, owner)
+
+    def _submit(self, examples, deadline_ms, rate, owner):
+        self._check_running(owner)
+        if deadline_ms is not None and not _is_number(deadline_ms, inf_ok=True):
+            raise ValueError(
+                f"ElasticServer.{owner}: deadline_ms must be a number or None. "
+                f"Received: deadline_ms={deadline_ms!r}"
+            )
+        if rate is not None:
+            rate = self.pin_rate(rate, f"ElasticServer.{owner}")
+        futures = [concurrent.futures.Future() for _ in examples]
+        with self._wakeup:
+            if self._fault is not None:
+                raise ServerFailedError(
+                    f"ElasticServer.{owner}: the server stopped after a fault in "
+                    f"its worker: {self._fault!r}"
+                ) from self._fault
+            if self._stopping:
+                raise ServerStoppedError(f"ElasticServer.{owner}: the server is stopping.")
+            if self.max_queue is not None and len(self._queue) + len(examples) > self.max_queue:
+                with self._lock:
+                    self._stats["rejected"] += len(examples)
+                raise QueueFullError(
+                    f"ElasticServer.{owner}: the queue is full ({len(self._queue)} "
+                    f"of max_queue={self.max_queue} requests waiting); retry later."
+                )
+            arrival = time.perf_counter() - self._origin
+            deadline = math.inf if deadline_ms is None else arrival + deadline_ms / 1e3
+            self._arrivals.add(arrival, len(examples))
+            for example, future in zip(examples, futures):
+                self._sequence += 1
+                bisect.insort(
+                    self._queue,
+                    (deadline, self._sequence, self._sequence, arrival, example, future, rate),
+                )
+            self._wakeup.notify()
+        return futures
+
+    def front_end(self, delivery_ms=0.0, cost_ms=0.0):
+        """Tells the planner what a front end adds to every request.
+
+        A front end that parses requests and sends answers (`HTTPFrontEnd`,
+        `ASGIFrontEnd`) measures both and keeps them up to date here:
+
+        - `delivery_ms`: time from an answer to its reply sent. Every batch
+          is planned to finish that much more before its deadlines (on top
+          of `reserve_ms`), so that the reply, not only the output, is in
+          time. Deadlines, and what counts as late, do not change.
+        - `cost_ms`: processor time the front end spends per request. The
+          arrival-rate check counts it with the model's cost per request:
+          its threads share the processor (and the interpreter lock) with
+          the model, so a width the model alone could keep up with may not
+          leave them enough.
+
+        Args:
+            delivery_ms: Milliseconds, a number >= 0. Defaults to 0.
+            cost_ms: Milliseconds per request, a number >= 0. Defaults to 0.
+        """
+        for name, value in (("delivery_ms", delivery_ms), ("cost_ms", cost_ms)):
+            if not _is_number(value) or not value >= 0:
+                raise ValueError(
+                    f"ElasticServer.front_end: {name} must be a number >= 0. "
+                    f"Received: {name}={value!r}"
+                )
+        # Float assignments: the worker reads each whole, no lock needed.
+        self._planner.delivery_s = float(delivery_ms) / 1e3
+        self._planner.front_end_s = float(cost_ms) / 1e3
+
+    @property
+    def delivery_ms(self):
+        """Milliseconds of delivery reserved by `front_end` (0 until set)."""
+        return self._planner.delivery_s * 1e3
+
+    @property
+    def front_end_cost_ms(self):
+        """Front-end milliseconds per request set by `front_end` (0 until set)."""
+        return self._planner.front_end_s * 1e3
+
+    def stop(self, timeout=None):
+        """Stops live serving; returns whether every queued request was answered.
+
+        New submissions are refused at once (`ServerStoppedError`). The
+        worker keeps answering what is queued, in deadline order, for up to
+        `timeout` seconds (`None`: until the queue is empty). When the time
+        is up, every request still queued fails with `ServerStoppedError`;
+        a batch already running finishes and is answered (an interpreter
+        call cannot be interrupted), and `stop` returns without waiting for
+        it. Calling `stop` on a stopped server does nothing.
+
+        Args:
+            timeout: Seconds to drain the queue, or `None`. Defaults to `None`.
+
+        Returns:
+            `True` when the queue was drained (or the server was not
+            running), `False` when requests were failed by the timeout or by
+            an earlier fault.
+        """
+        if timeout is not None and (not _is_number(timeout, inf_ok=True) or not timeout >= 0):
+            raise ValueError(
+                "ElasticServer.stop: timeout must be a number of seconds >= 0 "
+                f"or None. Received: timeout={timeout!r}"
+            )
+        thread = self._thread
+        if thread is None:
+            return True
+        with self._wakeup:
+            self._stopping = True
+            self._wakeup.notify_all()
+        thread.join(timeout)
+        drained = not thread.is_alive() and self._fault is None
+        if thread.is_alive():
+            self._finishing = thread
+            with self._wakeup:
+                left, self._queue = self._queue, []
+            self._fail(left, ServerStoppedError(
+                f"ElasticServer.stop: the server stopped after timeout={timeout} s "
+                "before answering this request."
+            ))
+        self._thread = None
+        return drained
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _take(self, now):
+        """Plans the next batch and takes it off the queue: `(rate, entries)`.
+
+        The earliest deadline leads. When it pinned a rate, the batch is the
+        requests pinned to that rate; otherwise the planner chooses the rate
+        for the whole queue and the batch is the free requests with those
+        pinned to the chosen rate. Every request is first in time, so none
+        waits forever.
+        """
+        queue = self._queue
+        pinned = queue[0][RATE]
+        if pinned is None:
+            rate, count = self._planner.plan(now, queue, self._arrivals.at(now))
+        else:
+            rate, count = pinned, self.max_batch_size
+        batch, rest = [], []
+        for entry in queue:
+            if len(batch) < count and (entry[RATE] == pinned or entry[RATE] == rate):
+                batch.append(entry)
+            else:
+                rest.append(entry)
+        queue[:] = rest
+        return rate, batch
+
+    def _answer(self, rate, batch, now, finish):
+        """Runs `batch` at `rate`, counts it; returns its responses.
+
+        `finish(bucket)` gives the time the batch finished on the server's
+        clock. Live entries whose caller cancelled are skipped (answered
+        `None`); once running, a future can no longer be cancelled.
+        """
+        taken = [e for e in batch if e[FUTURE] is None or e[FUTURE].set_running_or_notify_cancel()]
+        if len(taken) < len(batch):
+            with self._lock:
+                self._stats["cancelled"] += len(batch) - len(taken)
+        if not taken:
+            return [None] * len(batch)
+        count = len(taken)
+        bucket = self._planner.bucket(count)
+        examples = np.stack([entry[EXAMPLE] for entry in taken])
         if bucket > count:
             # Padding to a profiled size reuses a cached interpreter and
             # keeps the cost the profile measured; padded rows are dropped.
-            pad = np.repeat(batch[-1:], bucket - count, axis=0)
-            batch = np.concatenate([batch, pad])
-        return self.bundle.predict(batch, rate)[:count], bucket
+            pad = np.repeat(examples[-1:], bucket - count, axis=0)
+            examples = np.concatenate([examples, pad])
+        outputs = self.bundle.predict(examples, rate)[:count]
+        end = finish(bucket)
+        answered = {}
+        for entry, out in zip(taken, outputs):
+            answered[entry[SEQUENCE]] = Response(
+                entry[ID], out, rate, count, entry[ARRIVAL], now, end,
+                entry[DEADLINE], self._kind,
+            )
+        responses = list(answered.values())
+        with self._lock:
+            self._stats["served"] += count
+            self._stats["late"] += sum(r.late for r in responses)
+            self._stats["batches"] += 1
+            self._stats["by_rate"][rate] = self._stats["by_rate"].get(rate, 0) + count
+        if self.clock == "real":
+            self._planner.observe(rate, bucket, end - now)
+        return [answered.get(entry[SEQUENCE]) for entry in batch]
+
+    def _serve_live(self):
+        batch = []
+        try:
+            while True:
+                with self._wakeup:
+                    while not self._queue and not self._stopping:
+                        self._wakeup.wait()
+                    if not self._queue:
+                        return
+                    now = time.perf_counter() - self._origin
+                    rate, batch = self._take(now)
+                clock = lambda bucket: time.perf_counter() - self._origin  # noqa: E731
+                for entry, response in zip(batch, self._answer(rate, batch, now, clock)):
+                    if response is not None:
+                        entry[FUTURE].set_result(response)
+                batch = []
+        except BaseException as error:  # every waiting caller must hear of it
+            with self._wakeup:
+                self._fault = error
+                left, self._queue = self._queue, []
+            self._fail(batch, error)
+            self._fail(left, error)
+
+    def _check_running(self, owner):
+        if self._thread is None:
+            raise ServerStoppedError(
+                f"ElasticServer.{owner}: the server is not running; call start() "
+                "first (or use the server as a context manager)."
+            )
+
+    def _warm_up(self):
+        # The first call of a width at a batch size builds its interpreter
+        # (tens of ms, XNNPACK packs the weights): pay it before the first
+        # request does, for every width and padded batch size.
+        shape = self.bundle.input_shape[1:]
+        if any(d is None for d in shape):
+            return  # sizes not known before requests arrive
+        for rate in self.rates:
+            for bucket in self._buckets:
+                self.bundle.predict(np.zeros((bucket, *shape), self.bundle.input_dtype), rate)
+
+    def _fail(self, entries, error):
+        failed = 0
+        for entry in entries:
+            try:
+                entry[FUTURE].set_exception(error)
+                failed += 1
+            except concurrent.futures.InvalidStateError:
+                pass  # cancelled by its caller meanwhile
+        with self._lock:
+            self._stats["failed"] += failed
+
+    def pin_rate(self, rate, owner="ElasticServer"):
+        """The server's rate equal to `rate`; raises `ValueError` naming
+        `owner` when the server does not serve it."""
+        chosen = self.bundle.resolve_rates([rate], owner).pop()
+        if chosen not in self.rates:
+            raise ValueError(
+                f"{owner}: rate={chosen:g} is not served here. Served rates: "
+                f"{', '.join(format(r, 'g') for r in self.rates)}"
+            )
+        return chosen
 
     def _example(self, x, owner):
         prepared = self.bundle.prepare(np.asarray(x)[None], f"ElasticServer ({owner})")
         return prepared[0]
-
-    def _count(self, rate, responses):
-        with self._lock:
-            self._stats["served"] += len(responses)
-            self._stats["late"] += sum(r.late for r in responses)
-            self._stats["batches"] += 1
-            by_rate = self._stats["by_rate"]
-            by_rate[rate] = by_rate.get(rate, 0) + len(responses)
 
     def _reset_stats(self):
         self._stats = {
@@ -391,14 +710,18 @@ class ElasticServer(LiveServing):
         }
 
 
+def _is_number(value, inf_ok=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+    return not math.isnan(value) and (inf_ok or math.isfinite(value))
+
+
 def _time(value, name, position, inf_ok=False):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or math.isnan(value)
-        or value < 0
-        or (math.isinf(value) and not inf_ok)
-    ):
+    if not _is_number(value, inf_ok) or value < 0:
         raise ValueError(
             f"ElasticServer.replay: request {position} needs {name} as a "
             f"number of seconds >= 0. Received: {name}={value!r}"

@@ -34,7 +34,19 @@ QUERY_FIELDS = ("deadline_ms", "rate")
 
 
 class ClientError(ValueError):
-    """A request the client must fix: 400."""
+    """A request the client must fix: 400 (or `status`), naming the field.
+
+    Args:
+        message: What is wrong and what is allowed.
+        field: The request field at fault (`"inputs"`, `"deadline_ms"`,
+            `"Content-Length"`, ...), or `None` for the body as a whole.
+        status: The 4xx status. Defaults to 400.
+    """
+
+    def __init__(self, message, field=None, status=400):
+        super().__init__(message)
+        self.field = field
+        self.status = status
 
 
 class RequestTimeout(RuntimeError):
@@ -54,15 +66,16 @@ def query_fields(query):
     try:
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=True)
     except ValueError as error:
-        raise ClientError(f"bad query string {query!r}: {error}") from None
+        raise ClientError(f"bad query string {query!r}: {error}", "query") from None
     fields = {}
     for key, value in pairs:
         if key not in QUERY_FIELDS:
             raise ClientError(
-                f"unknown query parameter {key!r}; allowed: {', '.join(QUERY_FIELDS)}."
+                f"unknown query parameter {key!r}; allowed: {', '.join(QUERY_FIELDS)}.",
+                key,
             )
         if key in fields:
-            raise ClientError(f"the query gives {key} more than once.")
+            raise ClientError(f"the query gives {key} more than once.", key)
         if key == "deadline_ms" and value.lower() in ("null", "none"):
             fields[key] = None
             continue
@@ -74,7 +87,8 @@ def query_fields(query):
             raise ClientError(
                 f"{key} in the query must be a finite number"
                 + (" of milliseconds or null" if key == "deadline_ms" else "")
-                + f". Received: {key}={value!r}"
+                + f". Received: {key}={value[:40]!r}",
+                key,
             )
         fields[key] = number
     return fields
@@ -88,43 +102,89 @@ def parse_json(raw, kind=JSON):
     """
     try:
         return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise ClientError("the body is not valid JSON: it is nested too deeply.", "body") from None
+    except ValueError as error:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is
+        # an integer of more digits than Python converts (4,300).
         raise ClientError(
             f"the body is not valid JSON: {error}. (Binary bodies need "
-            f"Content-Type {NPY} or {RAW}; received {kind or 'none'}.)"
+            f"Content-Type {NPY} or {RAW}; received {kind or 'none'}.)",
+            "body",
         ) from None
 
 
-def json_array(data):
-    """The batch of a JSON `inputs` list, as float64."""
+def json_array(data, field="inputs"):
+    """The batch of a JSON `inputs` list, as float64.
+
+    Only JSON numbers are numbers: `true`, `"0.5"` and `null` are refused,
+    as the binary bodies refuse a bool or string dtype.
+    """
+    _numbers_only(data, field)
     try:
         x = np.asarray(data, dtype=np.float64)
-    except (TypeError, ValueError) as error:
+    except OverflowError:
+        raise ClientError(f"{field} holds a number too large for a float.", field) from None
+    except (TypeError, ValueError, RecursionError) as error:
         raise ClientError(
-            "inputs must be a (nested) list of numbers of one shape per "
-            f"example: {error}"
+            f"{field} must be a (nested) list of numbers of one shape per "
+            f"example: {str(error)[:200]}",
+            field,
         ) from None
     if x.ndim == 0:
-        raise ClientError("'inputs' must be a list of examples.")
+        raise ClientError(f"'{field}' must be a list of examples.", field)
     if not np.all(np.isfinite(x)):
-        raise ClientError("inputs must be finite numbers.")
+        raise ClientError(f"{field} must be finite numbers.", field)
     return x
+
+
+def _numbers_only(data, field):
+    # Iterative: a deeply nested list must not exhaust the stack here.
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is list:
+            if all(type(v) is float or type(v) is int for v in item):
+                continue
+            stack.extend(item)
+        elif type(item) is not float and type(item) is not int:
+            raise ClientError(
+                f"{field} must be a (nested) list of numbers, JSON numbers only. Received: "
+                f"{json.dumps(item)[:40]} ({type(item).__name__})",
+                field,
+            )
+
+
+def number(value, name, null_ok=False):
+    """`value` as a finite float; `None` passes when `null_ok`.
+
+    One number type for every body: a JSON number, never `true` or a
+    string, and finite as a float (an integer of 400 digits is not).
+    """
+    if value is None and null_ok:
+        return None
+    if type(value) is int or type(value) is float:
+        try:
+            converted = float(value)
+        except OverflowError:
+            converted = math.inf
+        if math.isfinite(converted):
+            return converted
+    raise ClientError(
+        f"{name} must be a finite number"
+        + (" or null" if null_ok else "")
+        + f". Received: {name}={json.dumps(value)[:40] if _jsonable(value) else type(value).__name__}",
+        name,
+    )
+
+
+def _jsonable(value):
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def deadline(value, name):
     """`value` as float milliseconds, or `None` for no deadline."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-    ):
-        raise ValueError(
-            f"{name} must be a finite number of milliseconds or null. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
+    return number(value, name, null_ok=True)
 
 
 def parse_npy(raw):
@@ -133,7 +193,7 @@ def parse_npy(raw):
     try:
         version = np.lib.format.read_magic(stream)
     except ValueError as error:
-        raise ClientError(f"the {NPY} body is not a .npy file: {error}") from None
+        raise ClientError(f"the {NPY} body is not a .npy file: {error}", "body") from None
     readers = {
         (1, 0): np.lib.format.read_array_header_1_0,
         (2, 0): np.lib.format.read_array_header_2_0,
@@ -196,7 +256,7 @@ def parse_raw(raw, input_shape, dtype):
 
 
 def _no_constant(name):
-    raise ClientError(f"the body is not valid JSON: {name} is not a JSON number.")
+    raise ClientError(f"the body is not valid JSON: {name} is not a JSON number.", "body")
 
 
 def accepts_npy(header):

@@ -78,7 +78,13 @@ def read_manifest(bundle_dir, owner="load_bundle"):
         ) from None
     try:
         manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise BundleError(
+            f"{owner}: {path} is not a manifest: its JSON is nested too deeply."
+        ) from None
+    except ValueError as error:
+        # JSONDecodeError and UnicodeDecodeError are ValueErrors, and so is
+        # an integer of more digits than Python converts.
         raise BundleError(f"{owner}: {path} is not valid JSON: {error}") from None
     _check_manifest(manifest, path, owner)
     return manifest
@@ -156,13 +162,22 @@ def read_regular_file(path, owner, expected_size=None, max_bytes=None):
                 "regular files inside the bundle directory."
             ) from None
         raise BundleError(f"{owner}: {path} cannot be opened: {error}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a FIFO or device"
             raise BundleError(
-                f"{owner}: {path} is not a regular file (a FIFO, device or "
-                "directory); bundle files must be regular files."
+                f"{owner}: {path} is not a regular file ({kind}); bundle "
+                "files must be regular files."
             )
+        # fdopen refuses a directory itself; the check above runs first so
+        # that the error names the path, and the descriptor is closed below
+        # whatever fails.
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
         if expected_size is not None and info.st_size != expected_size:
             raise BundleError(
                 f"{owner}: {path} has {info.st_size} bytes but the manifest "
@@ -396,11 +411,12 @@ def _check_signature(entry, rate, entries, version, path, owner):
 
 
 def _is_number(value):
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _is_dim(value):

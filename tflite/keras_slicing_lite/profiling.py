@@ -147,16 +147,16 @@ def _measure(bundle, sizes, repeats, warmup, key):
             f"{format_shape(bundle.input_shape)}; profiling needs a fixed "
             "example shape."
         )
-    # This module is the bundle's own: it times the bare interpreter call
-    # and keeps one cached interpreter per profiled batch size.
-    bundle._interpreters.keep_at_least(len(sizes))
+    # Times the bare interpreter call, with one cached interpreter per
+    # profiled batch size.
+    bundle.keep_interpreters(len(sizes))
     rng = np.random.default_rng(0)
     batches = {}
     for size in sizes:
         shape = (size, *bundle.input_shape[1:])
         if np.dtype(bundle.input_dtype).kind == "f":
             batches[size] = rng.standard_normal(shape).astype(np.dtype(bundle.input_dtype))
-        elif bundle._input_quantization[0] == 0:
+        elif bundle.input_quantization[0] == 0:
             # Token ids: any valid id costs the same, and id 0 is always valid.
             batches[size] = np.zeros(shape, np.dtype(bundle.input_dtype))
         else:
@@ -167,12 +167,12 @@ def _measure(bundle, sizes, repeats, warmup, key):
     cells = [(r, s) for s in sizes for r in bundle.rates]
     for rate, size in cells:
         for _ in range(warmup + 1):
-            bundle._run(rate, batches[size])
+            bundle.run_prepared(batches[size], rate)
     samples = {cell: [] for cell in cells}
     for _ in range(repeats):
         for rate, size in cells:
             start = time.perf_counter_ns()
-            bundle._run(rate, batches[size])
+            bundle.run_prepared(batches[size], rate)
             samples[(rate, size)].append((time.perf_counter_ns() - start) / 1e6)
     table = {}
     for (rate, size), values in samples.items():

@@ -20,6 +20,8 @@ class Request:
         deadline_s: When the answer is due, on the same clock. Defaults to
             never.
         id: Any identifier; `replay` numbers requests when it is `None`.
+        rate: A rate of the server to answer at, or `None` (the default) to
+            let the server choose.
 
     Example:
 
@@ -30,6 +32,7 @@ class Request:
     arrival_s: float = 0.0
     deadline_s: float = math.inf
     id: object = None
+    rate: float = None
 
 
 @dataclasses.dataclass
