@@ -28,6 +28,9 @@ setup(
     # alone gives the edge runtime). It is not published on an index:
     # install both from the checkout, `pip install ./tflite .`.
     packages=find_packages(include=["keras_slicing", "keras_slicing.*"]),
+    # The command line, outside the package so that `keras-slicing info`
+    # starts without importing Keras and TensorFlow.
+    py_modules=["keras_slicing_cli"],
     # TensorFlow comes through an extra: `tensorflow-cpu` and the CUDA build
     # are different distributions, and a plain `tensorflow` requirement would
     # pull the large wheel on top of a CPU install.
@@ -60,7 +63,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "keras-slicing=keras_slicing.cli:run",
+            "keras-slicing=keras_slicing_cli:run",
         ]
     },
     classifiers=[

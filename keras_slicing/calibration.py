@@ -13,7 +13,9 @@ from keras_slicing.keras_internals import tracking
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 
 
-def calibrate_batchnorm(model, data, rates=None, batch_size=256, steps=None):
+def calibrate_batchnorm(
+    model, data, rates=None, batch_size=256, steps=None, verbose=0
+):
     """Recomputes every `SlicedBatchNormalization`'s statistics per rate.
 
     Moving averages learned while the widths were sampled lag behind the
@@ -35,6 +37,8 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256, steps=None):
             batch-norm layer. Defaults to the rates declared by all of them.
         batch_size: Batch size for array data. Defaults to `256`.
         steps: Number of batches to read. Defaults to all of `data`.
+        verbose: `0` (silent) or `1`: a Keras progress bar over the batches
+            run (`N/Unknown` for an iterable without length). Defaults to `0`.
 
     Returns:
         The tuple of calibrated rates.
@@ -65,6 +69,10 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256, steps=None):
     moments = _moments_model(model, rates)
     totals = {}
     seen = 0
+    total = _num_batches(data, batch_size)
+    if steps is not None and total is not None:
+        total = min(total, steps)
+    progress = keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
     for batch in _batches(data, batch_size):
         values = moments.predict_on_batch(_data_only(model, batch))
         for key, (count, mean, variance) in zip(moments.keys, _triples(values)):
@@ -75,6 +83,7 @@ def calibrate_batchnorm(model, data, rates=None, batch_size=256, steps=None):
             totals[key] = (old[0] + count, old[1] + count * mean,
                            old[2] + count * square)
         seen += 1
+        progress.update(seen)
         if steps is not None and seen >= steps:
             break
     if not seen:
@@ -303,6 +312,15 @@ def _declares(layer, rate):
 
 def _stale_rows(layer):
     return {i for i, stale in enumerate(layer._stale) if stale}
+
+
+def _num_batches(data, batch_size):
+    """How many batches `_batches` yields; None (unknown) for an iterable."""
+    if isinstance(data, tuple) and data and _is_arrays(data[0]):
+        data = data[0]
+    if _is_arrays(data):
+        return -(-len(keras.tree.flatten(data)[0]) // batch_size)
+    return None
 
 
 def _write_row(variable, row, values):

@@ -16,6 +16,7 @@ sliced layer needs no change here. Plain Keras layers go through `_TABLE`.
 import collections
 import contextvars
 import math
+import weakref
 
 import keras
 
@@ -73,6 +74,10 @@ _OP_FOLLOWING = {
 }
 _OP_CONCATENATING = {"Concatenate"}
 
+# Models that passed `check_model`: a functional graph never changes, so
+# each is walked once, however often it is called.
+_CHECKED = weakref.WeakSet()
+
 
 def check_model(model, allow_sliced_outputs=False):
     """Refuses a sliced model whose narrow widths would be wrong.
@@ -99,11 +104,18 @@ def check_model(model, allow_sliced_outputs=False):
     - a nested model whose declared input shape is fixed reads a sliced
       tensor (Keras refuses the narrower tensor when it is called);
     - a layer the table below does not know reads a sliced tensor;
+    - a sliced layer is called without a rate in a model whose input feeds
+      the rate of other sliced layers (it would always run at full width);
     - a model output is sliced (forgotten `slice_output=False`), unless
       `allow_sliced_outputs`.
 
     `SlicingModel` runs it when it is built, `extract_submodel` and
-    `export_tflite` before they cut a width.
+    `export_tflite` before they cut a width, and the first call of a sliced
+    layer in any other functional model (`keras.Model([x, rate], y)`, a
+    `Sequential`, a nested model) runs it on the outermost functional model
+    being called, before any result is returned. A model that passed is not
+    checked again: call `check_model(model, allow_sliced_outputs=True)` once
+    to use a feature extractor whose output is sliced.
 
     Layer kinds: sliced layers are classified by their attributes (see
     `keras_slicing.layers.base.SlicedLayerMixin`). Plain per-channel layers
@@ -135,6 +147,8 @@ def check_model(model, allow_sliced_outputs=False):
     """
     outputs = _walk(model, {id(x): _FULL for x in model.inputs})
     if allow_sliced_outputs:
+        if _observer.get() is None:  # not a walk for width_groups
+            _CHECKED.add(model)
         return model
     for tensor, state in zip(model.outputs, outputs):
         if state.kind != "full":
@@ -145,9 +159,25 @@ def check_model(model, allow_sliced_outputs=False):
                 f"{_through(state)}, so at a rate below 1 it has fewer "
                 "entries than at full width (labels and losses would not "
                 f"match). Build {_label(source)} with slice_output=False so "
-                "that every width gives all outputs."
+                "that every width gives all outputs (or, for a feature "
+                "extractor meant to give sliced outputs, declare it once with "
+                "keras_slicing.check_model(model, allow_sliced_outputs=True))."
             )
+    _CHECKED.add(model)
     return model
+
+
+def check_called_model():
+    """Runs `check_model`, once, on the functional model being called.
+
+    Sliced layers call it on their first run (not while a graph is being
+    built): a model built from them as a plain `keras.Model`, `Sequential`
+    or nested model is then refused where `check_model` refuses, with the
+    same message, before its first result is returned.
+    """
+    model = keras_internals.calling_functional_model()
+    if model is not None and model not in _CHECKED:
+        check_model(model)
 
 
 def traced_walk(model):
@@ -170,8 +200,11 @@ def traced_walk(model):
 
 def _walk(model, states):
     """Walks `model`'s graph from `states` (by input id); output states."""
+    rate_sources = graph.rate_inputs(model)
     for call in graph.calls(model):
         inputs = [states.get(id(x), _FULL) for x in call.inputs]
+        if rate_sources and call.rate is None and graph.is_sliced(call.operation):
+            _refuse_rateless(model, call.operation, rate_sources[0])
         results = _call(call, inputs)
         for x, state in zip(call.outputs, results):
             states[id(x)] = state
@@ -436,6 +469,16 @@ def _refuse_scrambled(op, state):
         "prefix, so slicing the weights would compute a different model. "
         "Use keras_slicing.layers.SlicedFlatten(), which flattens channel "
         "by channel, or global pooling instead."
+    )
+
+
+def _refuse_rateless(model, op, rate_source):
+    raise ValueError(
+        f"{_label(op)} is called without a rate in model '{model.name}', "
+        f"whose input '{_tensor_name(rate_source)}' feeds the rate of other "
+        "sliced layers: it would run at full width at every rate. Call it "
+        f"as layer(h, rate) with that input, or use a plain Keras layer if "
+        "it is meant to keep its full width."
     )
 
 

@@ -16,11 +16,14 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 import warnings
 
+import keras
 import numpy as np
-import tensorflow as tf
 from keras_slicing_lite import manifest as manifest_lib
 from keras_slicing_lite import outputs as outputs_lib
 
@@ -61,6 +64,7 @@ def export_tflite(
     output_kind=None,
     single_file=False,
     sharing="views",
+    verbose=0,
 ):
     """Writes a TFLite bundle: one file per rate and `manifest.json`.
 
@@ -71,6 +75,15 @@ def export_tflite(
     and renamed into place only when every file is written, so a failure
     leaves the previous bundle (or nothing), never a mix. An existing
     `output_dir` is replaced only if it is empty or a bundle.
+
+    TFLite conversion needs TensorFlow and runs from a `.keras` file: on
+    the JAX or PyTorch backend the model is saved to a temporary `.keras`
+    file and exported by `keras-slicing export` in a TensorFlow process
+    (`KERAS_BACKEND=tensorflow`), so every backend writes the same files
+    (the same operators, size and latency). TensorFlow must be installed,
+    and custom objects of the model registered
+    (`keras.saving.register_keras_serializable`) in a module that process
+    imports.
 
     Args:
         model: A functional model with one data input, one output and a rate
@@ -145,6 +158,18 @@ def export_tflite(
     checks.check_model(model)
     configs = _export_configs(model, configs, rates)
     calibration.refuse_stale(model, rates, "export_tflite")
+    if keras.backend.backend() != "tensorflow":
+        if configs:
+            raise ValueError(
+                "export_tflite: configs are exported on the TensorFlow "
+                f"backend only (this is {keras.backend.backend()}): save the "
+                "model (model.save('model.keras')) and call export_tflite "
+                "with KERAS_BACKEND=tensorflow."
+            )
+        return _export_on_tensorflow(
+            model, output_dir, rates, quantization, representative_data,
+            evaluation_data, int8_io, output_kind, single_file, sharing, verbose,
+        )
     if not graph.rate_inputs(model):
         raise ValueError(
             f"export_tflite: model '{model.name}' has no sliced layer fed by "
@@ -169,16 +194,20 @@ def export_tflite(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.parent / f".{output_dir.name}.{uuid.uuid4().hex[:8]}.tmp"
     os.mkdir(staging)
+    widths = {rate: rate for rate in rates}
+    widths.update(configs)
+    progress = keras.utils.Progbar(
+        len(widths), verbose=verbose, stateful_metrics=["rate"], unit_name="width"
+    )
     try:
         contents = {}
-        widths = {rate: rate for rate in rates}
-        widths.update(configs)
         for rate in sorted(widths, reverse=True):
             plain = extract_submodel(model, widths[rate])
             contents[rate] = convert_to_tflite(
                 plain, quantization, representative, int8_io
             )
             check_builtin_ops(contents[rate], f"rate {rates_lib.format_rate(rate)}")
+            progress.add(1, [("rate", rate)])
         if int8_io:
             contents = share_output_quantization(contents)
         single = None
@@ -270,6 +299,8 @@ def convert_to_tflite(
     Returns:
         The flatbuffer as `bytes`.
     """
+    import tensorflow as tf
+
     quantization = _check_quantization(quantization, representative_data, int8_io)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -301,6 +332,74 @@ def convert_to_tflite(
 def signature_key(rate):
     """The signature of `rate` in a single file: `"rate_" + format_rate(rate)`."""
     return f"rate_{rates_lib.format_rate(rate)}"
+
+
+def _export_on_tensorflow(
+    model, output_dir, rates, quantization, representative_data,
+    evaluation_data, int8_io, output_kind, single_file, sharing, verbose,
+):
+    """`export_tflite` through a `.keras` file and a TensorFlow process.
+
+    The TensorFlow converter traces a model on its own backend: a model
+    living on JAX or PyTorch converts, if at all, into variable reads and
+    calls that phone runtimes run about ten times slower, so it is rebuilt
+    on TensorFlow from its saved form and exported there.
+    """
+    if verbose:
+        print(
+            f"export_tflite: the {keras.backend.backend()} backend does not "
+            "convert to TFLite; exporting through a .keras file on TensorFlow."
+        )
+    output_dir = pathlib.Path(output_dir).absolute()
+    with tempfile.TemporaryDirectory(prefix="keras_slicing_export_") as temp:
+        temp = pathlib.Path(temp)
+        model.save(temp / "model.keras")
+        command = [
+            sys.executable, "-m", "keras_slicing_cli", "export",
+            str(temp / "model.keras"), str(output_dir),
+            "--rates=" + ",".join(repr(float(r)) for r in rates),
+            f"--quantization={quantization}",
+        ]
+        if representative_data is not None:
+            np.save(temp / "representative.npy", np.asarray(representative_data))
+            command.append(f"--representative_data={temp / 'representative.npy'}")
+        if evaluation_data is not None:
+            x, y = evaluation_data
+            np.savez(temp / "evaluation.npz", x=np.asarray(x), y=np.asarray(y))
+            command.append(f"--evaluation_data={temp / 'evaluation.npz'}")
+        if int8_io:
+            command.append("--int8_io")
+        if output_kind is not None:
+            command.append(f"--output_kind={output_kind}")
+        if single_file:
+            command += ["--single_file", f"--sharing={sharing}"]
+        env = dict(os.environ, KERAS_BACKEND="tensorflow")
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_package_root()] + [p for p in [env.get("PYTHONPATH")] if p]
+        )
+        done = subprocess.run(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+    if verbose:
+        print(done.stdout, end="")
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ValueError(
+            f"export_tflite: the export on TensorFlow (from a .keras file of "
+            f"model '{model.name}') failed: {reason}. TFLite conversion needs "
+            "TensorFlow installed beside this backend (pip install "
+            "keras-slicing[cpu]) and the model's custom objects registered."
+        )
+    return read_manifest(output_dir)
+
+
+def _package_root():
+    """The directory holding `keras_slicing_cli` (for the TensorFlow process)."""
+    import keras_slicing_cli
+
+    return os.path.dirname(os.path.abspath(keras_slicing_cli.__file__))
 
 
 def tflite_file_name(rate):

@@ -27,6 +27,8 @@ only in its source; they are checked here for the active backend:
   `add_loss` terms summed as Keras' own step sums them.
 """
 
+import sys
+
 import keras
 
 # The loss tracker must undo the per-replica loss scaling of
@@ -161,3 +163,41 @@ def compiled_metrics(model):
 def loss_tracker(model):
     """The `Mean` that reports `loss` in the logs of `fit` and `evaluate`."""
     return model._loss_tracker
+
+
+# A sliced layer's first run checks the model it runs in: every backend and
+# trainer runs a functional graph through `Functional.call`.
+_FUNCTIONAL_CALL = Functional.call.__code__
+
+
+def calling_functional_model():
+    """The outermost functional model whose `call` runs now, or None.
+
+    A layer cannot see the model it runs in: Keras passes it tensors, not
+    graph nodes, and the JAX trainer enters a model through `stateless_call`
+    without a call context. Every backend and trainer runs a functional
+    graph through `Functional.call` (a `Sequential` through its inner
+    functional model), so the stack tells which model a sliced layer's
+    first call belongs to; `keras_slicing.checks` checks that model once.
+    """
+    found = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _FUNCTIONAL_CALL:
+            model = frame.f_locals.get("self")
+            if model is not None:
+                found = model
+        frame = frame.f_back
+    return found
+
+
+def without_call_arguments(error):
+    """Keeps Keras from appending the call's arguments to `error`'s message.
+
+    Each layer call an error passes through appends "Arguments received by
+    ...", with numpy inputs printed in full: thousands of characters that
+    bury a rate or model error whose own message already names what is
+    wrong. Keras skips an error that carries this mark.
+    """
+    error._keras_call_info_injected = True
+    return error

@@ -18,6 +18,7 @@ orders its values by `_in_metrics_order` (`keras_slicing/compiling.py`).
 import contextlib
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_slicing import backend
@@ -31,7 +32,8 @@ class SlicingRateInputs:
     def __call__(self, inputs, *args, **kwargs):
         if not self._has_rate(inputs):
             inputs = self._with_rate(inputs, 1.0)
-        return super().__call__(self._with_rate_vectors(inputs), *args, **kwargs)
+        inputs = self._with_rate_vectors(inputs, "__call__")
+        return super().__call__(inputs, *args, **kwargs)
 
     def _forward(self, x, rate, training):
         """The outputs of data inputs `x` (or inputs with the rate) at `rate`.
@@ -58,7 +60,7 @@ class SlicingRateInputs:
         Inputs that include the rate run at that rate. Without `return_dict`
         the values come in `metrics_names` order.
         """
-        data, rate = self._data_and_rate(x)
+        data, rate = self._data_and_rate(x, "evaluate")
         self._check_statistics(x, rate)
         with self._evaluating_at(rate):
             logs = super().evaluate(
@@ -69,7 +71,7 @@ class SlicingRateInputs:
         return logs if return_dict else self._in_metrics_order(logs)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
-        data, rate = self._data_and_rate(x)
+        data, rate = self._data_and_rate(x, "test_on_batch")
         self._check_statistics(x, rate)
         with self._evaluating_at(rate):
             logs = super().test_on_batch(
@@ -78,14 +80,14 @@ class SlicingRateInputs:
         return logs if return_dict else self._in_metrics_order(logs)
 
     def predict(self, x, *args, **kwargs):
-        data, rate = self._data_and_rate(x)
+        data, rate = self._data_and_rate(x, "predict")
         self._check_statistics(x, rate, default=1.0)
         if rate is not None:
             return self._at_rate(rate).predict(data, *args, **kwargs)
         return super().predict(data, *args, **kwargs)
 
     def predict_on_batch(self, x):
-        data, rate = self._data_and_rate(x)
+        data, rate = self._data_and_rate(x, "predict_on_batch")
         self._check_statistics(x, rate, default=1.0)
         if rate is not None:
             return self._at_rate(rate).predict_on_batch(data)
@@ -114,7 +116,7 @@ class SlicingRateInputs:
         finally:
             self._eval_rate = previous
 
-    def _data_and_rate(self, x):
+    def _data_and_rate(self, x, method):
         """`(data inputs, rate)` of inputs that include the rate input.
 
         A fed rate known on the host (arrays, Python numbers, eager tensors)
@@ -122,15 +124,16 @@ class SlicingRateInputs:
         width with static shapes, on every backend. Anything else is passed
         on as it is, `(x, None)`, with rates of shape `()` or `(N, 1)` made
         the `(N,)` vectors the layers take (TensorFlow slices by a rate
-        tensor in the graph; JAX refuses it, naming the layer).
+        tensor in the graph; JAX refuses it, naming the layer). Rates known
+        now are validated first, naming `method` and the rate input.
         """
         if not isinstance(x, (list, tuple)) or not self._has_rate(x):
             return x, None
-        x = self._with_rate_vectors(x)  # refuses rates of other shapes
+        x = self._with_rate_vectors(x, method)
         flat = keras.tree.flatten(x)
         fed = [t for t, is_rate in zip(flat, self._rate_flags) if is_rate]
         data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
-        owner = f"SlicingModel '{self.name}'"
+        owner = f"SlicingModel '{self.name}'.{method}"
         rates = {backend.concrete_rate(t, owner) for t in fed}
         if None in rates or len(rates) != 1:
             return x, None
@@ -160,20 +163,31 @@ class SlicingRateInputs:
         data = iter(data)
         return [vector if is_rate else next(data) for is_rate in self._rate_flags]
 
-    def _with_rate_vectors(self, inputs):
-        """Fed rates of shape `()` or `(N, 1)` as the `(N,)` vectors expected."""
+    def _with_rate_vectors(self, inputs, method):
+        """Fed rates as the `(N,)` vectors expected, validated when known.
+
+        A rate known now (a number, an array, an eager tensor) must be
+        numeric, in (0, 1], one value per batch and of shape `()`, `(N,)`
+        or `(N, 1)`; the error names `method`, the rate input and what is
+        allowed, before any graph runs. Symbolic rates are left to the
+        layers.
+        """
         if not isinstance(inputs, (list, tuple)) or not self._has_rate(inputs):
             return inputs
         flat = keras.tree.flatten(inputs)
-        rates = [t for t, is_rate in zip(flat, self._rate_flags) if is_rate]
-        if all(len(getattr(t, "shape", ())) == 1 for t in rates):
-            return inputs  # already vectors (or symbolic: left to the layers)
         data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
         batch = getattr(data[0], "shape", (None,))[0] if data else 1
         if batch is None:
             return inputs
-        return [
-            rates_lib.rate_vector(t, batch, f"SlicingModel '{self.name}'")
-            if is_rate else t
-            for t, is_rate in zip(flat, self._rate_flags)
-        ]
+        names = iter(t.name for t, is_rate in zip(self.inputs, self._rate_flags) if is_rate)
+        converted = []
+        for t, is_rate in zip(flat, self._rate_flags):
+            if is_rate:
+                owner = f"SlicingModel '{self.name}'.{method}, input '{next(names)}'"
+                vector = rates_lib.rate_vector(t, batch, owner)
+                if tuple(getattr(t, "shape", ())) != (batch,):
+                    # Keras refuses a call mixing tensors and arrays.
+                    as_tensor = not isinstance(data[0], np.ndarray)
+                    t = ops.convert_to_tensor(vector) if as_tensor else vector
+            converted.append(t)
+        return converted

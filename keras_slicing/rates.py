@@ -42,17 +42,17 @@ def static_rate(rate):
 
 def validate_rate(rate, owner="rate"):
     """Returns `rate` as a Python float, or raises a `ValueError`."""
-    if isinstance(rate, (bool, np.bool_)):
+    if isinstance(rate, (bool, np.bool_, str, bytes)):
         raise ValueError(
             f"{owner}: the slice rate must be a number in (0, 1]. "
-            f"Received: rate={rate!r}"
+            f"Received: rate={rate!r}"[:200]
         )
     try:
         value = float(rate)
     except (TypeError, ValueError):
         raise ValueError(
             f"{owner}: the slice rate must be a number in (0, 1]. "
-            f"Received: rate={rate!r}"
+            f"Received: rate of type {type(rate).__name__}"
         ) from None
     if not (0.0 < value <= 1.0):  # also rejects NaN
         raise ValueError(
@@ -104,13 +104,15 @@ def rate_input(name="slice_rate"):
 def rate_vector(rate, batch_size, owner="rate"):
     """A fed rate as the `(batch_size,)` float32 vector a rate input takes.
 
-    Accepts a number or an array (or eager tensor) of shape `()`, `(N,)` or
-    `(N, 1)`, N being the batch size; anything else is refused, naming the
-    allowed shapes. A symbolic tensor is returned as it is.
+    Accepts a number or a numeric array (or eager tensor) of shape `()`,
+    `(N,)` or `(N, 1)`, N being the batch size, whose entries are one rate
+    in (0, 1]; anything else is refused, naming the allowed values and
+    shapes. A symbolic tensor is returned as it is.
     """
     value = backend.concrete_value(rate)
     if value is None:
         return rate
+    backend.rate_of_values(value, owner)
     value = value.astype(np.float32)
     if value.shape == ():
         return np.full((batch_size,), value, np.float32)
@@ -121,6 +123,23 @@ def rate_vector(rate, batch_size, owner="rate"):
         f"(N,) or (N, 1), N = {batch_size} being the number of examples. "
         f"Received: rate of shape {value.shape}"
     )
+
+
+def check_fed_rate(rate, inputs, owner):
+    """Refuses a rate known now that `rate_vector` would refuse.
+
+    `inputs` are the call's tensors; the first one's leading axis is the
+    batch. Symbolic rates and inputs of unknown batch size pass.
+    """
+    first = keras.tree.flatten(inputs)[:1]
+    batch = getattr(first[0], "shape", (None,)) if first else (None,)
+    batch = batch[0] if len(batch) else None
+    if isinstance(batch, int):
+        rate_vector(rate, batch, owner)
+    else:
+        value = backend.concrete_value(rate)
+        if value is not None:
+            backend.rate_of_values(value, owner)
 
 
 def resolve_groups(rate, slice_groups, owner):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_slicing
 from keras_slicing import calibrate_batchnorm
 from keras_slicing import layers
 from keras_slicing import rate_input
@@ -16,7 +17,10 @@ def _conv_bn_model(bn_rates=(1.0, 0.5)):
     h = layers.SlicedConv2D(8, 3, slice_input=False, slice_groups=4)(x, rate)
     bn = layers.SlicedBatchNormalization(rates=bn_rates, slice_groups=4)
     y = bn(h, rate)
-    return keras.Model([x, rate], y), bn
+    model = keras.Model([x, rate], y)
+    # Its output is the sliced feature map the calibration reads.
+    keras_slicing.check_model(model, allow_sliced_outputs=True)
+    return model, bn
 
 
 def test_calibration_stores_exact_population_statistics_per_rate():

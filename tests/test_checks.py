@@ -62,9 +62,12 @@ def test_plain_flatten_behind_batch_norm_was_a_different_model():
     for v in model.weights:
         v.assign(np.random.default_rng(1).normal(0, 0.3, v.shape).astype("float32")
                  if "variance" not in v.path else np.ones(v.shape, "float32"))
-    half = keras.ops.convert_to_numpy(model([images, np.full(2, 0.5, "float32")]))
-    # Reference: plain layers on the full width, inactive channels zeroed.
+    # Its layers called one by one (the model itself refuses to run).
     stem, bn, head = (model.get_layer(n) for n in ("stem", "bn", "head"))
+    half = keras.ops.convert_to_numpy(
+        head(K.Flatten()(bn(stem(images, 0.5), 0.5)), 0.5)
+    )
+    # Reference: plain layers on the full width, inactive channels zeroed.
     full = keras.ops.convert_to_numpy(
         keras.ops.conv(images, stem.kernel, padding="same") + stem.bias
     )
@@ -239,3 +242,96 @@ def test_sliced_output_is_allowed_on_request():
     assert check_model(model, allow_sliced_outputs=True) is model
     plain = keras_slicing.extract_submodel(model, 0.5)  # a narrow feature extractor
     assert plain.output.shape == (None, 8)
+
+
+# The first call of a model built from sliced layers runs check_model on it.
+
+_IMAGES = np.random.default_rng(0).random((4, 6, 6, 3)).astype("float32")
+_HALF = np.full(4, 0.5, "float32")
+
+
+def _message(fn):
+    with pytest.raises(ValueError) as error:
+        fn()
+    return str(error.value)
+
+
+_FLATTENED = {
+    "batch_norm": lambda h, r: L.SlicedBatchNormalization(name="bn")(h, r),
+    "group_norm": lambda h, r: L.SlicedGroupNormalization(groups=8, name="gn")(h, r),
+    "depthwise": lambda h, r: L.SlicedDepthwiseConv2D(3, padding="same", name="dw")(h, r),
+    "dropout": lambda h, r: K.Dropout(0.2, name="drop")(h),
+    "batch_norm_relu": lambda h, r: K.ReLU()(L.SlicedBatchNormalization(name="bn")(h, r)),
+}
+
+
+@pytest.mark.parametrize("before", sorted(_FLATTENED))
+def test_plain_model_call_refuses_a_flatten_as_check_model_does(before):
+    model = _model(lambda x, r: _head(K.Flatten(name="flat")(_FLATTENED[before](_stem(x, r), r)), r))
+    expected = _message(lambda: check_model(model))
+    assert _message(lambda: model([_IMAGES, _HALF])) == expected
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(lambda x, r: L.SlicedDense(8, name="logits")(
+            K.GlobalAveragePooling2D()(_stem(x, r)), r), id="forgotten slice_output=False"),
+        pytest.param(lambda x, r: K.Dense(4, name="plain")(
+            K.GlobalAveragePooling2D()(_stem(x, r))), id="plain Dense after a sliced layer"),
+    ],
+)
+@pytest.mark.parametrize("entry", ["predict", "__call__"])
+def test_plain_model_refuses_before_returning_a_result(build, entry):
+    model = _model(build)
+    expected = _message(lambda: check_model(model))
+    run = {
+        "predict": lambda: model.predict([_IMAGES, _HALF], verbose=0),
+        "__call__": lambda: model([_IMAGES, _HALF]),
+    }[entry]
+    assert _message(run) == expected
+
+
+def test_model_around_a_nested_model_is_checked_as_a_whole():
+    ix = keras.Input((6, 6, 3))
+    ir = keras_slicing.rate_input()
+    inner = keras.Model([ix, ir], K.GlobalAveragePooling2D()(_stem(ix, ir)), name="inner")
+    model = _model(lambda x, r: K.Dense(4, name="plain")(inner([x, r])))
+    expected = _message(lambda: check_model(model))
+    assert "'plain' (Dense)" in expected
+    assert _message(lambda: model([_IMAGES, _HALF])) == expected
+
+
+def test_sequential_after_a_sliced_layer_is_refused_at_the_first_call():
+    head = keras.Sequential([keras.Input((16,)), K.Dense(4)], name="seq")
+    model = _model(lambda x, r: head(K.GlobalAveragePooling2D()(_stem(x, r))))
+    expected = _message(lambda: check_model(model))
+    assert "'seq' (Sequential)" in expected
+    assert _message(lambda: model.predict([_IMAGES, _HALF], verbose=0)) == expected
+
+
+def test_sequential_of_sliced_layers_runs_at_full_width():
+    # Without a rate input every sliced layer runs at full width: a plain
+    # model with the same weights computes the same outputs.
+    sliced = keras.Sequential([keras.Input((5,)), L.SlicedDense(8, slice_input=False),
+                               L.SlicedDense(3, slice_output=False)])
+    plain = keras.Sequential([keras.Input((5,)), K.Dense(8), K.Dense(3)])
+    plain.set_weights(sliced.get_weights())
+    x = np.random.default_rng(2).random((4, 5)).astype("float32")
+    np.testing.assert_allclose(sliced.predict(x, verbose=0), plain.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_sliced_layer_without_a_rate_in_a_model_with_a_rate_input_is_refused():
+    model = _model(lambda x, r: L.SlicedDense(4, slice_output=False, name="late")(
+        K.GlobalAveragePooling2D()(_stem(x, r))))
+    expected = _message(lambda: check_model(model))
+    assert "'late' (SlicedDense) is called without a rate" in expected
+    assert "'slice_rate'" in expected
+    assert _message(lambda: model([_IMAGES, _HALF])) == expected
+
+
+def test_feature_extractor_runs_once_declared_to_check_model():
+    model = _model(lambda x, r: K.GlobalAveragePooling2D()(_stem(x, r)))
+    check_model(model, allow_sliced_outputs=True)
+    assert model([_IMAGES, _HALF]).shape == (4, 8)

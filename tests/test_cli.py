@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 import keras_slicing
-from keras_slicing import cli
+import keras_slicing_cli as cli
 
 L = keras_slicing.layers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,7 +145,7 @@ def test_wrong_number_of_arguments_is_a_usage_error():
 
 def test_help_prints_the_commands_and_their_flags():
     result = subprocess.run(
-        [sys.executable, "-m", "keras_slicing.cli", "--help"],
+        [sys.executable, "-m", "keras_slicing_cli", "--help"],
         capture_output=True, text=True, cwd=ROOT, timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
@@ -179,7 +179,7 @@ def test_module_runs_as_a_console_script(files, tmp_path):
     out = tmp_path / "bundle"
     _invoke("export", str(files / "tiny.keras"), str(out), "--rates=0.5")
     result = subprocess.run(
-        [sys.executable, "-m", "keras_slicing.cli", "info", str(out)],
+        [sys.executable, "-m", "keras_slicing_cli", "info", str(out)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -187,6 +187,73 @@ def test_module_runs_as_a_console_script(files, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "rate_0.5.tflite" in result.stdout
+
+
+def test_export_keeps_the_saved_compile_settings(tmp_path, capsys):
+    # A single linear unit is binary logits or regression: only the saved
+    # loss tells, and the Python API reads it from the compiled model.
+    x = keras.Input((4,), name="features")
+    r = keras_slicing.rate_input()
+    h = L.SlicedDense(8, slice_input=False)(x, r)
+    model = keras.Model([x, r], L.SlicedDense(1, slice_output=False)(h, r), name="reg")
+    model.compile("sgd", "mse")
+    model.save(tmp_path / "reg.keras")
+    data = np.random.default_rng(0).random((10, 4)).astype("float32")
+    np.savez(tmp_path / "eval.npz", x=data, y=data.sum(axis=1))
+    out = tmp_path / "bundle"
+    code = _invoke("export", str(tmp_path / "reg.keras"), str(out), "--rates=1,0.5",
+                   f"--evaluation_data={tmp_path / 'eval.npz'}")
+    assert code == 0, capsys.readouterr().err
+    manifest = _manifest(out)
+    assert (manifest["output_kind"], manifest["metric"]) == ("regression", "mean_absolute_error")
+    assert "2/2" in capsys.readouterr().out  # the progress bar over the widths
+
+
+def test_bench_times_only_the_rates_asked_for(files, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    _invoke("export", str(files / "tiny.keras"), str(out), "--rates=1,0.5,0.25")
+    capsys.readouterr()
+    assert _invoke("bench", str(out), "--repeats=1", "--rates=0.5") == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert [row.split()[0] for row in rows[2:]] == ["0.5"]
+    assert _invoke("bench", str(out), "--repeats=1", "--rates=0.3") == 1
+    assert "--rates must name rates of the bundle: 1, 0.5, 0.25" in capsys.readouterr().err
+
+
+def test_a_flag_the_command_does_not_read_is_refused():
+    with pytest.raises(app.UsageError, match="--num_threads applies to bench"):
+        _invoke("info", "bundle", "--num_threads=4")
+
+
+@pytest.mark.parametrize(
+    "manifest", ["[" * 100_000, '{"format": ' + "9" * 5000 + "}", ""],
+    ids=["deeply nested", "huge number", "empty"],
+)
+def test_a_broken_bundle_is_one_line_not_a_traceback(tmp_path, capsys, manifest):
+    (tmp_path / "manifest.json").write_text(manifest)
+    assert _invoke("info", str(tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keras-slicing info: error: ") and err.count("\n") == 1
+
+
+def test_info_and_export_are_quiet_and_info_imports_no_tensorflow(files, tmp_path):
+    out = tmp_path / "bundle"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    export = subprocess.run(
+        [sys.executable, "-m", "keras_slicing_cli", "export",
+         str(files / "tiny.keras"), str(out), "--rates=1"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )
+    assert export.returncode == 0, export.stderr
+    assert export.stderr == ""  # no TensorFlow, absl or oneDNN log lines
+    script = (
+        "import sys; from absl import flags; import keras_slicing_cli as cli; "
+        "code = cli.main(flags.FLAGS(['keras-slicing', 'info', sys.argv[1]])); "
+        "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    info = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=120)
+    assert info.stdout.splitlines()[-1] == "0 False False", info.stderr
 
 
 def test_single_file_export_is_benched_per_signature(files, tmp_path, capsys):

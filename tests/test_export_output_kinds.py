@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import keras_slicing
-from keras_slicing import cli
+import keras_slicing_cli as cli
 from keras_slicing.export import export_tflite
 from keras_slicing.export import read_manifest
 from keras_slicing.model import SlicingModel

@@ -460,3 +460,33 @@ def test_inplace_distillation_with_every_rate_still_learns_the_labels(digits):
     model.fit(x[:1400], y[:1400], batch_size=64, epochs=5, verbose=0)
     accuracy = model.evaluate(x[1400:], y[1400:], return_dict=True, verbose=0)
     assert accuracy["accuracy"] > 0.6
+
+
+_BAD_RATES = {
+    "zero": (np.zeros(8, "float32"), r"must be in \(0, 1\]\. Received: rate=0\.0"),
+    "above one": (np.full(8, 1.5, "float32"), r"must be in \(0, 1\]\. Received: rate=1\.5"),
+    "nan": (np.full(8, np.nan, "float32"), r"must be in \(0, 1\]\. Received: rate=nan"),
+    "unequal": (np.array([0.5] * 4 + [1.0] * 4, "float32"), r"must be equal.*\[0\.5, 1\.0\]"),
+    "short vector": (np.full(2, 0.5, "float32"), r"\(N,\) or \(N, 1\), N = 8.*shape \(2,\)"),
+    "text array": (np.array(["0.5"] * 8), r"a number in \(0, 1\].*dtype <U3"),
+    "text": ("0.5", r"a number in \(0, 1\].*rate='0\.5'"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(_BAD_RATES))
+def test_bad_fed_rate_is_refused_naming_the_entry_point_and_the_rate_input(bad):
+    model = _mlp()
+    model.compile("sgd", LOSS)
+    x = np.random.default_rng(0).random((8, 64)).astype("float32")
+    rate, message = _BAD_RATES[bad]
+    entries = {
+        "predict": lambda: model.predict([x, rate], verbose=0),
+        "evaluate": lambda: model.evaluate([x, rate], np.zeros(8, "int32"), verbose=0),
+        "__call__": lambda: model([x, rate]),
+    }
+    for entry, run in entries.items():
+        with pytest.raises(ValueError, match=message) as error:
+            run()
+        text = str(error.value)
+        assert text.startswith(f"SlicingModel '{model.name}'.{entry}, input 'slice_rate'")
+        assert "at_rate" not in text and len(text) < 300

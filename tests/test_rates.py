@@ -77,3 +77,22 @@ def test_fed_rate_becomes_a_batch_vector(fed):
 def test_fed_rate_of_another_shape_is_refused(shape):
     with pytest.raises(ValueError, match=r"\(N,\) or \(N, 1\)"):
         rates.rate_vector(np.full(shape, 0.5), 3)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.full(4, np.nan, "float32"), r"must be in \(0, 1\]\. Received: rate=nan"),
+        (np.full(2, 0.5, "float32"), r"\(N,\) or \(N, 1\), N = 4.*shape \(2,\)"),
+        (np.array(["0.5"] * 4), r"a number in \(0, 1\].*dtype <U3"),
+        ("0.5", r"a number in \(0, 1\].*rate='0\.5'"),
+    ],
+    ids=["nan", "short vector", "text array", "text"],
+)
+def test_layer_refuses_a_bad_rate_naming_itself_and_the_allowed_values(bad, message):
+    layer = keras_slicing.layers.SlicedDense(8, name="d")
+    x = np.ones((4, 3), "float32")
+    with pytest.raises(ValueError, match=message) as error:
+        layer(x, bad)
+    assert str(error.value).startswith("SlicedDense 'd': ")
+    assert len(str(error.value)) < 300

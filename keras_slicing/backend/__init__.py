@@ -12,6 +12,8 @@ PyTorch does not import TensorFlow.
 
 import keras
 
+from keras_slicing.backend import common
+
 BACKEND = keras.backend.backend()
 
 if BACKEND == "tensorflow":
@@ -29,6 +31,8 @@ else:
 # The interface every backend module implements.
 concrete_rate = _impl.concrete_rate
 concrete_value = _impl.concrete_value
+rate_of_values = common.rate_of_values
+in_shape_inference = common.in_shape_inference
 tensor_rate_groups = _impl.tensor_rate_groups
 dim = _impl.dim
 assert_true = _impl.assert_true

@@ -51,8 +51,19 @@ def checked_rate_scalar(rate, owner):
     empty = tf.equal(tf.size(values), 0)
     high = tf.where(empty, 1.0, tf.reduce_max(values))
     low = tf.where(empty, 1.0, tf.reduce_min(values))
-    checks = [
-        tf.debugging.Assert(
+    # The range first: NaN compares false, and would otherwise be reported
+    # as unequal entries.
+    in_range = tf.debugging.Assert(
+        tf.reduce_all(tf.logical_and(values > 0.0, values <= 1.0)),
+        [
+            f"{owner}: the slice rate must be in (0, 1]. Received rates "
+            "(first entries):",
+            values,
+        ],
+        summarize=4,
+    )
+    with tf.control_dependencies([in_range]):
+        equal = tf.debugging.Assert(
             tf.equal(low, high),
             [
                 f"{owner}: all entries of a slice-rate tensor must be equal "
@@ -60,12 +71,8 @@ def checked_rate_scalar(rate, owner):
                 low,
                 high,
             ],
-        ),
-        tf.debugging.Assert(
-            tf.logical_and(low > 0.0, high <= 1.0),  # NaN compares false
-            [f"{owner}: the slice rate must be in (0, 1]. Received rate:", high],
-        ),
-    ]
+        )
+    checks = [in_range, equal]
     with tf.control_dependencies(checks):
         return tf.identity(high)
 

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_slicing import backend
+from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 
 
@@ -42,6 +43,10 @@ def plain_config(layer, name):
     return config
 
 
+def _is_symbolic(values):
+    return any(isinstance(v, keras.KerasTensor) for v in keras.tree.flatten(values))
+
+
 def leading_values(variable, sizes):
     """The numpy value of `variable[:sizes[0], ...]`; `None` keeps an axis.
 
@@ -64,7 +69,10 @@ class SlicedLayerMixin:
     """Mixin placed before a Keras layer class in a sliced layer's bases.
 
     Keras refuses non-tensor positional call arguments, so the rate is passed
-    on by keyword; a Python rate is validated here, before any tracing.
+    on by keyword. A rate known now (a number, an array, an eager tensor) is
+    validated here, before any tracing; and a run (not the building of a
+    graph) checks the functional model it runs in, once
+    (`keras_slicing.checks.check_called_model`).
 
     `keras_slicing.check_model` classifies a sliced layer by these
     attributes alone, so a new sliced layer needs no change there:
@@ -104,9 +112,28 @@ class SlicedLayerMixin:
         return type(self).__name__
 
     def __call__(self, inputs, rate=None, *args, **kwargs):
-        if isinstance(rate, (bool, np.bool_)) or rates_lib.static_rate(rate) is not None:
-            rate = rates_lib.validate_rate(rate, self._owner())
+        try:
+            rate = self._checked_call(inputs, rate, args)
+        except ValueError as error:
+            # The message names the rate or layers at fault; the model's
+            # inputs Keras would append to it are the user's own data.
+            raise keras_internals.without_call_arguments(error) from None
         return super().__call__(inputs, *args, rate=rate, **kwargs)
+
+    def _checked_call(self, inputs, rate, args):
+        """The rate of a call, validated when known; checks the model run."""
+        scalar = (bool, np.bool_, str, bytes)
+        if isinstance(rate, scalar) or rates_lib.static_rate(rate) is not None:
+            rate = rates_lib.validate_rate(rate, self._owner())
+        elif rate is not None:
+            rates_lib.check_fed_rate(rate, inputs, self._owner())
+        if not _is_symbolic((inputs, rate, args)) and not backend.in_shape_inference():
+            # A run, not the building of a graph: the model this call runs
+            # in is checked once, before its first result.
+            from keras_slicing import checks
+
+            checks.check_called_model()
+        return rate
 
     def _groups(self, rate):
         return rates_lib.resolve_groups(rate, self.slice_groups, self._owner())

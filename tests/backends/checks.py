@@ -299,6 +299,14 @@ def loads_a_tensorflow_file(tf_dir):
 
 
 @check
+def export_tflite_writes_a_bundle(out, tf_dir):
+    # Compared with TensorFlow's own export of the same file in
+    # test_backends.py; the conversion runs in a TensorFlow process.
+    model = keras.saving.load_model(tf_dir / "model.keras")
+    keras_slicing.export_tflite(model, out / "bundle", rates=[1.0, 0.5])
+
+
+@check
 def calibrated_statistics_are_the_data_moments():
     model = small_cnn()
     randomize_weights(model)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import keras_slicing
+from keras_slicing.tflite_flatbuffer import tflite_op_names
 from tests.backends import checks
 from tests.backends import training_checks
 from tests.sliced_models import randomize_weights
@@ -138,6 +139,19 @@ def test_file_saved_there_loads_on_tensorflow_with_its_outputs(run):
     for rate in checks.RATES:
         got = loaded.predict([x, np.full(len(x), rate, "float32")], verbose=0)
         np.testing.assert_allclose(got, saved[str(rate)], rtol=1e-5, atol=1e-5)
+
+
+def test_export_there_writes_the_operators_and_sizes_of_tensorflow(run, tf_dir, tmp_path):
+    out, results = run
+    assert results["export_tflite_writes_a_bundle"] == "ok"
+    model = keras.saving.load_model(tf_dir / "model.keras")
+    reference = keras_slicing.export_tflite(model, tmp_path / "bundle", rates=[1.0, 0.5])
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    for theirs, ours in zip(manifest["rates"], reference["rates"]):
+        assert (theirs["rate"], theirs["bytes"]) == (ours["rate"], ours["bytes"])
+        assert tflite_op_names((out / "bundle" / theirs["file"]).read_bytes()) == (
+            tflite_op_names((tmp_path / "bundle" / ours["file"]).read_bytes())
+        )
 
 
 def _docs_jax_script():

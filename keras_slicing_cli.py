@@ -7,33 +7,36 @@ usage:
         [--evaluation_data=FILE.npz] [--output_kind=KIND]
         [--single_file [--sharing=views|slices|copies]]
     keras-slicing info BUNDLE
-    keras-slicing bench BUNDLE [--num_threads=1] [--batch_size=1] [--repeats=15]
+    keras-slicing bench BUNDLE [--rates=1,0.5] [--num_threads=1]
+        [--batch_size=1] [--repeats=15]
+    any command: [--verbose] (the frameworks' own log lines)
 
 commands:
     export  cut every rate out of a saved sliced model and write a TFLite
             bundle (one file per width + manifest.json; with
-            --single_file, one file holding every width as a signature)
+            --single_file, one file holding every width as a signature);
+            runs on TensorFlow whatever KERAS_BACKEND says
     info    verify a bundle and print its manifest
-    bench   time every width of a bundle on this machine
+    bench   time every width of a bundle (or those of --rates) here
 """
 
+# This module sits outside the `keras_slicing` package on purpose: importing
+# the package imports Keras and, through it, TensorFlow (3-6 s and a page of
+# log lines), which `info` does not need. The heavy imports happen inside the
+# commands that use them, after the log settings are made.
+
+import contextlib
 import os
 import sys
 
-import keras
-import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
 
-import keras_slicing  # noqa: F401 (registers the sliced layers for loading)
-from keras_slicing import interpreter as interpreter_lib
-from keras_slicing.export import export_tflite
-from keras_slicing.export import read_manifest
-from keras_slicing.rates import format_rate
-
 _RATES = flags.DEFINE_list(
-    "rates", None, "export: comma-separated slice rates (default: the model's)."
+    "rates",
+    None,
+    "export, bench: comma-separated slice rates (default: all).",
 )
 _QUANTIZATION = flags.DEFINE_enum(
     "quantization",
@@ -52,14 +55,14 @@ _INT8_IO = flags.DEFINE_bool(
 _EVALUATION_DATA = flags.DEFINE_string(
     "evaluation_data",
     None,
-    "export: .npz with arrays `x` (inputs) and `y` (labels); each file's "
-    "accuracy is measured.",
+    "export: .npz with arrays `x` (inputs) and `y` (labels); each file is "
+    "scored on it (the metric of the output kind).",
 )
 _OUTPUT_KIND = flags.DEFINE_string(
     "output_kind",
     None,
     "export: what the output means (multiclass_logits, binary_probability, "
-    "regression, ...); default: inferred from the model.",
+    "regression, ...); default: inferred from the model and its compiled loss.",
 )
 _SINGLE_FILE = flags.DEFINE_bool(
     "single_file", False,
@@ -79,11 +82,36 @@ _BATCH_SIZE = flags.DEFINE_integer(
 _REPEATS = flags.DEFINE_integer(
     "repeats", 15, "bench: interleaved timing rounds.", lower_bound=1
 )
+_VERBOSE = flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Show the frameworks' own log lines.",
+)
+
+# Which commands read each flag: any other command refuses it rather than
+# ignoring it.
+_FLAG_COMMANDS = {
+    "rates": ("export", "bench"),
+    "quantization": ("export",),
+    "representative_data": ("export",),
+    "int8_io": ("export",),
+    "evaluation_data": ("export",),
+    "output_kind": ("export",),
+    "single_file": ("export",),
+    "sharing": ("export",),
+    "num_threads": ("bench",),
+    "batch_size": ("bench",),
+    "repeats": ("bench",),
+}
 
 _USAGE = (
     "usage: keras-slicing export MODEL.keras OUT_DIR [flags] | "
     "info BUNDLE | bench BUNDLE [flags]"
 )
+# What a failing command prints as one line: bad input, missing or
+# tampered files, a model the checks refuse. Anything else is a bug and
+# keeps its traceback.
+_USER_ERRORS = (ValueError, OSError, KeyError, TypeError, OverflowError, RecursionError)
 
 
 def main(argv):
@@ -95,20 +123,40 @@ def main(argv):
             f"expected a command: export, info or bench. Received: "
             f"{args[0] if args else None!r}\n{_USAGE}"
         )
-    if not flags.FLAGS["verbosity"].present:
-        # The converter logs every temporary SavedModel it writes.
-        logging.set_verbosity(logging.WARNING)
     command, arity = commands[args[0]]
     if len(args) - 1 != arity:
         raise app.UsageError(
             f"'{args[0]}' takes {arity} argument(s). Received: {args[1:]}\n{_USAGE}"
         )
+    for name, used_by in _FLAG_COMMANDS.items():
+        if flags.FLAGS[name].present and args[0] not in used_by:
+            raise app.UsageError(
+                f"--{name} applies to {' and '.join(used_by)}, not to "
+                f"'{args[0]}'.\n{_USAGE}"
+            )
+    _set_log_levels(_VERBOSE.value)
     try:
         command(*args[1:])
-    except (ValueError, OSError, KeyError, TypeError) as error:
-        print(f"keras-slicing {args[0]}: error: {error}", file=sys.stderr)
+    except _USER_ERRORS as error:
+        message = " ".join(str(error).split())  # one line, whatever it holds
+        print(f"keras-slicing {args[0]}: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _set_log_levels(verbose):
+    """Quiet unless `verbose`: TensorFlow's C++ logs (oneDNN, XLA, the
+    converter) are read from the environment when TensorFlow is first
+    imported, which happens after this, inside the commands."""
+    if verbose:
+        logging.set_verbosity(logging.INFO)
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not flags.FLAGS["verbosity"].present:
+        # The converter logs every temporary SavedModel it writes.
+        logging.set_verbosity(logging.WARNING)
+    if "tensorflow" in sys.modules:  # already imported (e.g. in tests)
+        sys.modules["tensorflow"].get_logger().setLevel("ERROR")
 
 
 _HELP_FLAGS = ("-h", "--help", "--helpshort", "-?")
@@ -117,7 +165,8 @@ _HELP_FLAGS = ("-h", "--help", "--helpshort", "-?")
 def usage():
     """The command's own help: its commands and their flags."""
     return (
-        f"{__doc__.strip()}\n\nflags:\n{flags.FLAGS.module_help(__name__)}\n\n"
+        f"{__doc__.strip()}\n\n"
+        f"flags:\n{flags.FLAGS.module_help(sys.modules[__name__])}\n\n"
         "(--helpfull lists every flag, TensorFlow's included.)"
     )
 
@@ -135,24 +184,63 @@ def run(argv=None):
 
 def _main(argv):
     try:
-        return main(argv)
+        if _VERBOSE.value:
+            return main(argv)
+        with _native_logs_hidden():
+            return main(argv)
     except app.UsageError as error:
         print(f"keras-slicing: error: {error}\n\n{usage()}", file=sys.stderr)
         return 2
 
 
+@contextlib.contextmanager
+def _native_logs_hidden():
+    """Sends what native code writes to stderr to /dev/null, Python's own
+    stderr (errors, warnings, tracebacks) still to the terminal.
+
+    TensorFlow 2.21 logs through C++ absl, which ignores
+    TF_CPP_MIN_LOG_LEVEL for lines such as "oneDNN custom operations are
+    on" (at import and again in the converter).
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    python_stderr, sys.stderr = sys.stderr, os.fdopen(os.dup(saved), "w", buffering=1)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _export(model_path, output_dir):
+    # TFLite conversion needs TensorFlow: the model is rebuilt there from its
+    # .keras file, so the bundle is the same whatever KERAS_BACKEND says.
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"
+    import numpy as np  # noqa: F401 (the loaders below)
+
+    import keras
+
+    import keras_slicing  # noqa: F401 (registers the sliced layers for loading)
+    from keras_slicing.export import export_tflite
+
     representative = None
     if _REPRESENTATIVE_DATA.value:
         representative = _load_array(_REPRESENTATIVE_DATA.value, "representative_data")
     evaluation = None
     if _EVALUATION_DATA.value:
         evaluation = _load_labelled(_EVALUATION_DATA.value)
-    model = keras.saving.load_model(model_path, compile=False)
+    model = _load_model(keras, model_path)
     manifest = export_tflite(
         model,
         output_dir,
-        rates=_RATES.value,
+        rates=_parsed_rates(_RATES.value),
         quantization=_QUANTIZATION.value,
         representative_data=representative,
         evaluation_data=evaluation,
@@ -160,6 +248,7 @@ def _export(model_path, output_dir):
         output_kind=_OUTPUT_KIND.value,
         single_file=_SINGLE_FILE.value,
         sharing=_SHARING.value,
+        verbose=1,
     )
     if _SINGLE_FILE.value:
         print(
@@ -171,8 +260,27 @@ def _export(model_path, output_dir):
     _print_manifest(manifest)
 
 
+def _load_model(keras, path):
+    """The saved model with its compile settings (the loss tells what the
+    output means); without them, with a warning, when they do not load."""
+    try:
+        return keras.saving.load_model(path)
+    except (ValueError, TypeError) as error:
+        model = keras.saving.load_model(path, compile=False)
+        print(
+            f"keras-slicing export: warning: {path}'s compile settings did not "
+            f"load ({' '.join(str(error).split())[:200]}); the output kind is "
+            "inferred from the layers alone (pass --output_kind if it is "
+            "ambiguous).",
+            file=sys.stderr,
+        )
+        return model
+
+
 def _load_array(path, flag):
     """One array from an .npy file, or from an .npz holding `x` or one array."""
+    import numpy as np
+
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
         return loaded
@@ -188,6 +296,8 @@ def _load_array(path, flag):
 
 def _load_labelled(path):
     """`(x, y)` from an .npz with arrays `x` and `y`."""
+    import numpy as np
+
     loaded = np.load(path, allow_pickle=False)
     if isinstance(loaded, np.ndarray):
         raise ValueError(
@@ -204,14 +314,27 @@ def _load_labelled(path):
         return arrays["x"], arrays["y"]
 
 
+def _read_bundle(bundle_dir, command):
+    """The verified manifest, read by the edge package (no TensorFlow)."""
+    from keras_slicing_lite import manifest as manifest_lib
+
+    owner = f"keras-slicing {command}"
+    manifest = manifest_lib.read_manifest(bundle_dir, owner=owner)
+    manifest_lib.verify_files(bundle_dir, manifest, owner=owner)
+    return manifest
+
+
 def _info(bundle_dir):
-    _print_manifest(read_manifest(bundle_dir))
+    _print_manifest(_read_bundle(bundle_dir, "info"))
 
 
 def _bench(bundle_dir):
-    manifest = read_manifest(bundle_dir)
+    manifest = _read_bundle(bundle_dir, "bench")
+    entries = _chosen_entries(manifest, _RATES.value)
+    from keras_slicing import interpreter as interpreter_lib
+
     interpreters = []
-    for entry in manifest["rates"]:
+    for entry in entries:
         interpreter = interpreter_lib.load_interpreter(
             os.path.join(bundle_dir, entry["file"]),
             num_threads=_NUM_THREADS.value,
@@ -230,17 +353,52 @@ def _bench(bundle_dir):
         f"{_REPEATS.value} interleaved rounds"
     )
     rows = [("rate", "ms", "vs widest", "MACs", "vs widest")]
-    for entry, s in zip(manifest["rates"], seconds):
+    for entry, s in zip(entries, seconds):
         rows.append(
             (
-                format_rate(entry["rate"]),
+                _format_rate(entry["rate"]),
                 f"{s * 1e3:.4f}",
                 f"{s / seconds[0]:.3f}",
                 f"{entry['macs']:,}",
-                f"{entry['macs'] / manifest['rates'][0]['macs']:.3f}",
+                f"{entry['macs'] / entries[0]['macs']:.3f}",
             )
         )
     _print_table(rows)
+
+
+def _parsed_rates(texts):
+    """`--rates` as floats (None when absent); the library checks the range."""
+    if texts is None:
+        return None
+    try:
+        return [float(text) for text in texts]
+    except ValueError:
+        raise ValueError(
+            "--rates must be comma-separated numbers in (0, 1], e.g. "
+            f"--rates=1,0.5. Received: --rates={','.join(texts)}"
+        ) from None
+
+
+def _chosen_entries(manifest, rates):
+    """The manifest entries of `--rates` (all when None), widest first."""
+    entries = manifest["rates"]
+    if rates is None:
+        return entries
+    by_text = {_format_rate(e["rate"]): e for e in entries}
+    chosen = []
+    for rate in _parsed_rates(rates):
+        if _format_rate(rate) not in by_text:
+            raise ValueError(
+                f"--rates must name rates of the bundle: "
+                f"{', '.join(by_text)}. Received: {_format_rate(rate)}"
+            )
+        chosen.append(by_text[_format_rate(rate)])
+    return sorted({id(e): e for e in chosen}.values(), key=lambda e: -e["rate"])
+
+
+def _format_rate(rate):
+    # `keras_slicing.rates.format_rate`, which would import Keras.
+    return format(float(rate), "g")
 
 
 def _print_manifest(manifest):
@@ -271,7 +429,7 @@ def _print_manifest(manifest):
             file = f"{file}:{entry['signature']}"
         rows.append(
             (
-                format_rate(entry["rate"]),
+                _format_rate(entry["rate"]),
                 file,
                 f"{entry['bytes']:,}",
                 f"{entry['params']:,}",
