@@ -1,7 +1,10 @@
+import warnings
+
 import numpy as np
 import pytest
 
 from keras_slicing_lite import load_bundle
+from keras_slicing_lite.cascade import CascadeCostWarning
 from tests.lite.conftest import RATES
 
 
@@ -27,7 +30,9 @@ def _reference_cascade(expected, rates, threshold):
 
 def test_threshold_zero_answers_everything_at_narrowest(bundle_dir, reference):
     x, expected = reference
-    result = load_bundle(bundle_dir).predict_cascade(x, threshold=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CascadeCostWarning)  # cheaper than rate 1
+        result = load_bundle(bundle_dir).predict_cascade(x, threshold=0.0)
     assert np.all(result.rates == 0.25)
     np.testing.assert_allclose(result.outputs, expected[0.25], atol=1e-5)
 
@@ -46,7 +51,9 @@ def test_cascade_over_the_widest_rate_alone_answers_everything_there(
 def test_threshold_one_escalates_everything_not_certain(bundle_dir, reference):
     x, expected = reference
     bundle = load_bundle(bundle_dir)
-    result = bundle.predict_cascade(x, threshold=1.0)
+    with pytest.warns(CascadeCostWarning, match="threshold=1.0"):
+        result = bundle.predict_cascade(x, threshold=1.0)
+    assert result.macs_fraction > 1.0
     outputs, answered = _reference_cascade(expected, RATES, 1.0)
     np.testing.assert_array_equal(result.rates, answered)
     assert np.mean(result.rates == 1.0) > 0.9

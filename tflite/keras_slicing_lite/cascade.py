@@ -4,6 +4,7 @@ The implementation of `Bundle.predict_cascade` and its `CascadeResult`.
 """
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -47,15 +48,30 @@ def predict_cascade(bundle, x, threshold, rates, from_logits):
         pending = pending[~accept]
     mean_macs = float(spent.mean()) if count_macs and n else None
     widest = macs[order[-1]] if count_macs else None
+    fraction = mean_macs / widest if mean_macs is not None and widest else None
+    if fraction is not None and fraction > 1.0:
+        # The point of the cascade is to cost less than the widest width;
+        # past it, answering every example there is cheaper and as accurate.
+        warnings.warn(
+            f"predict_cascade: at threshold={threshold} the cascade cost "
+            f"{fraction:.2f}x the MACs of running rate {order[-1]:g} alone "
+            "(too few examples were confident enough at the narrow widths). "
+            "Lower the threshold, pass fewer rates, or call "
+            f"predict(x, rate={order[-1]:g}).",
+            CascadeCostWarning,
+            stacklevel=3,
+        )
     return CascadeResult(
         outputs=outputs,
         rates=answered_by,
         mean_macs=mean_macs,
-        macs_fraction=(
-            mean_macs / widest if mean_macs is not None and widest else None
-        ),
+        macs_fraction=fraction,
         output_kind=kind,
     )
+
+
+class CascadeCostWarning(UserWarning):
+    """A cascade that cost more than its widest width run alone."""
 
 
 class CascadeResult:
