@@ -6,6 +6,7 @@ import weakref
 import keras
 import numpy as np
 
+from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
@@ -104,6 +105,10 @@ class _BatchMoments(keras.layers.Layer):
     values each channel's moments pool (batch and spatial positions).
     """
 
+    # Its outputs are its input's channels and their per-channel moments:
+    # at a narrow width, the active channels' (see keras_slicing.checks).
+    follows_input_width = True
+
     def __init__(self, norm, **kwargs):
         super().__init__(**kwargs)
         self.norm = norm
@@ -162,6 +167,8 @@ def _moments_model(model, rates):
         inputs[0] if len(inputs) == 1 else inputs, outputs,
         name=f"{model.name}_batch_moments",
     )
+    # The moments of a narrow width are narrow: sliced outputs by design.
+    checks.check_model(moments, allow_sliced_outputs=True)
     with tracking.DotNotTrackScope():
         moments.keys = keys
     cache[rates] = moments

@@ -175,6 +175,13 @@ def check_called_model():
     or nested model is then refused where `check_model` refuses, with the
     same message, before its first result is returned.
     """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace the stack walk (a graph break in every
+            # compiled width); the model's eager calls are checked.
+            return
     model = keras_internals.calling_functional_model()
     if model is not None and model not in _CHECKED:
         check_model(model)
