@@ -316,6 +316,7 @@ def calibrated_statistics_are_the_data_moments():
     keras_slicing.calibrate_batchnorm(model, data, rates=RATES, batch_size=4)
     bn = next(l for l in model.layers if isinstance(l, layers.SlicedBatchNormalization))
     bn_input = keras.Model(model.inputs, keras.tree.flatten(bn.input)[0])
+    keras_slicing.check_model(bn_input, allow_sliced_outputs=True)  # narrow by design
     for rate in RATES:
         h = np.concatenate(
             [ops.convert_to_numpy(bn_input([part, np.full(4, rate, "float32")]))

@@ -250,6 +250,7 @@ def fit_recalibrates_batchnorm_and_a_teacher_stays_frozen():
     # Nothing normalizes by batch before this layer: its inputs are the
     # data's, batch by batch alike.
     bn_input = keras.Model(model.inputs, keras.tree.flatten(bn.input)[0])
+    keras_slicing.check_model(bn_input, allow_sliced_outputs=True)  # narrow by design
     for rate in TRAIN_RATES:
         h = np.concatenate([
             ops.convert_to_numpy(bn_input([part, np.full(16, rate, "float32")]))
