@@ -5,6 +5,7 @@ trained briefly on digits; the reference outputs come from the Keras model
 itself at each rate, never from the runtime under test.
 """
 
+import json
 import pathlib
 import sys
 
@@ -91,6 +92,14 @@ def int8_bundle_dir(trained_model, digits, tmp_path_factory):
         int8_io=True,
     )
     return path
+
+
+def edit_manifest(path, edit):
+    """Applies `edit` to the parsed manifest of the bundle at `path`."""
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest)
+    manifest_path.write_text(json.dumps(manifest))
 
 
 def toy_latency_ms(rate, batch_size):

@@ -8,6 +8,7 @@ import pytest
 
 from keras_slicing_lite import BundleError
 from keras_slicing_lite import load_bundle
+from tests.lite.conftest import edit_manifest
 from keras_slicing_lite import runtime
 
 
@@ -16,13 +17,6 @@ def bundle_copy(bundle_dir, tmp_path):
     path = tmp_path / "bundle"
     shutil.copytree(bundle_dir, path)
     return path
-
-
-def _edit_manifest(path, edit):
-    manifest_path = path / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    edit(manifest)
-    manifest_path.write_text(json.dumps(manifest))
 
 
 def test_flipped_byte_is_a_sha256_mismatch_naming_the_file(bundle_copy):
@@ -52,7 +46,7 @@ def test_swapped_files_in_manifest_are_detected(bundle_copy):
         first, second = manifest["rates"][0], manifest["rates"][1]
         first["file"], second["file"] = second["file"], first["file"]
 
-    _edit_manifest(bundle_copy, swap)
+    edit_manifest(bundle_copy, swap)
     with pytest.raises(BundleError, match="rate_0.75.tflite"):
         load_bundle(bundle_copy)
 
@@ -61,7 +55,7 @@ def test_tampered_sha256_is_detected(bundle_copy):
     def tamper(manifest):
         manifest["rates"][2]["sha256"] = "0" * 64
 
-    _edit_manifest(bundle_copy, tamper)
+    edit_manifest(bundle_copy, tamper)
     with pytest.raises(BundleError, match="sha256 mismatch"):
         load_bundle(bundle_copy)
 
@@ -79,44 +73,44 @@ def test_bad_file_is_detected_before_any_model_loads(bundle_copy, monkeypatch):
 
 
 def test_wrong_format_is_rejected(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m.update(format="something-else"))
+    edit_manifest(bundle_copy, lambda m: m.update(format="something-else"))
     with pytest.raises(BundleError, match="format='something-else'"):
         load_bundle(bundle_copy)
 
 
 @pytest.mark.parametrize("version", [3, 0, "1", True])
 def test_unsupported_format_version_is_rejected(bundle_copy, version):
-    _edit_manifest(bundle_copy, lambda m: m.update(format_version=version))
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match="format_version"):
         load_bundle(bundle_copy)
 
 
 def test_unknown_manifest_keys_are_ignored(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m.update(future_field={"a": 1}))
+    edit_manifest(bundle_copy, lambda m: m.update(future_field={"a": 1}))
     assert load_bundle(bundle_copy).rates == (1.0, 0.75, 0.5, 0.25)
 
 
 @pytest.mark.parametrize("name", ["../rate_1.tflite", "/etc/passwd", "..", ""])
 def test_file_outside_the_bundle_is_refused(bundle_copy, name):
-    _edit_manifest(bundle_copy, lambda m: m["rates"][0].update(file=name))
+    edit_manifest(bundle_copy, lambda m: m["rates"][0].update(file=name))
     with pytest.raises(BundleError, match="plain file name"):
         load_bundle(bundle_copy)
 
 
 def test_rates_out_of_order_are_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["rates"].reverse())
+    edit_manifest(bundle_copy, lambda m: m["rates"].reverse())
     with pytest.raises(BundleError, match="widest first"):
         load_bundle(bundle_copy)
 
 
 def test_input_dtype_mismatch_names_the_file(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["input"].update(dtype="int8"))
+    edit_manifest(bundle_copy, lambda m: m["input"].update(dtype="int8"))
     with pytest.raises(BundleError, match=r"rate_1\.tflite: the input tensor is float32"):
         load_bundle(bundle_copy)
 
 
 def test_input_shape_mismatch_names_the_file(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["input"].update(shape=[None, 8, 8, 3]))
+    edit_manifest(bundle_copy, lambda m: m["input"].update(shape=[None, 8, 8, 3]))
     with pytest.raises(BundleError, match=r"rate_1\.tflite: the input tensor has shape"):
         load_bundle(bundle_copy)
 

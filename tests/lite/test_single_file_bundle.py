@@ -16,6 +16,7 @@ from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import HTTPFrontEnd
 from keras_slicing_lite import Request
 from keras_slicing_lite import load_bundle
+from tests.lite.conftest import edit_manifest
 from tests.lite.conftest import RATES
 
 MS = 1e-3
@@ -26,13 +27,6 @@ def bundle_copy(single_file_bundle_dir, tmp_path):
     path = tmp_path / "bundle"
     shutil.copytree(single_file_bundle_dir, path)
     return path
-
-
-def _edit_manifest(path, edit):
-    manifest_path = path / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    edit(manifest)
-    manifest_path.write_text(json.dumps(manifest))
 
 
 def test_every_rate_reads_the_one_file(single_file_bundle_dir):
@@ -60,7 +54,7 @@ def test_switching_rates_and_batch_sizes_keeps_answers(single_file_bundle_dir, r
 
 
 def test_missing_signature_is_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["rates"][2].update(signature="rate_0.3"))
+    edit_manifest(bundle_copy, lambda m: m["rates"][2].update(signature="rate_0.3"))
     with pytest.raises(BundleError, match="no signature 'rate_0.3'"):
         load_bundle(bundle_copy)
 
@@ -75,19 +69,19 @@ def test_tampered_file_is_refused(bundle_copy):
 
 
 def test_signature_without_format_version_3_is_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m.update(format_version=2))
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=2))
     with pytest.raises(BundleError, match="'signature' needs format_version 3"):
         load_bundle(bundle_copy)
 
 
 def test_version_3_entry_without_signature_is_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["rates"][1].pop("signature"))
+    edit_manifest(bundle_copy, lambda m: m["rates"][1].pop("signature"))
     with pytest.raises(BundleError, match="rate=0.75 must name in 'signature'"):
         load_bundle(bundle_copy)
 
 
 def test_two_rates_naming_one_signature_are_refused(bundle_copy):
-    _edit_manifest(bundle_copy, lambda m: m["rates"][1].update(signature="rate_1"))
+    edit_manifest(bundle_copy, lambda m: m["rates"][1].update(signature="rate_1"))
     with pytest.raises(BundleError, match="more than one rate"):
         load_bundle(bundle_copy)
 
