@@ -23,6 +23,7 @@ from keras import ops
 
 from keras_slicing import backend
 from keras_slicing import calibration
+from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 
 
@@ -38,12 +39,12 @@ class SlicingRateInputs:
     def _forward(self, x, rate, training):
         """The outputs of data inputs `x` (or inputs with the rate) at `rate`.
 
-        A Python float runs the `at_rate` model, whose shapes are static; a
+        A Python float (or a mixed configuration) runs the `at_rate` model, whose shapes are static; a
         tensor rate fills the rate inputs, for the layers to slice by.
         """
         if self._has_rate(x):
             return self(x, training=training)
-        if isinstance(rate, float):
+        if isinstance(rate, (float, graph.LayerRates)):
             flat = keras.tree.flatten(x)
             return self._width_forward(rate)(
                 flat[0] if len(flat) == 1 else flat, training=training
