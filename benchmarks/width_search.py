@@ -84,7 +84,7 @@ SEQ_LEN = 32
 # The text Transformer's schedule, in steps of 32 windows: shorter than the
 # example's 3,000 (benchmarks/results/text_transformer.json) to fit six
 # trainings on a shared 2-core machine.
-TRANSFORMER_STEPS = 600
+TRANSFORMER_STEPS = 400
 TRAININGS = ("uniform", "mixed")
 # Mixed configurations trained: each set of a step's rates is traced once on
 # TensorFlow, so the pool is kept small (8 instead of the default 16).

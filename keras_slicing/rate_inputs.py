@@ -39,8 +39,9 @@ class SlicingRateInputs:
     def _forward(self, x, rate, training):
         """The outputs of data inputs `x` (or inputs with the rate) at `rate`.
 
-        A Python float (or a mixed configuration) runs the `at_rate` model, whose shapes are static; a
-        tensor rate fills the rate inputs, for the layers to slice by.
+        A Python float (or a mixed configuration's `LayerRates`) runs the
+        `at_rate` model, whose shapes are static; a tensor rate fills the
+        rate inputs, for the layers to slice by.
         """
         if self._has_rate(x):
             return self(x, training=training)

@@ -54,9 +54,10 @@ class SlicingTrainStep:
     def _host_indices(self):
         indices = ops.convert_to_numpy(self._sample_indices())
         indices = tuple(sorted({int(i) for i in indices}))
-        for i in indices[len(self.rates):]:
-            # Built here, on the host, not inside a step's trace.
-            self._at_rate(self._step_configs[i - len(self.rates)][1])
+        for i in indices:
+            if i >= len(self.rates):
+                # Built here, on the host, not inside a step's trace.
+                self._at_rate(self._step_configs[i - len(self.rates)][1])
         return indices
 
     def _plan(self, indices):
