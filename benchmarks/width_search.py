@@ -404,7 +404,7 @@ def markdown(results):
     return "\n".join(lines)
 
 
-def compare_trainings(name, seeds, epochs, searches, results, output):
+def compare_trainings(name, seeds, epochs, searches, results, output, first_seed=0):
     """Uniform and mixed-width training of the same seeds, interleaved."""
     runs = {t: [] for t in TRAININGS}
     entry = results["datasets"][name] = {
@@ -416,23 +416,27 @@ def compare_trainings(name, seeds, epochs, searches, results, output):
         },
         "trainings": {},
     }
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for training in TRAININGS:
             runs[training].append(
                 train_and_search(name, seed, epochs, training, searches)
             )
             print(f"{name} seed {seed} {training} done "
                   f"({runs[training][-1]['train_seconds']:.0f} s)", flush=True)
-        for training in TRAININGS:
-            entry["trainings"][training] = {
-                "runs": runs[training],
-                "summary": summarize(
-                    runs[training], sign_of(name), MARGIN.get(name, 1.0), searches,
-                    reference_runs=runs["uniform"] if training == "mixed" else None,
-                ),
-            }
+        summarize_trainings(name, entry, runs, searches)
         common.write_json("width_search_training", results, output)
     print(training_markdown({"datasets": {name: entry}}))
+
+
+def summarize_trainings(name, entry, runs, searches=("greedy",)):
+    for training in TRAININGS:
+        entry["trainings"][training] = {
+            "runs": runs[training],
+            "summary": summarize(
+                runs[training], sign_of(name), MARGIN.get(name, 1.0), searches,
+                reference_runs=runs["uniform"] if training == "mixed" else None,
+            ),
+        }
 
 
 def _cell(value, gap=None, digits=1):
@@ -512,6 +516,8 @@ def main():
     parser.add_argument("--trainings", action="store_true",
                         help="compare uniform with mixed-width training "
                         "(writes width_search_training.json)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed of --trainings, to split seeds over processes")
     parser.add_argument("--searches", default="greedy",
                         help="searches of --trainings, of " + ",".join(SEARCHES))
     args = parser.parse_args()
@@ -536,7 +542,8 @@ def main():
                 TRANSFORMER_STEPS if name == TRANSFORMER else EPOCHS[name]
             )
             compare_trainings(name, args.seeds, epochs,
-                              tuple(args.searches.split(",")), results, args.output)
+                              tuple(args.searches.split(",")), results, args.output,
+                              args.first_seed)
         return
     if args.merge:
         merged = None
@@ -545,8 +552,16 @@ def main():
                 part = json.load(handle)
             if merged is None:
                 merged = part
-            else:
-                merged["datasets"].update(part["datasets"])
+                continue
+            for name, entry in part["datasets"].items():
+                held = merged["datasets"].get(name)
+                if held is None or "trainings" not in entry:
+                    merged["datasets"][name] = entry
+                    continue
+                # Seeds of one data set run apart (--first-seed): runs joined.
+                runs = {t: held["trainings"][t]["runs"] + entry["trainings"][t]["runs"]
+                        for t in TRAININGS}
+                summarize_trainings(name, held, runs)
         common.write_json("width_search", merged, args.output)
         return
     results = {
