@@ -411,9 +411,6 @@ def compare_trainings(name, seeds, epochs, searches, results, output, first_seed
         ("steps" if name == TRANSFORMER else "epochs"): epochs,
         "score": "test bits per character (lower is better)" if name == TRANSFORMER
         else "test accuracy % (higher is better)",
-        "schedules": {
-            t: str(scheduler_of(t, 0, 1 if name == TRANSFORMER else 2)) for t in TRAININGS
-        },
         "trainings": {},
     }
     for seed in range(first_seed, first_seed + seeds):
@@ -429,6 +426,12 @@ def compare_trainings(name, seeds, epochs, searches, results, output, first_seed
 
 
 def summarize_trainings(name, entry, runs, searches=("greedy",)):
+    middle = 1 if name == TRANSFORMER else 2
+    entry["schedules"] = {
+        "uniform": f"random_min_max, num_random={middle}",
+        "mixed": f"MixedWidthScheduler(num_random={middle - 1}, num_configs=1, "
+        f"pool_size={POOL_SIZE}, seed=seed)",
+    }
     for training in TRAININGS:
         entry["trainings"][training] = {
             "runs": runs[training],
