@@ -23,8 +23,6 @@ layers (an assertion in the graph on TensorFlow).
 import types
 import weakref
 
-import keras
-
 from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
