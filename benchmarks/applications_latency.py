@@ -15,11 +15,13 @@ time of the calling thread (which other jobs of a shared machine do not
 inflate) and by wall time: the ratio is the median of per-round ratios.
 Target: sliced / native within 1.00 +- 0.05 at every width.
 
-    python benchmarks/applications_latency.py [--names=MobileNetV2] [--repeats=21]
+    python benchmarks/applications_latency.py [--names=MobileNetV2] [--repeats=41]
+        [--min_seconds=0.05] [--merge=earlier.json,...]
 """
 
 import argparse
 import collections
+import copy
 import json
 import os
 import subprocess
@@ -70,7 +72,8 @@ def native_model(plain, plan, rate):
         if kind == "Reshape" and status != "full":
             settings["target_shape"] = [*settings["target_shape"][:-1], -1]
             reshapes.append(settings)
-    model = keras.Model.from_config(config)
+    # from_config consumes parts of the config it reads.
+    model = keras.Model.from_config(copy.deepcopy(config))
     if reshapes:
         for settings in reshapes:
             channels = model.get_layer(settings["name"]).input.shape[-1]
@@ -201,9 +204,14 @@ def measure(name, repeats, min_seconds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", default=",".join(NAMES))
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--min_seconds", type=float, default=0.03)
+    parser.add_argument("--repeats", type=int, default=41)
+    parser.add_argument("--min_seconds", type=float, default=0.05)
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--merge", default="",
+        help="Comma-separated result files of earlier runs whose networks "
+             "are kept (a network measured now replaces its earlier result).",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -212,7 +220,10 @@ def main():
     import ai_edge_litert
 
     results = {}
-    for name in args.names.split(","):
+    for path in filter(None, args.merge.split(",")):
+        with open(path) as f:
+            results.update(json.load(f)["results"])
+    for name in filter(None, args.names.split(",")):
         # A process per network: four converted ResNet50s do not stay in
         # memory, and a failure of one network keeps the others' numbers.
         done = subprocess.run(
