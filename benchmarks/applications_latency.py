@@ -237,6 +237,8 @@ def main():
             continue
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(name, f"export {results[name]['export_seconds']:.0f} s", flush=True)
+    ordered = [name for name in NAMES if name in results]
+    results = {name: results[name] for name in ordered + sorted(set(results) - set(ordered))}
     rows = []
     for name, result in results.items():
         for w in result.get("widths", []):
