@@ -73,15 +73,16 @@ def plain_network(name, vocab_size):
     return text_transformer.plain_transformer(vocab_size, SEQ_LEN, 64, 4, 256, 2, 1.0)
 
 
+# Fine-tuning recipes: the learning rate as a share of the scratch one.
+RECIPES = {"default": FINETUNE_SHARE, "teacher": FINETUNE_SHARE, "high_lr": 1.0}
+
+
 def recipe_kwargs(recipe, pretrained):
     """`slice_model` arguments of a fine-tuning recipe."""
-    if recipe == "default":
-        return {}
-    if recipe == "teacher":
-        return {"distillation": pretrained}
-    raise ValueError(
-        f"Unknown recipe. Received: recipe={recipe!r}; allowed: default, teacher"
-    )
+    if recipe not in RECIPES:
+        raise ValueError(f"Unknown recipe. Received: recipe={recipe!r}; "
+                         f"allowed: {', '.join(RECIPES)}")
+    return {"distillation": pretrained} if recipe == "teacher" else {}
 
 
 def load_data():
@@ -101,7 +102,7 @@ def width_bpc(model, x, y):
     }
 
 
-def run_seed(name, seed, steps, recipes, result, save):
+def run_seed(name, seed, steps, recipes, result, save, finetune_only=False):
     """Fills `result` stage by stage, calling `save()` after each."""
     vocab_size, (x, y), (x_test, y_test) = load_data()
     order = char_lm.training_order(len(x), steps, BATCH, seed)
@@ -125,7 +126,7 @@ def run_seed(name, seed, steps, recipes, result, save):
     save()
 
     data = (x[:TAYLOR_WINDOWS], y[:TAYLOR_WINDOWS])
-    for rewire in REWIRES:
+    for rewire in () if finetune_only else REWIRES:
         sliced = keras_slicing.slice_model(pretrained, rates=RATES, rewire=rewire,
                                            data=data, seed=seed)
         result["converted"][str(rewire)] = width_bpc(sliced, x_test, y_test)
@@ -137,7 +138,7 @@ def run_seed(name, seed, steps, recipes, result, save):
         keras.utils.set_random_seed(seed)
         sliced = keras_slicing.slice_model(pretrained, rates=RATES, data=data, seed=seed,
                                            **recipe_kwargs(recipe, pretrained))
-        char_lm.compile_lm(sliced, learning_rate * FINETUNE_SHARE)
+        char_lm.compile_lm(sliced, learning_rate * RECIPES[recipe])
         done, runs = 0, result["finetune"].setdefault(recipe, {})
         start = time.perf_counter()
         for fraction in FRACTIONS:
@@ -149,6 +150,8 @@ def run_seed(name, seed, steps, recipes, result, save):
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             save()
         result[f"finetune_{recipe}_seconds"] = time.perf_counter() - start
+    if finetune_only:
+        return
 
     keras.utils.set_random_seed(seed)
     scratch = keras_slicing.slice_model(plain_network(name, vocab_size), rates=RATES,
@@ -293,6 +296,9 @@ def main():
                         help="Full schedule in steps (pretrained and scratch).")
     parser.add_argument("--recipes", default="default,teacher",
                         help="Fine-tuning recipes, comma-separated.")
+    parser.add_argument("--finetune_only", action="store_true",
+                        help="Train the plain model and fine-tune it, nothing else "
+                             "(extra recipes, joined to a full run by --merge).")
     parser.add_argument("--merge", default=None, help="JSON files to combine.")
     parser.add_argument("--markdown", default=None,
                         help="Print the Markdown tables of this result file.")
@@ -309,7 +315,20 @@ def main():
         results.pop("summary", None)
         for part in parts:
             for model, per_seed in part["runs"].items():
-                results["runs"].setdefault(model, {}).update(per_seed)
+                for seed, run in per_seed.items():
+                    # A --finetune_only part adds its recipes to the seed's run.
+                    into = results["runs"].setdefault(model, {}).setdefault(seed, {})
+                    finetune = {**into.get("finetune", {}), **run.get("finetune", {})}
+                    if "scratch" in run or not into:
+                        into.update(run)
+                    else:
+                        into.update({k: v for k, v in run.items() if k.endswith("seconds")
+                                     and k.startswith("finetune_")})
+                    into["finetune"] = finetune
+            results["settings"]["recipes"] = list(dict.fromkeys(
+                results["settings"]["recipes"] + part["settings"]["recipes"]))
+        results["settings"]["finetune_share_of_learning_rate"] = {
+            recipe: RECIPES[recipe] for recipe in results["settings"]["recipes"]}
         common.write_json(name, report(results), args.output)
         return
 
@@ -324,7 +343,7 @@ def main():
             "data": "pydoc_data.topics, split by position 90/5/5 (test split scored)",
             "rates": RATES, "steps": args.steps, "batch": BATCH, "seq_len": SEQ_LEN,
             "learning_rate": LEARNING_RATE, "finetune_share_of_learning_rate":
-            FINETUNE_SHARE, "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
+            {recipe: RECIPES[recipe] for recipe in recipes}, "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
             "recipes": recipes, "margin_bpc": MARGIN,
             "note": "schedule shortened from the examples' 3,000 steps to fit a "
                     "shared 2-core machine; pretrained and scratch use the same "
@@ -337,7 +356,8 @@ def main():
             per_seed = results["runs"].setdefault(model, {})
             # Written after every stage: a stopped run keeps what it finished.
             run_seed(model, seed, args.steps, recipes, per_seed.setdefault(str(seed), {}),
-                     lambda: common.write_json(name, results, args.output))
+                     lambda: common.write_json(name, results, args.output),
+                     args.finetune_only)
     common.write_json(name, report(results), args.output)
 
 
