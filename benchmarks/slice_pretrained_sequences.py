@@ -36,6 +36,7 @@ The scratch learning rates are the examples' (char-LM 1e-2, Transformer
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -268,6 +269,29 @@ def report(results):
     return results
 
 
+def merge(parts):
+    """One result from several (seeds run apart, recipes run --finetune_only)."""
+    results = {**copy.deepcopy(parts[0]), "runs": {}}
+    results.pop("summary", None)
+    for part in parts:
+        for model, per_seed in part["runs"].items():
+            for seed, run in per_seed.items():
+                # A --finetune_only part adds its recipes to the seed's run.
+                into = results["runs"].setdefault(model, {}).setdefault(seed, {})
+                finetune = {**into.get("finetune", {}), **run.get("finetune", {})}
+                if "scratch" in run or not into:
+                    into.update(run)
+                else:
+                    into.update({k: v for k, v in run.items()
+                                 if k.startswith("finetune_") and k.endswith("seconds")})
+                into["finetune"] = finetune
+        results["settings"]["recipes"] = list(dict.fromkeys(
+            results["settings"]["recipes"] + part["settings"]["recipes"]))
+    results["settings"]["finetune_share_of_learning_rate"] = {
+        recipe: RECIPES[recipe] for recipe in results["settings"]["recipes"]}
+    return results
+
+
 def markdown(results):
     """The docs' tables of a result file, as Markdown."""
     lines = []
@@ -311,25 +335,7 @@ def main():
         return
     if args.merge:
         parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
-        results = {**parts[0], "runs": {}}
-        results.pop("summary", None)
-        for part in parts:
-            for model, per_seed in part["runs"].items():
-                for seed, run in per_seed.items():
-                    # A --finetune_only part adds its recipes to the seed's run.
-                    into = results["runs"].setdefault(model, {}).setdefault(seed, {})
-                    finetune = {**into.get("finetune", {}), **run.get("finetune", {})}
-                    if "scratch" in run or not into:
-                        into.update(run)
-                    else:
-                        into.update({k: v for k, v in run.items() if k.endswith("seconds")
-                                     and k.startswith("finetune_")})
-                    into["finetune"] = finetune
-            results["settings"]["recipes"] = list(dict.fromkeys(
-                results["settings"]["recipes"] + part["settings"]["recipes"]))
-        results["settings"]["finetune_share_of_learning_rate"] = {
-            recipe: RECIPES[recipe] for recipe in results["settings"]["recipes"]}
-        common.write_json(name, report(results), args.output)
+        common.write_json(name, report(merge(parts)), args.output)
         return
 
     recipes = args.recipes.split(",")
