@@ -6,7 +6,8 @@ one table per model and writes
 benchmarks/results/slice_pretrained_sequences.json (or --output).
 
     python benchmarks/slice_pretrained_sequences.py [--models=char_lm,text_transformer]
-        [--seeds=3] [--steps=800] [--recipes=default,teacher]
+        [--seeds=3] [--steps=800] [--recipes=default,teacher,high_lr]
+    python benchmarks/slice_pretrained_sequences.py --recipes=high_lr --finetune_only
     python benchmarks/slice_pretrained_sequences.py --merge=a.json,b.json
     python benchmarks/slice_pretrained_sequences.py --markdown=RESULT.json
 
@@ -26,8 +27,10 @@ of the training windows):
    the first 1,024 training windows).
 3. `finetune/<recipe>@<fraction>`: the converted model (default rewiring)
    fine-tuned for 10%, 25% and 50% of the scratch steps (one run with a
-   constant learning rate, measured when each fraction is reached), at a
-   third of the scratch learning rate. Recipes as in slice_pretrained.py.
+   constant learning rate, measured when each fraction is reached).
+   Recipes: `default` (labels) and `teacher` (the pretrained model as a
+   frozen teacher) as in slice_pretrained.py, at a third of the scratch
+   learning rate; `high_lr`: `default` at the scratch learning rate.
 4. `scratch`: `slice_model` of the untrained plain network trained with the
    library's defaults for the full `--steps`.
 The scratch learning rates are the examples' (char-LM 1e-2, Transformer
@@ -318,7 +321,7 @@ def main():
     parser.add_argument("--first_seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=800,
                         help="Full schedule in steps (pretrained and scratch).")
-    parser.add_argument("--recipes", default="default,teacher",
+    parser.add_argument("--recipes", default=",".join(RECIPES),
                         help="Fine-tuning recipes, comma-separated.")
     parser.add_argument("--finetune_only", action="store_true",
                         help="Train the plain model and fine-tune it, nothing else "
