@@ -61,6 +61,7 @@ from benchmarks.slice_pretrained import FRACTIONS  # noqa: E402
 from benchmarks.slice_pretrained import RATES  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
 from benchmarks.slice_pretrained import mean_se  # noqa: E402
+from benchmarks.slice_pretrained import table_rows  # noqa: E402
 from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 
 SEQ_LEN = 32
@@ -187,22 +188,7 @@ def summarize(runs):
     def over(get):
         return mean_se([get(runs[s]) for s in seeds])
 
-    rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
-    for rewire in first["converted"]:
-        rows[f"converted, rewire={rewire}"] = {
-            str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
-            for rate in RATES
-        }
-    for recipe in first["finetune"]:
-        for fraction in first["finetune"][recipe]:
-            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
-                str(rate): over(
-                    lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k])
-                for rate in RATES
-            }
-    rows["scratch (100% of steps)"] = {
-        str(rate): over(lambda r, k=str(rate): r["scratch"][k]) for rate in RATES
-    }
+    rows = table_rows(runs, seeds)
     goals = {}
     for recipe in first["finetune"]:
         # Paired by seed: each fine-tuned run against that seed's scratch run.
