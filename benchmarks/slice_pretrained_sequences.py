@@ -341,9 +341,10 @@ def main():
         "settings": {
             "data": "pydoc_data.topics, split by position 90/5/5 (test split scored)",
             "rates": RATES, "steps": args.steps, "batch": BATCH, "seq_len": SEQ_LEN,
-            "learning_rate": LEARNING_RATE, "finetune_share_of_learning_rate":
-            {recipe: RECIPES[recipe] for recipe in recipes}, "default_rewire": DEFAULT_REWIRE, "finetune_rewire": FINETUNE_REWIRE, "fractions": FRACTIONS,
-            "recipes": recipes, "margin_bpc": MARGIN,
+            "learning_rate": LEARNING_RATE,
+            "finetune_share_of_learning_rate": {r: RECIPES[r] for r in recipes},
+            "default_rewire": DEFAULT_REWIRE, "finetune_rewire": FINETUNE_REWIRE,
+            "fractions": FRACTIONS, "recipes": recipes, "margin_bpc": MARGIN,
             "note": "schedule shortened from the examples' 3,000 steps to fit a "
                     "shared 2-core machine; pretrained and scratch use the same "
                     "steps, fine-tuning the stated fractions of them",
