@@ -210,6 +210,36 @@ def mean_se(values):
     return float(values.mean()), float(se)
 
 
+def table_rows(runs, seeds):
+    """`{row label: {rate: (mean, s.e.)}}` over `seeds` of every stage.
+
+    The stages of the first seed name the rows; every seed must have them.
+    """
+    first = runs[seeds[0]]
+
+    def over(get):
+        return mean_se([get(runs[s]) for s in seeds])
+
+    rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
+    for rewire in first["converted"]:
+        rows[f"converted, rewire={rewire}"] = {
+            str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
+            for rate in RATES
+        }
+    for recipe in first["finetune"]:
+        for fraction in first["finetune"][recipe]:
+            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
+                str(rate): over(
+                    lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
+                )
+                for rate in RATES
+            }
+    rows["scratch (100% of steps)"] = {
+        str(rate): over(lambda r, k=str(rate): r["scratch"][k]) for rate in RATES
+    }
+    return rows
+
+
 def summarize(runs):
     """Mean and s.e. over seeds of every accuracy, and the goals' verdicts.
 
@@ -237,23 +267,7 @@ def summarize(runs):
     def over(get):
         return mean_se([get(runs[s]) for s in seeds])
 
-    rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
-    for rewire in first["converted"]:
-        rows[f"converted, rewire={rewire}"] = {
-            str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
-            for rate in RATES
-        }
-    for recipe in first["finetune"]:
-        for fraction in first["finetune"][recipe]:
-            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
-                str(rate): over(
-                    lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
-                )
-                for rate in RATES
-            }
-    rows["scratch (100% of steps)"] = {
-        str(rate): over(lambda r, k=str(rate): r["scratch"][k]) for rate in RATES
-    }
+    rows = table_rows(runs, seeds)
     goals = {}
     for recipe in first["finetune"]:
         # Paired by seed: each fine-tuned run against that seed's scratch run.
