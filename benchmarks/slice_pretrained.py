@@ -12,18 +12,22 @@ For each data set and seed (the seed sets every initialization and shuffle):
    for no rewiring and every rewiring available, the narrower widths'
    batch-norm statistics calibrated on the training data
    (`data=(x_train, y_train)`), no training.
-3. `finetune/<recipe>@<fraction>`: the converted model (default rewiring)
-   fine-tuned for 10%, 25% and 50% of the from-scratch schedule's steps
-   (one run, measured when each fraction is reached; the learning rate is
-   constant, so a run stopped there is the same run). Fractions are rounded
-   to whole epochs (`finetune_step_fraction` in the summary: MNIST-1D's
-   "25%" is 2 of its 10 epochs). Recipes:
+3. `finetune/<recipe>@<fraction>`: the converted model (rewiring "l1",
+   `FINETUNE_REWIRE`) fine-tuned for 10%, 25% and 50% of the from-scratch
+   schedule's steps (one run, measured when each fraction is reached; the
+   learning rate is constant, so a run stopped there is the same run).
+   Fractions are rounded to whole epochs (`finetune_step_fraction` in the
+   summary: MNIST-1D's "25%" is 2 of its 10 epochs). Recipes:
    - `default`: `SlicingModel`'s defaults (`"all"` rates, loss weights
-     `3 - 2r`), labels only;
-   - `teacher`: the pretrained model as a frozen teacher
-     (`distillation=pretrained`: every rate learns from its soft targets).
-   Both use Adam at `--finetune_learning_rate` (a third of the scratch
-   rate: a pretrained start needs smaller steps).
+     `3 - 2r`), labels only, Adam at `--finetune_learning_rate` (a third of
+     the scratch rate);
+   - `teacher`: as `default`, with the pretrained model as a frozen teacher
+     (`distillation=pretrained`: every rate learns from its soft targets);
+   - `high_lr`: as `default`, with Adam at `--high_learning_rate` (10/3 of
+     the scratch rate): the recommended recipe of docs/fine-tuning.md.
+   `--recipes` picks some; `--rewires=0` skips stage 2, so that a new
+   recipe can run alone and `--merge` joins its stages to an earlier file's
+   (stage by stage: each recipe's rows come from the part that ran it).
 4. `scratch`: the same sliced network (`slice_model` of the untrained plain
    model) trained from scratch with the defaults for the full schedule.
 
