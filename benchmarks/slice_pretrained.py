@@ -67,8 +67,8 @@ from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 RATES = (1.0, 0.75, 0.5, 0.25)
 REWIRES = (None, "l1", "bn", "taylor")
 FRACTIONS = (0.1, 0.25, 0.5)
-# name: (learning rate, distillation by the pretrained model). "default" and
-# "teacher" use --finetune_learning_rate, "high_lr" --high_learning_rate.
+# "default" and "teacher" fine-tune at --finetune_learning_rate, "high_lr"
+# at --high_learning_rate (see the module docstring).
 RECIPES = ("default", "teacher", "high_lr")
 # The rewiring of every fine-tuned model: the library's default when the
 # "default" and "teacher" rows were measured, kept so that rows compare.
@@ -192,10 +192,9 @@ def run_seed(name, seed, epochs, args, result, save):
               f"{result['converted'][str(rewire)]}", flush=True)
         save()
 
-    for recipe in args.recipes.split(","):
-        if recipe:
-            finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs, args,
-                     result, save)
+    for recipe in filter(None, args.recipes.split(",")):
+        finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs,
+                 args, result, save)
 
     keras.utils.set_random_seed(seed)
     scratch = keras_slicing.slice_model(plain_network(name), rates=RATES, rewire=None,
@@ -415,6 +414,10 @@ def main():
                         help="Print the Markdown tables of this result file.")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    unknown = set(filter(None, args.recipes.split(","))) - set(RECIPES)
+    if unknown:
+        parser.error(f"--recipes must name some of {list(RECIPES)}. "
+                     f"Received: {sorted(unknown)}")
 
     if args.markdown:
         print(markdown(json.loads(open(args.markdown).read())))
