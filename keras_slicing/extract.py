@@ -40,7 +40,8 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
 
     A model with `SlicedBatchNormalization` keeps statistics per uniform
     rate only, so a mixed configuration (groups at unequal shares of their
-    width) needs `calibration_data`: the configuration is cut out, then
+    width) needs `calibration_data` (so does a uniform one of a rate that
+    some batch-norm layer does not declare): the configuration is cut out, then
     every `BatchNormalization` of the cut model gets as moving mean and
     variance the exact moments of its input over the data, pooled over
     the batches as `keras_slicing.calibrate_batchnorm` pools them (each
@@ -58,8 +59,9 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
             statistics of a mixed configuration, in any form
             `keras_slicing.calibrate_batchnorm` reads (an array, `(x, y)`,
             or an iterable of batches); read once. Unused by a rate, a
-            uniform configuration, or a model without
-            `SlicedBatchNormalization`. A few thousand examples suffice.
+            uniform configuration of declared rates (their statistics are
+            the model's), or a model without `SlicedBatchNormalization`. A
+            few thousand examples suffice.
         batch_size: Batch size of array `calibration_data`. Defaults to
             `256`.
 
@@ -86,8 +88,9 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
     if widths.is_config(rate) and calibration_data is not None:
         analysis = widths.analyze(model)
         by_group = widths.group_rates(model, rate, owner, analysis, False)
-        recalibrate = bool(analysis.batch_norms) and widths.is_mixed(
-            analysis, by_group
+        resolved = widths.resolve(model, rate, owner, analysis, False)
+        recalibrate = bool(analysis.batch_norms) and (
+            widths.is_mixed(analysis, by_group) or _undeclared(model, resolved)
         )
     rate = widths.resolve(model, rate, owner, uses_statistics=not recalibrate)
     data = graph.data_inputs(model)  # also rejects a non-functional model
@@ -329,6 +332,18 @@ class _Builder:
         count = self.uses.get(id(layer), 0)
         self.uses[id(layer)] = count + 1
         return layer.name if count == 0 else f"{layer.name}_{count}"
+
+
+def _undeclared(model, layer_rates):
+    """Whether a batch-norm layer of `model` has no row for its rate."""
+    for layer in calibration.batchnorm_layers(model):
+        own = rates_lib.active_groups(graph.rate_of(layer_rates, layer), layer.slice_groups)
+        declared = {
+            rates_lib.active_groups(r, layer.slice_groups) for r in layer.declared_rates
+        }
+        if own not in declared:
+            return True
+    return False
 
 
 def _uncalibrated(layer, shapes, name):
