@@ -49,3 +49,4 @@ if BACKEND == "tensorflow":
     checked_rate_scalar = _impl.checked_rate_scalar
     groups_from_rate_scalar = _impl.groups_from_rate_scalar
     ensure_dynamic_shapes_allowed = _impl.ensure_dynamic_shapes_allowed
+    per_rate_tensor = _impl.per_rate_tensor
