@@ -136,6 +136,12 @@ def ensure_dynamic_shapes_allowed(owner):
         )
 
 
+def is_tracing(tensor):
+    """Whether a traced function is being built (`tf.function`)."""
+    del tensor
+    return not tf.executing_eagerly()
+
+
 def dim(x, axis):
     """Size of `x` along `axis`: a Python int when static, else a tensor."""
     static = x.shape[axis]
