@@ -26,6 +26,7 @@ times (of the whole process) are steadier than the wall-clock ones.
 
     python benchmarks/first_step.py [--names=MobileNetV3Small]
         [--baseline=/path/to/old/checkout] [--widths=1,0.25] [--steps=4]
+    python benchmarks/first_step.py --merge a.json b.json  # runs split up
 """
 
 import argparse
@@ -189,12 +190,24 @@ def main():
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="result files of runs split up, joined into one")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # name, kind
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(*args.one, args.steps, args.batch)))
         return
     from benchmarks import common
+
+    if args.merge:
+        parts = [json.loads(open(path).read()) for path in args.merge]
+        payload = dict(parts[0], networks={}, baseline=None)
+        for part in parts:
+            payload["networks"].update(part["networks"])
+            payload["baseline"] = payload["baseline"] or part["baseline"]
+        common.write_json("first_step", payload, args.output)
+        _print(payload)
+        return
 
     payload = {
         "machine": common.machine_facts(),
@@ -211,18 +224,24 @@ def main():
         "baseline": args.baseline,
         "networks": {},
     }
-    rows = []
     for name in args.names.split(","):
         entry = _run(name, "sliced", args)
         if args.baseline and name in args.baseline_names.split(","):
             entry["before"] = _run(name, "sliced", args, code=args.baseline)["sliced"]
         entry.update(_run(name, f"widths={args.widths}", args))
-        rows.append(_row(name, entry))
+        _row(name, entry)
         payload["networks"][name] = entry
         common.write_json("first_step", payload, args.output)
         print(name, json.dumps(entry), flush=True)
+    _print(payload)
+
+
+def _print(payload):
+    from benchmarks import common
+
+    rows = [_row(name, entry) for name, entry in payload["networks"].items()]
     common.print_table(
-        f"Time to the end of the first training step (batch {args.batch}, "
+        f"Time to the end of the first training step (batch {payload['batch']}, "
         "CPU seconds of the process; wall seconds; steady step ms)",
         ["network", "before cpu", "sliced cpu", "plain cpu", "target cpu",
          "sliced/target", "before wall", "sliced wall", "plain wall",
