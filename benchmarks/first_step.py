@@ -118,11 +118,11 @@ def measure(name, kind, steps, batch):
     sliced = keras_slicing.slice_model(_network(name))
     if kind == "sliced":
         return {"sliced": _train(sliced, steps, batch)}
-    result = {}
-    for rate in (float(r) for r in kind.split("=")[1].split(",")):
-        width = keras_slicing.extract_submodel(sliced, rate)
-        result[f"width_{rate:g}"] = _train(width, steps, batch)
-    return result
+    rates = [float(r) for r in kind.split("=")[1].split(",")]
+    # All extracted before any trains: training one marks the statistics
+    # of the sliced model stale, which extract_submodel then refuses.
+    widths = {rate: keras_slicing.extract_submodel(sliced, rate) for rate in rates}
+    return {f"width_{rate:g}": _train(width, steps, batch) for rate, width in widths.items()}
 
 
 def target(entry, key):
@@ -225,12 +225,13 @@ def main():
         "networks": {},
     }
     for name in args.names.split(","):
-        entry = _run(name, "sliced", args)
+        entry = payload["networks"][name] = _run(name, "sliced", args)
+        common.write_json("first_step", payload, args.output)  # partial
         if args.baseline and name in args.baseline_names.split(","):
             entry["before"] = _run(name, "sliced", args, code=args.baseline)["sliced"]
+            common.write_json("first_step", payload, args.output)
         entry.update(_run(name, f"widths={args.widths}", args))
         _row(name, entry)
-        payload["networks"][name] = entry
         common.write_json("first_step", payload, args.output)
         print(name, json.dumps(entry), flush=True)
     _print(payload)
