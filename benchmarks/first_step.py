@@ -186,6 +186,8 @@ def main():
                         help="a copy of the package's code before a change")
     parser.add_argument("--baseline_names", default=",".join(NAMES),
                         help="the networks to measure the baseline of")
+    parser.add_argument("--parts", default="sliced,widths",
+                        help="sliced and/or widths: what to measure besides the baseline")
     parser.add_argument("--widths", default=",".join(f"{r:g}" for r in RATES))
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
@@ -203,8 +205,12 @@ def main():
         parts = [json.loads(open(path).read()) for path in args.merge]
         payload = dict(parts[0], networks={}, baseline=None)
         for part in parts:
-            payload["networks"].update(part["networks"])
+            for name, entry in part["networks"].items():
+                payload["networks"].setdefault(name, {}).update(entry)
             payload["baseline"] = payload["baseline"] or part["baseline"]
+        for name, entry in payload["networks"].items():
+            if "sliced" in entry and "width_1" in entry:
+                _row(name, entry)
         common.write_json("first_step", payload, args.output)
         _print(payload)
         return
@@ -224,23 +230,30 @@ def main():
         "baseline": args.baseline,
         "networks": {},
     }
+    parts = args.parts.split(",")
     for name in args.names.split(","):
-        entry = payload["networks"][name] = _run(name, "sliced", args)
-        common.write_json("first_step", payload, args.output)  # partial
+        entry = payload["networks"][name] = {}
+        if "sliced" in parts:
+            entry.update(_run(name, "sliced", args))
+            common.write_json("first_step", payload, args.output)  # partial
         if args.baseline and name in args.baseline_names.split(","):
             entry["before"] = _run(name, "sliced", args, code=args.baseline)["sliced"]
             common.write_json("first_step", payload, args.output)
-        entry.update(_run(name, f"widths={args.widths}", args))
-        _row(name, entry)
-        common.write_json("first_step", payload, args.output)
+        if "widths" in parts:
+            entry.update(_run(name, f"widths={args.widths}", args))
+            common.write_json("first_step", payload, args.output)
         print(name, json.dumps(entry), flush=True)
-    _print(payload)
+    if parts == ["sliced", "widths"]:
+        _print(payload)
 
 
 def _print(payload):
     from benchmarks import common
 
-    rows = [_row(name, entry) for name, entry in payload["networks"].items()]
+    rows = [
+        _row(name, entry) for name, entry in payload["networks"].items()
+        if "sliced" in entry and "width_1" in entry
+    ]
     common.print_table(
         f"Time to the end of the first training step (batch {payload['batch']}, "
         "CPU seconds of the process; wall seconds; steady step ms)",
