@@ -17,7 +17,11 @@ the model. Two costs follow:
   `evaluate` on TensorFlow and JAX) run it only while tracing; an eager
   call (`model(x)`, the PyTorch backend) runs it per sliced layer. Timed as
   eager `model([x, rate])` with the lookup and with it replaced by a no-op,
-  interleaved, batch 1 (where the overhead is the largest share).
+  interleaved, batch 1 (where the overhead is the largest share);
+- per call of `predict` (and `evaluate`, `fit`, ...): the check of the
+  fed rates on the host (`keras_slicing.fed_rates`), timed alone and as
+  `model.predict([x, rate])` against Keras' own `keras.Model.predict` on the
+  same model, interleaved, batch 1.
 """
 
 import os
@@ -35,6 +39,7 @@ from absl import flags  # noqa: E402
 import keras_slicing  # noqa: E402
 from benchmarks import common  # noqa: E402
 from keras_slicing import checks  # noqa: E402
+from keras_slicing import fed_rates  # noqa: E402
 
 L = keras_slicing.layers
 
@@ -103,6 +108,17 @@ def main(_):
         finally:
             checks.check_called_model = real_hook
         lookup = float(np.median(spent))
+        guard = seconds_of(
+            lambda: fed_rates.check_fed_rates(model, inputs[name], "predict"),
+            FLAGS.repeats * 10,
+        )
+        guarded, own = [], []
+        for _ in range(FLAGS.repeats):
+            guarded.append(seconds_of(lambda: model.predict(inputs[name], verbose=0), 1))
+            own.append(seconds_of(
+                lambda: keras.Model.predict(model, inputs[name], verbose=0), 1
+            ))
+        guarded, own = float(np.median(guarded)), float(np.median(own))
         per_call = lookup * sliced
         results[name] = {
             "sliced_layers": sliced,
@@ -111,15 +127,21 @@ def main(_):
             "lookup_ms_per_model_call": per_call * 1e3,
             "eager_model_call_ms": call * 1e3,
             "lookup_share_of_call": per_call / call,
+            "rate_check_us_per_predict": guard * 1e6,
+            "guarded_predict_ms": guarded * 1e3,
+            "keras_predict_ms": own * 1e3,
+            "rate_check_share_of_predict": guard / own,
         }
         rows.append((
             name, sliced, f"{walk * 1e3:.2f}", f"{lookup * 1e6:.1f}",
             f"{per_call * 1e3:.3f}", f"{call * 1e3:.2f}", f"{per_call / call:.1%}",
+            f"{guard * 1e6:.1f}", f"{guarded * 1e3:.2f}", f"{own * 1e3:.2f}",
         ))
     common.print_table(
         "Model check at the first call (TensorFlow, eager, batch 1; shared machine)",
         ("model", "sliced layers", "check ms (once)", "lookup us/layer",
-         "lookup ms/call", "eager call ms", "share"),
+         "lookup ms/call", "eager call ms", "share", "rate check us/predict",
+         "predict ms", "Keras predict ms"),
         rows,
     )
     common.write_json("call_check", {

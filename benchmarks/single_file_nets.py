@@ -78,16 +78,6 @@ def build(name):
     raise ValueError(f"Unknown net. Allowed: {NETS}. Received: {name!r}")
 
 
-def randomize(model, seed=0):
-    """Random weights (positive variances), so no width is trivially equal."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        values = rng.normal(0.0, 0.2, size=variable.shape)
-        if "variance" in variable.path:
-            values = np.abs(values) + 0.5
-        variable.assign(values.astype(variable.dtype))
-
-
 def examples(shape, dtype, count, seed=0):
     rng = np.random.default_rng(seed)
     if dtype == "int32":

@@ -31,18 +31,13 @@ def measure(name, floatx):
 
     keras.config.set_floatx(floatx)
     import keras_slicing
+    from tests.conversion.plain_models import application_with_batch_statistics
 
     def images(n, seed):
         return (np.random.default_rng(seed).random((n, *SHAPE)) * 255).astype(floatx)
 
     keras.utils.set_random_seed(0)
-    plain = getattr(keras.applications, name)(
-        input_shape=SHAPE, weights=None, classes=10, classifier_activation=None
-    )
-    for layer in plain.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    plain(images(32, 1), training=True)
+    plain = application_with_batch_statistics(name, SHAPE, images(32, 1))
     x = images(2, 0)
     want = keras.ops.convert_to_numpy(plain(x))
     result = {"max_abs_output": float(np.abs(want).max())}

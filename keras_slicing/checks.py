@@ -20,6 +20,7 @@ import weakref
 
 import keras
 
+from keras_slicing import fed_rates
 from keras_slicing import graph
 from keras_slicing import keras_internals
 
@@ -117,6 +118,11 @@ def check_model(model, allow_sliced_outputs=False):
     checked again: call `check_model(model, allow_sliced_outputs=True)` once
     to use a feature extractor whose output is sliced.
 
+    A plain functional model that passes gets, on this instance, `fit`,
+    `evaluate`, `predict` and their `*_on_batch` forms that check the rates
+    fed with host data (numbers, arrays, eager tensors) before anything
+    runs, naming the method and the rate input (`keras_slicing.fed_rates`).
+
     Layer kinds: sliced layers are classified by their attributes (see
     `keras_slicing.layers.base.SlicedLayerMixin`). Plain per-channel layers
     (activations, dropout, pooling, global pooling, padding, cropping,
@@ -148,7 +154,7 @@ def check_model(model, allow_sliced_outputs=False):
     outputs = _walk(model, {id(x): _FULL for x in model.inputs})
     if allow_sliced_outputs:
         if _observer.get() is None:  # not a walk for width_groups
-            _CHECKED.add(model)
+            _passed(model)
         return model
     for tensor, state in zip(model.outputs, outputs):
         if state.kind != "full":
@@ -163,8 +169,15 @@ def check_model(model, allow_sliced_outputs=False):
                 "extractor meant to give sliced outputs, declare it once with "
                 "keras_slicing.check_model(model, allow_sliced_outputs=True))."
             )
-    _CHECKED.add(model)
+    _passed(model)
     return model
+
+
+def _passed(model):
+    # From now on its `predict`, `evaluate`, `fit`, ... refuse a bad rate
+    # fed with the data before anything runs.
+    fed_rates.guard(model)
+    _CHECKED.add(model)
 
 
 def check_called_model():
@@ -173,7 +186,9 @@ def check_called_model():
     Sliced layers call it on their first run (not while a graph is being
     built): a model built from them as a plain `keras.Model`, `Sequential`
     or nested model is then refused where `check_model` refuses, with the
-    same message, before its first result is returned.
+    same message, before its first result is returned. A model that passes
+    is guarded (`keras_slicing.fed_rates`), and the rates fed to the call
+    under way are checked as the guard checks later calls.
     """
     if keras.backend.backend() == "torch":
         import torch
@@ -185,6 +200,17 @@ def check_called_model():
     model = keras_internals.calling_functional_model()
     if model is not None and model not in _CHECKED:
         check_model(model)
+        try:
+            # The call under way began before the guard: its data are
+            # checked here, before its first result (on TensorFlow, while
+            # its step is traced, before any graph runs).
+            fed_rates.check_running_call(model)
+        except ValueError:
+            # A step whose first trace failed cannot be traced again
+            # (TensorFlow refuses to create its variables then): the next
+            # call makes new ones.
+            keras_internals.forget_compiled_functions(model)
+            raise
 
 
 def traced_walk(model):

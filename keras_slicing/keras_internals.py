@@ -27,6 +27,7 @@ only in its source; they are checked here for the active backend:
   `add_loss` terms summed as Keras' own step sums them.
 """
 
+import inspect
 import sys
 
 import keras
@@ -80,7 +81,7 @@ def _require_methods(owner, names):
 
 def _require_assigned(function, names):
     """Checks that `function` sets the attributes `names` (its bytecode)."""
-    assigned = set(function.__code__.co_names)
+    assigned = set(inspect.unwrap(function).__code__.co_names)
     for name in names:
         if name not in assigned:
             raise _moved(f"the attribute {name} set in {function.__qualname__}")
@@ -92,6 +93,9 @@ _require_assigned(Function.__init__, ["_nodes_by_depth"])
 _require_assigned(Operation.__init__, ["_inbound_nodes"])
 _require_assigned(Node.__init__, ["_keras_history"])
 _require_assigned(Trainer.__init__, ["_compile_loss", "_compile_metrics", "_loss_tracker"])
+_require_assigned(
+    Trainer.compile, ["train_function", "test_function", "predict_function"]
+)
 _require_methods(keras.Model, ["_aggregate_additional_loss"])
 _TRAINER_METHODS = {
     "tensorflow": ["_make_function", "_maybe_symbolic_build", "_symbolic_build"],
@@ -103,6 +107,25 @@ if keras.backend.backend() == "tensorflow":
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
     _require_assigned(TensorFlowTrainer.__init__, ["_distribute_strategy"])
+
+
+# The methods of a model that take its inputs, as their first argument `x`.
+# A plain model with a rate input checks the rates fed to them on the host
+# (`keras_slicing.fed_rates`); its first run reads the `x` of the one running.
+DATA_ENTRY_POINTS = (
+    "fit", "evaluate", "predict", "train_on_batch", "test_on_batch",
+    "predict_on_batch",
+)
+
+
+def _first_argument(method):
+    parameters = list(inspect.signature(inspect.unwrap(method)).parameters)
+    return parameters[1] if len(parameters) > 1 else None
+
+
+for _name in DATA_ENTRY_POINTS:
+    if _first_argument(getattr(keras.Model, _name)) != "x":
+        raise _moved(f"keras.Model.{_name} taking the model inputs as `x`")
 
 
 def is_functional(layer):
@@ -189,6 +212,42 @@ def calling_functional_model():
                 found = model
         frame = frame.f_back
     return found
+
+
+def calling_entry_point(model):
+    """`(method, x)` of the innermost `model.<method>(x, ...)` running now.
+
+    `method` is one of `DATA_ENTRY_POINTS`; None when none of them runs (an
+    eager call, a function of the user's). A sliced layer's first run inside
+    a compiled `predict`, `evaluate` or `fit` sees the rate as a symbolic
+    tensor while the step is traced; the host data are the `x` of Keras'
+    method further up the stack (after `fit` set aside its
+    `validation_split`).
+    """
+    methods = {
+        inspect.unwrap(getattr(type(model), name)).__code__: name
+        for name in DATA_ENTRY_POINTS
+    }
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = methods.get(frame.f_code)
+        if name is not None and frame.f_locals.get("self") is model:
+            return name, frame.f_locals.get("x")
+        frame = frame.f_back
+    return None
+
+
+def forget_compiled_functions(model):
+    """Makes `model`'s next `fit`, `evaluate` or `predict` build a new step.
+
+    Keras keeps each step function once built; one whose first trace raised
+    cannot be traced again on TensorFlow ("Creating variables on a non-first
+    call to a function decorated with tf.function"). Keras' `compile`
+    clears the same attributes.
+    """
+    model.train_function = None
+    model.test_function = None
+    model.predict_function = None
 
 
 def without_call_arguments(error):

@@ -23,11 +23,15 @@ from keras import ops
 
 from keras_slicing import backend
 from keras_slicing import calibration
-from keras_slicing import rates as rates_lib
+from keras_slicing import fed_rates
 
 
 class SlicingRateInputs:
     """The rate-input handling of `SlicingModel` (a mixin of it)."""
+
+    # Its entry points check fed rates themselves: `fed_rates.guard` leaves
+    # such a model as it is.
+    validates_fed_rates = True
 
     def __call__(self, inputs, *args, **kwargs):
         if not self._has_rate(inputs):
@@ -175,19 +179,11 @@ class SlicingRateInputs:
         if not isinstance(inputs, (list, tuple)) or not self._has_rate(inputs):
             return inputs
         flat = keras.tree.flatten(inputs)
-        data = [t for t, is_rate in zip(flat, self._rate_flags) if not is_rate]
-        batch = getattr(data[0], "shape", (None,))[0] if data else 1
-        if batch is None:
-            return inputs
-        names = iter(t.name for t, is_rate in zip(self.inputs, self._rate_flags) if is_rate)
-        converted = []
-        for t, is_rate in zip(flat, self._rate_flags):
-            if is_rate:
-                owner = f"SlicingModel '{self.name}'.{method}, input '{next(names)}'"
-                vector = rates_lib.rate_vector(t, batch, owner)
-                if tuple(getattr(t, "shape", ())) != (batch,):
-                    # Keras refuses a call mixing tensors and arrays.
-                    as_tensor = not isinstance(data[0], np.ndarray)
-                    t = ops.convert_to_tensor(vector) if as_tensor else vector
-            converted.append(t)
-        return converted
+        vectors = fed_rates.fed_rate_vectors(self, flat, self._rate_flags, method)
+        first = next((t for t, r in zip(flat, self._rate_flags) if not r), None)
+        # Keras refuses a call mixing tensors and arrays.
+        as_tensor = not isinstance(first, np.ndarray)
+        return [
+            ops.convert_to_tensor(v) if v is not t and as_tensor else v
+            for t, v in zip(flat, vectors)
+        ]

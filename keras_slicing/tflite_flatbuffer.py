@@ -102,6 +102,29 @@ def tflite_op_names(content):
     return [name for name, _ in _operator_codes(content)]
 
 
+def tflite_operators(content):
+    """The operators of a `.tflite` file's first subgraph, in execution order.
+
+    Unlike `tflite_op_names` (the distinct operator codes), this lists every
+    operator with the shapes of its outputs, so two files doing the same work
+    compare equal and an extra `SLICE`, `PAD` or `RESHAPE` shows.
+
+    Returns:
+        A list of `(operator name, tuple of output shapes)`.
+    """
+    names = [name for name, _ in _operator_codes(content)]
+    subgraph = schema.Model.GetRootAs(content, 0).Subgraphs(0)
+    operators = []
+    for i in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(i)
+        shapes = tuple(
+            tuple(int(d) for d in subgraph.Tensors(operator.Outputs(j)).ShapeAsNumpy())
+            for j in range(operator.OutputsLength())
+        )
+        operators.append((names[operator.OpcodeIndex()], shapes))
+    return operators
+
+
 def check_builtin_ops(content, what="model"):
     """Raises a `ValueError` if the flatbuffer holds Flex or custom ops."""
     custom = [name for name, is_custom in _operator_codes(content) if is_custom]

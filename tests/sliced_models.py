@@ -35,11 +35,15 @@ def small_mlp(features=64, classes=10):
     return keras.Model([x, rate], y, name="small_mlp")
 
 
-def randomize_weights(model, seed=0):
-    """Random weights everywhere (positive variances), so no rate is trivial."""
+def randomize_weights(model, seed=0, std=0.3):
+    """Random weights everywhere (positive variances), so no rate is trivial.
+
+    Normal with standard deviation `std`; variances get 0.5 added to their
+    absolute value. The benchmarks use it too.
+    """
     rng = np.random.default_rng(seed)
     for variable in model.weights:
-        values = rng.normal(0.0, 0.3, size=variable.shape)
+        values = rng.normal(0.0, std, size=variable.shape)
         if "variance" in variable.path:
             values = np.abs(values) + 0.5
         variable.assign(values.astype(variable.dtype))

@@ -122,17 +122,18 @@ class SlicedLayerMixin:
 
     def _checked_call(self, inputs, rate, args):
         """The rate of a call, validated when known; checks the model run."""
+        if not _is_symbolic((inputs, rate, args)) and not backend.in_shape_inference():
+            # A run, not the building of a graph: the model this call runs
+            # in is checked once, before its first result. First, so that a
+            # bad rate fed to that model is reported as the model's input.
+            from keras_slicing import checks
+
+            checks.check_called_model()
         scalar = (bool, np.bool_, str, bytes)
         if isinstance(rate, scalar) or rates_lib.static_rate(rate) is not None:
             rate = rates_lib.validate_rate(rate, self._owner())
         elif rate is not None:
             rates_lib.check_fed_rate(rate, inputs, self._owner())
-        if not _is_symbolic((inputs, rate, args)) and not backend.in_shape_inference():
-            # A run, not the building of a graph: the model this call runs
-            # in is checked once, before its first result.
-            from keras_slicing import checks
-
-            checks.check_called_model()
         return rate
 
     def _groups(self, rate):

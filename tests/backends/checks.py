@@ -384,6 +384,29 @@ def plain_fit_at_a_fixed_rate_reduces_the_loss():
     assert np.abs(after[:, :32] - before[:, :32]).max() > 1e-3
 
 
+@check
+def plain_model_refuses_a_bad_fed_rate_naming_its_input():
+    x = keras.Input((8,))
+    rate = keras_slicing.rate_input()
+    h = layers.SlicedDense(16, slice_input=False)(x, rate)
+    model = keras.Model([x, rate], layers.SlicedDense(2, slice_output=False)(h, rate),
+                        name="plain")
+    model.compile("sgd", "mse")
+    if BACKEND == "jax":
+        # Keras' JAX trainer detaches the weights during a step: a model
+        # guarded before its first call keeps them (docs/checks.md).
+        keras_slicing.check_model(model)
+    data, y = np.ones((4, 8), "float32"), np.zeros((4, 2), "float32")
+    prefix = r"^Model 'plain'\.{}, input 'slice_rate': "
+    _raises(lambda: model.predict([data, np.full(4, 1.5)], verbose=0),
+            prefix.format("predict") + r".*\(0, 1\]")
+    model.predict([data, np.full(4, 0.5)], verbose=0)
+    _raises(lambda: model.evaluate([data, np.array([0.5, 0.5, 1.0, 1.0])], y, verbose=0),
+            prefix.format("evaluate") + "all entries")
+    _raises(lambda: model.fit([data, np.zeros(4)], y, verbose=0), prefix.format("fit"))
+    model.fit([data, np.full(4, 0.5)], y, verbose=0)
+
+
 def _raises(fn, pattern):
     import re
 

@@ -17,6 +17,25 @@ def randomize(model, seed=1):
     return model
 
 
+def application_with_batch_statistics(name, shape, images):
+    """`keras.applications.<name>` (random weights, 10 logits) whose
+    batch-norm statistics are those of the batch `images`.
+
+    Keras' initial statistics (mean 0, variance 1) let activations fade
+    through the depth of these networks (MobileNetV3Small's logits are
+    about 1e-11), which would make any difference pass unseen; statistics
+    of a batch keep them of order one. The benchmarks use it too.
+    """
+    model = getattr(keras.applications, name)(
+        input_shape=shape, weights=None, classes=10, classifier_activation=None
+    )
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(images, training=True)
+    return model
+
+
 def sequential_cnn(random=True):
     """Conv/BN/GN/Flatten/Dense, the digits CNN shape."""
     model = keras.Sequential([

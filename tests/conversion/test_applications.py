@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import keras_slicing
+from tests.conversion.plain_models import application_with_batch_statistics
 
 APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0")
 SHAPE = (32, 32, 3)
@@ -35,22 +36,8 @@ def _release_the_networks():
 
 @functools.cache
 def _plain(name):
-    """The network with batch-norm statistics of a real batch.
-
-    Keras' initial statistics (mean 0, variance 1) let activations fade
-    through the depth of these networks (MobileNetV3Small's logits are
-    about 1e-11), which would make any difference pass unseen; statistics
-    of a batch keep them of order one.
-    """
     keras.utils.set_random_seed(0)
-    plain = getattr(keras.applications, name)(
-        input_shape=SHAPE, weights=None, classes=10, classifier_activation=None
-    )
-    for layer in plain.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    plain(_images(32, seed=1), training=True)
-    return plain
+    return application_with_batch_statistics(name, SHAPE, _images(32, seed=1))
 
 
 @functools.cache

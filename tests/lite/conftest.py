@@ -5,6 +5,7 @@ trained briefly on digits; the reference outputs come from the Keras model
 itself at each rate, never from the runtime under test.
 """
 
+import http.client
 import json
 import pathlib
 import sys
@@ -92,6 +93,29 @@ def int8_bundle_dir(trained_model, digits, tmp_path_factory):
         int8_io=True,
     )
     return path
+
+
+def call(front, method, path, body=None, headers=None):
+    """`(status, answer)` of one request to a running front end.
+
+    `body` that is not bytes or text is sent as JSON. A JSON answer comes
+    back parsed, an empty one as None, any other as its bytes (a transport's
+    own replies, metrics text).
+    """
+    connection = http.client.HTTPConnection(*front.address, timeout=30)
+    try:
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body).encode()
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+        if not data:
+            return response.status, None
+        if response.getheader("Content-Type", "").startswith("application/json"):
+            return response.status, json.loads(data)
+        return response.status, data
+    finally:
+        connection.close()
 
 
 def edit_manifest(path, edit):

@@ -10,7 +10,6 @@ deadline kept, counted), and shutdown never blocks. Servers bind to
 """
 
 import collections
-import http.client
 import io
 import json
 import logging
@@ -26,6 +25,7 @@ from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import HTTPFrontEnd
 from keras_slicing_lite import load_bundle
 from keras_slicing_lite.asgi_server import ASGIFrontEnd
+from tests.lite.conftest import call
 
 
 @pytest.fixture(autouse=True)
@@ -70,19 +70,6 @@ def _by_rate(front):
     return front.stats()["server"]["by_rate"]
 
 
-def _call(front, method, path, body=None, headers=None):
-    connection = http.client.HTTPConnection(*front.address, timeout=30)
-    try:
-        if body is not None and not isinstance(body, (bytes, str)):
-            body = json.dumps(body).encode()
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        data = response.read()
-        if response.getheader("Content-Type", "").startswith("application/json"):
-            return response.status, json.loads(data)
-        return response.status, data
-    finally:
-        connection.close()
 
 
 def _raw(front, data, wait_s=10):
@@ -119,7 +106,7 @@ EXAMPLE = np.zeros((8, 8, 1)).tolist()
     ],
 )
 def test_malformed_json_gets_400_naming_the_field(front, body, field):
-    status, answer = _call(front, "POST", "/predict", body)
+    status, answer = call(front, "POST", "/predict", body)
     assert status == 400, answer
     assert answer["field"] == field and answer["error"]
 
@@ -127,7 +114,7 @@ def test_malformed_json_gets_400_naming_the_field(front, body, field):
 def test_bool_npy_body_is_refused_like_json_true(front):
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((1, 8, 8, 1), bool))
-    status, answer = _call(front, "POST", "/predict", buffer.getvalue(),
+    status, answer = call(front, "POST", "/predict", buffer.getvalue(),
                            {"Content-Type": "application/x-npy"})
     assert status == 400 and answer["field"] == "inputs"
 
@@ -135,18 +122,18 @@ def test_bool_npy_body_is_refused_like_json_true(front):
 def test_query_rate_of_400_digits_is_400(front):
     buffer = io.BytesIO()
     np.save(buffer, np.zeros((1, 8, 8, 1), "float32"))
-    status, answer = _call(front, "POST", "/predict?rate=" + "9" * 400, buffer.getvalue(),
+    status, answer = call(front, "POST", "/predict?rate=" + "9" * 400, buffer.getvalue(),
                            {"Content-Type": "application/x-npy"})
     assert status == 400 and answer["field"] == "rate"
 
 
 def test_batch_that_can_never_be_queued_is_413_and_holds_no_place(front, reference):
     x = reference[0]
-    status, answer = _call(front, "POST", "/predict", {"inputs": x[:MAX_QUEUE + 1].tolist()})
+    status, answer = call(front, "POST", "/predict", {"inputs": x[:MAX_QUEUE + 1].tolist()})
     assert status == 413 and answer["field"] == "inputs"
     assert f"max_queue={MAX_QUEUE}" in answer["error"]
     assert front.server.stats["queued"] == 0
-    status, answer = _call(front, "POST", "/predict", {"inputs": x[:MAX_QUEUE].tolist()})
+    status, answer = call(front, "POST", "/predict", {"inputs": x[:MAX_QUEUE].tolist()})
     assert status == 200 and len(answer["outputs"]) == MAX_QUEUE
 
 
@@ -186,7 +173,7 @@ def test_connections_beyond_the_cap_are_refused_then_served_again(kind, bundle_d
             sock.close()
     try:
         deadline = time.monotonic() + 10
-        while _call(front, "GET", "/health")[0] != 200:
+        while call(front, "GET", "/health")[0] != 200:
             assert time.monotonic() < deadline, "closed connections were never released"
             time.sleep(0.05)
         assert front.stats()["http"]["refused_connections"] >= 1
@@ -198,12 +185,12 @@ def test_connections_beyond_the_cap_are_refused_then_served_again(kind, bundle_d
 def test_pinned_rate_goes_through_the_server_with_its_deadline(front, reference):
     x = reference[0]
     before = front.stats()["server"]
-    status, answer = _call(front, "POST", "/predict",
+    status, answer = call(front, "POST", "/predict",
                            {"input": x[0].tolist(), "rate": 0.5, "deadline_ms": 0})
     assert status == 200 and answer["rate"] == 0.5 and answer["late"] is True
     buffer = io.BytesIO()
     np.save(buffer, x[:2].astype("float32"))
-    status, answer = _call(front, "POST", "/predict?rate=0.25&deadline_ms=0", buffer.getvalue(),
+    status, answer = call(front, "POST", "/predict?rate=0.25&deadline_ms=0", buffer.getvalue(),
                            {"Content-Type": "application/x-npy"})
     assert status == 200 and answer["rates"] == [0.25, 0.25] and answer["late"] == [True, True]
     after = front.stats()["server"]
@@ -213,7 +200,7 @@ def test_pinned_rate_goes_through_the_server_with_its_deadline(front, reference)
 
 
 def _metrics(front):
-    status, text = _call(front, "GET", "/metrics")
+    status, text = call(front, "GET", "/metrics")
     assert status == 200
     return collections.Counter({
         (s.name, s.labels.get("rate")): s.value
@@ -226,7 +213,7 @@ def test_metrics_count_answers_and_latency_per_width(front, reference):
     x = reference[0]
     before = _metrics(front)
     for rate, count in ((0.5, 3), (1.0, 2)):
-        status, _ = _call(front, "POST", "/predict", {"inputs": x[:count].tolist(), "rate": rate})
+        status, _ = call(front, "POST", "/predict", {"inputs": x[:count].tolist(), "rate": rate})
         assert status == 200
     after = _metrics(front)
     added = {key: after[key] - before[key] for key in after}
@@ -252,9 +239,25 @@ def test_a_fault_is_a_logged_500(kind, bundle_dir, toy_profile, reference, caplo
     front.server.bundle.predict = lambda batch, rate: 1 / 0
     try:
         with caplog.at_level(logging.ERROR, logger="keras_slicing_lite.http"):
-            status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
+            status, answer = call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
     finally:
         front.shutdown()
         front.server.stop(timeout=10)
     assert status == 500 and "ZeroDivisionError" in answer["error"]
     assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind", sorted(FRONTS))
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ({"read_timeout_s": 0}, r"read_timeout_s must be a positive number\. Received: read_timeout_s=0"),
+        ({"max_connections": 0.5}, r"max_connections must be a positive integer\. Received: max_connections=0\.5"),
+        ({"max_connections": True}, r"max_connections must be a positive integer"),
+    ],
+    ids=["zero timeout", "fractional connections", "boolean connections"],
+)
+def test_both_front_ends_refuse_the_same_bad_limits(kind, limits, message, bundle_dir, toy_profile):
+    server = ElasticServer(load_bundle(bundle_dir), toy_profile, clock="real")
+    with pytest.raises(ValueError, match=f"^{FRONTS[kind].__name__}: {message}"):
+        FRONTS[kind](server, port=0, **limits)

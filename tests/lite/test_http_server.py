@@ -19,6 +19,7 @@ import pytest
 from keras_slicing_lite import ElasticServer
 from keras_slicing_lite import HTTPFrontEnd
 from keras_slicing_lite import load_bundle
+from tests.lite.conftest import call
 
 
 @pytest.fixture
@@ -32,21 +33,11 @@ def front(bundle_dir, toy_profile):
     server.stop(timeout=10)
 
 
-def _call(front, method, path, body=None, headers=None):
-    connection = http.client.HTTPConnection(*front.address, timeout=30)
-    try:
-        if body is not None and not isinstance(body, (bytes, str)):
-            body = json.dumps(body).encode()
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"null")
-    finally:
-        connection.close()
 
 
 def test_batch_is_answered_by_the_model_at_the_chosen_rates(front, reference):
     x, expected = reference
-    status, answer = _call(front, "POST", "/predict", {"inputs": x[:8].tolist(), "deadline_ms": 100})
+    status, answer = call(front, "POST", "/predict", {"inputs": x[:8].tolist(), "deadline_ms": 100})
     assert status == 200
     for i, (output, rate) in enumerate(zip(answer["outputs"], answer["rates"])):
         np.testing.assert_allclose(output, expected[rate][i], atol=1e-5)
@@ -56,13 +47,13 @@ def test_batch_is_answered_by_the_model_at_the_chosen_rates(front, reference):
 
 def test_single_input_with_a_pinned_rate(front, reference):
     x, expected = reference
-    status, answer = _call(front, "POST", "/predict", {"input": x[3].tolist(), "rate": 0.5})
+    status, answer = call(front, "POST", "/predict", {"input": x[3].tolist(), "rate": 0.5})
     assert status == 200 and answer["rate"] == 0.5
     np.testing.assert_allclose(answer["output"], expected[0.5][3], atol=1e-5)
 
 
 def test_deadline_already_past_is_answered_late(front, reference):
-    status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist(), "deadline_ms": -1})
+    status, answer = call(front, "POST", "/predict", {"input": reference[0][0].tolist(), "deadline_ms": -1})
     assert status == 200 and answer["late"] is True
 
 
@@ -82,7 +73,7 @@ def test_deadline_already_past_is_answered_late(front, reference):
     ],
 )
 def test_bad_request_gets_a_4xx_with_a_message(front, body, status, match):
-    got, answer = _call(front, "POST", "/predict", body)
+    got, answer = call(front, "POST", "/predict", body)
     assert got == status
     assert re.search(match, answer["error"]), answer
 
@@ -101,10 +92,10 @@ RAW = {"Content-Type": "application/octet-stream"}
 def test_binary_bodies_answer_as_json_does(front, reference, rate):
     x, expected = reference
     batch = x[:8].astype("float32")
-    _, by_json = _call(front, "POST", "/predict", {"inputs": batch.tolist(), "rate": rate})
+    _, by_json = call(front, "POST", "/predict", {"inputs": batch.tolist(), "rate": rate})
     for body, headers in [(_npy(batch), NPY), (batch.astype("<f4").tobytes(), RAW),
                           (_npy(batch.astype(">f8")), NPY)]:
-        status, answer = _call(front, "POST", f"/predict?rate={rate}", body, headers)
+        status, answer = call(front, "POST", f"/predict?rate={rate}", body, headers)
         assert status == 200, answer
         assert answer["rates"] == [rate] * 8
         np.testing.assert_allclose(answer["outputs"], by_json["outputs"], atol=1e-6)
@@ -134,11 +125,11 @@ def test_npy_answer_when_accepted(front, reference):
 
 def test_npy_body_is_served_elastically_with_the_query_deadline(front, reference):
     x, expected = reference
-    status, answer = _call(front, "POST", "/predict?deadline_ms=100", _npy(x[8:14]), NPY)
+    status, answer = call(front, "POST", "/predict?deadline_ms=100", _npy(x[8:14]), NPY)
     assert status == 200 and len(answer["rates"]) == 6
     for i, (output, rate) in enumerate(zip(answer["outputs"], answer["rates"])):
         np.testing.assert_allclose(output, expected[rate][8 + i], atol=1e-5)
-    status, answer = _call(front, "POST", "/predict?deadline_ms=-1", _npy(x[:1]), NPY)
+    status, answer = call(front, "POST", "/predict?deadline_ms=-1", _npy(x[:1]), NPY)
     assert status == 200 and answer["late"] == [True]
 
 
@@ -155,7 +146,7 @@ class _Trap:
 def test_pickled_npy_is_refused_and_never_unpickled(front, tmp_path):
     trap = tmp_path / "unpickled"
     body = _npy(np.array([_Trap(trap)], dtype=object), allow_pickle=True)
-    status, answer = _call(front, "POST", "/predict", body, NPY)
+    status, answer = call(front, "POST", "/predict", body, NPY)
     assert status == 400 and "pickle" in answer["error"]
     assert not trap.exists()
 
@@ -187,31 +178,31 @@ _ZEROS = np.zeros((2, 8, 8, 1), "float32")
     ],
 )
 def test_bad_binary_request_gets_a_400_with_a_message(front, path, body, headers, match):
-    status, answer = _call(front, "POST", path, body, headers)
+    status, answer = call(front, "POST", path, body, headers)
     assert status == 400
     assert re.search(match, answer["error"]), answer
 
 
 def test_oversize_binary_body_is_refused_before_it_is_read(front):
     body = np.zeros((1000, 8, 8, 1), "float32").tobytes()
-    status, answer = _call(front, "POST", "/predict", body, RAW)
+    status, answer = call(front, "POST", "/predict", body, RAW)
     assert status == 413 and "max_body_bytes=200000" in answer["error"]
 
 
 def test_wrong_paths_and_methods(front):
-    assert _call(front, "GET", "/predict")[0] == 405
-    assert _call(front, "POST", "/health", {})[0] == 405
-    assert _call(front, "GET", "/nowhere")[0] == 404
+    assert call(front, "GET", "/predict")[0] == 405
+    assert call(front, "POST", "/health", {})[0] == 405
+    assert call(front, "GET", "/nowhere")[0] == 404
 
 
 def test_health_and_stats(front, reference):
-    status, health = _call(front, "GET", "/health")
+    status, health = call(front, "GET", "/health")
     assert status == 200 and health["status"] == "ok"
     assert health["rates"] == [1.0, 0.75, 0.5, 0.25]
     assert health["input_shape"] == [None, 8, 8, 1] and health["input_dtype"] == "float32"
-    _call(front, "POST", "/predict", {"inputs": reference[0][:3].tolist()})
-    _call(front, "POST", "/predict", b"{")
-    status, stats = _call(front, "GET", "/stats")
+    call(front, "POST", "/predict", {"inputs": reference[0][:3].tolist()})
+    call(front, "POST", "/predict", b"{")
+    status, stats = call(front, "GET", "/stats")
     assert stats["server"]["served"] == 3
     assert stats["http"]["client_errors"] == 1
 
@@ -222,13 +213,13 @@ def test_bad_requests_do_not_disturb_good_ones(front, reference):
 
     def good(k):
         for i in range(10):
-            status, _ = _call(front, "POST", "/predict", {"input": x[k + i].tolist(), "deadline_ms": 50})
+            status, _ = call(front, "POST", "/predict", {"input": x[k + i].tolist(), "deadline_ms": 50})
             with lock:
                 statuses.append(status)
 
     def bad():
         for body in [b"{", b'{"inputs": [[1]]}', b"\xff\xfe", b'{"rate": 2}'] * 5:
-            assert _call(front, "POST", "/predict", body)[0] == 400
+            assert call(front, "POST", "/predict", body)[0] == 400
 
     threads = [threading.Thread(target=good, args=(k,)) for k in range(4)]
     threads.append(threading.Thread(target=bad))
@@ -241,11 +232,11 @@ def test_bad_requests_do_not_disturb_good_ones(front, reference):
 
 def test_health_reports_a_failed_worker(front, reference):
     front.server.bundle.predict = lambda batch, rate: 1 / 0
-    status, answer = _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
+    status, answer = call(front, "POST", "/predict", {"input": reference[0][0].tolist()})
     assert status == 500 and "ZeroDivisionError" in answer["error"]
-    status, health = _call(front, "GET", "/health")
+    status, health = call(front, "GET", "/health")
     assert status == 503 and health["status"] == "failed"
-    assert _call(front, "POST", "/predict", {"input": reference[0][0].tolist()})[0] == 503
+    assert call(front, "POST", "/predict", {"input": reference[0][0].tolist()})[0] == 503
 
 
 def test_serve_command_answers_and_stops_on_sigterm(bundle_dir, reference, tmp_path):

@@ -27,7 +27,7 @@ from keras_slicing_lite import http_api
 from keras_slicing_lite.http_reply import error_reply
 from keras_slicing_lite.transport import DEFAULT_MAX_CONNECTIONS
 from keras_slicing_lite.transport import DEFAULT_READ_TIMEOUT_S
-from keras_slicing_lite.transport import positive
+from keras_slicing_lite.transport import front_end_limits
 from keras_slicing_lite.transport import raw_reply
 
 class ASGIFrontEnd:
@@ -66,8 +66,9 @@ class ASGIFrontEnd:
     ):
         self.api = http_api.ServingAPI(server, **kwargs)
         self.server = server
-        self.read_timeout_s = positive(read_timeout_s, "read_timeout_s", "ASGIFrontEnd")
-        self.max_connections = int(positive(max_connections, "max_connections", "ASGIFrontEnd"))
+        self.read_timeout_s, self.max_connections = front_end_limits(
+            read_timeout_s, max_connections, "ASGIFrontEnd"
+        )
         self._socket = socket.create_server((host, port), backlog=128)
         config = uvicorn.Config(
             self.app,

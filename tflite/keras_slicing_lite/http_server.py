@@ -15,7 +15,7 @@ from keras_slicing_lite import http_api
 from keras_slicing_lite import http_handler
 from keras_slicing_lite.transport import DEFAULT_MAX_CONNECTIONS
 from keras_slicing_lite.transport import DEFAULT_READ_TIMEOUT_S
-from keras_slicing_lite.transport import positive
+from keras_slicing_lite.transport import front_end_limits
 from keras_slicing_lite.http_api import DEFAULT_MAX_BODY_BYTES  # noqa: F401
 from keras_slicing_lite.http_api import RunningEstimate  # noqa: F401
 
@@ -56,8 +56,9 @@ class HTTPFrontEnd:
     ):
         self.api = http_api.ServingAPI(server, **kwargs)
         self.server = server
-        self.read_timeout_s = positive(read_timeout_s, "read_timeout_s", "HTTPFrontEnd")
-        self.max_connections = int(positive(max_connections, "max_connections", "HTTPFrontEnd"))
+        self.read_timeout_s, self.max_connections = front_end_limits(
+            read_timeout_s, max_connections, "HTTPFrontEnd"
+        )
         self.verbose = verbose
         self._serving = threading.Event()
         self._httpd = http_handler.Server((host, port), http_handler.handler(self), self)

@@ -1,7 +1,8 @@
-"""A request to an `ElasticServer` and its response."""
+"""A request to an `ElasticServer`, its response, and its entry in the queue."""
 
 import dataclasses
 import math
+import numbers
 
 import numpy as np
 
@@ -78,3 +79,18 @@ class Response:
         if self.output_kind == "regression" and value.size == 1:
             return float(value.reshape(()))
         return value.item() if value.ndim == 0 else value.tolist()
+
+
+# Fields of a queue entry, a tuple ordered by deadline, then arrival order.
+DEADLINE, SEQUENCE, ID, ARRIVAL, EXAMPLE, FUTURE, RATE = range(7)
+
+
+def is_number(value, inf_ok=False):
+    """Whether `value` is a real number (not a bool, not NaN; finite unless `inf_ok`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+    return not math.isnan(value) and (inf_ok or math.isfinite(value))

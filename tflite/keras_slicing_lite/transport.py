@@ -16,6 +16,21 @@ def positive(value, name, owner):
     return float(value)
 
 
+def front_end_limits(read_timeout_s, max_connections, owner):
+    """A front end's checked `(read_timeout_s, max_connections)`.
+
+    Both transports take the same limits, refused alike: a positive finite
+    number of seconds and a positive whole number of connections.
+    """
+    read_timeout_s = positive(read_timeout_s, "read_timeout_s", owner)
+    if type(max_connections) is not int or max_connections < 1:
+        raise ValueError(
+            f"{owner}: max_connections must be a positive integer. "
+            f"Received: max_connections={max_connections!r}"
+        )
+    return read_timeout_s, max_connections
+
+
 def raw_reply(status, reason, message, field=None):
     """A complete HTTP/1.1 JSON error response as bytes, for a transport
     answering outside a request (a refused connection, malformed HTTP)."""
