@@ -12,18 +12,22 @@ For each data set and seed (the seed sets every initialization and shuffle):
    for no rewiring and every rewiring available, the narrower widths'
    batch-norm statistics calibrated on the training data
    (`data=(x_train, y_train)`), no training.
-3. `finetune/<recipe>@<fraction>`: the converted model (default rewiring)
-   fine-tuned for 10%, 25% and 50% of the from-scratch schedule's steps
-   (one run, measured when each fraction is reached; the learning rate is
-   constant, so a run stopped there is the same run). Fractions are rounded
-   to whole epochs (`finetune_step_fraction` in the summary: MNIST-1D's
-   "25%" is 2 of its 10 epochs). Recipes:
+3. `finetune/<recipe>@<fraction>`: the converted model (rewiring "l1",
+   `FINETUNE_REWIRE`) fine-tuned for 10%, 25% and 50% of the from-scratch
+   schedule's steps (one run, measured when each fraction is reached; the
+   learning rate is constant, so a run stopped there is the same run).
+   Fractions are rounded to whole epochs (`finetune_step_fraction` in the
+   summary: MNIST-1D's "25%" is 2 of its 10 epochs). Recipes:
    - `default`: `SlicingModel`'s defaults (`"all"` rates, loss weights
-     `3 - 2r`), labels only;
-   - `teacher`: the pretrained model as a frozen teacher
-     (`distillation=pretrained`: every rate learns from its soft targets).
-   Both use Adam at `--finetune_learning_rate` (a third of the scratch
-   rate: a pretrained start needs smaller steps).
+     `3 - 2r`), labels only, Adam at `--finetune_learning_rate` (a third of
+     the scratch rate);
+   - `teacher`: as `default`, with the pretrained model as a frozen teacher
+     (`distillation=pretrained`: every rate learns from its soft targets);
+   - `high_lr`: as `default`, with Adam at `--high_learning_rate` (10/3 of
+     the scratch rate): the recommended recipe of docs/fine-tuning.md.
+   `--recipes` picks some; `--rewires=0` skips stage 2, so that a new
+   recipe can run alone and `--merge` joins its stages to an earlier file's
+   (stage by stage: each recipe's rows come from the part that ran it).
 4. `scratch`: the same sliced network (`slice_model` of the untrained plain
    model) trained from scratch with the defaults for the full schedule.
 
@@ -63,7 +67,12 @@ from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 RATES = (1.0, 0.75, 0.5, 0.25)
 REWIRES = (None, "l1", "bn", "taylor")
 FRACTIONS = (0.1, 0.25, 0.5)
-RECIPES = ("default", "teacher")
+# "default" and "teacher" fine-tune at --finetune_learning_rate, "high_lr"
+# at --high_learning_rate (see the module docstring).
+RECIPES = ("default", "teacher", "high_lr")
+# The rewiring of every fine-tuned model: the library's default when the
+# "default" and "teacher" rows were measured, kept so that rows compare.
+FINETUNE_REWIRE = "l1"
 # Short schedules: the suite's 2-core machine is shared. Batch norm lets
 # both CNNs fit their training data within them.
 EPOCHS = {"digits": 20, "mnist1d": 10}
@@ -123,12 +132,41 @@ class _EpochTimes(keras.callbacks.Callback):
         self.times = getattr(self, "times", []) + [time.perf_counter() - self.start]
 
 
+def finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs, args,
+             result, save):
+    """Fine-tunes `slice_model(pretrained)` with `recipe`, measured at FRACTIONS."""
+    x_train, y_train = data
+    batch = BATCHES[name]
+    keras.utils.set_random_seed(seed)
+    teacher = {"distillation": pretrained} if recipe == "teacher" else {}
+    sliced = keras_slicing.slice_model(
+        pretrained, rates=RATES, rewire=FINETUNE_REWIRE, data=data, seed=seed,
+        **teacher
+    )
+    learning_rate = (args.high_learning_rate if recipe == "high_lr"
+                     else args.finetune_learning_rate)
+    compile_model(sliced, learning_rate)
+    done, runs = 0, result["finetune"].setdefault(recipe, {})
+    start = time.perf_counter()
+    for fraction in FRACTIONS:
+        until = round(fraction * epochs)
+        sliced.fit(x_train, y_train, batch_size=batch, initial_epoch=done,
+                   epochs=until, verbose=0)
+        done = until
+        runs[str(fraction)] = width_accuracy(sliced, x_test, y_test)
+        print(f"[{name} seed {seed}] {recipe}@{fraction}: {runs[str(fraction)]} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        save()
+    result[f"finetune_{recipe}_seconds"] = time.perf_counter() - start
+
+
 def run_seed(name, seed, epochs, args, result, save):
     """Fills `result` stage by stage, calling `save()` after each."""
     x_train, y_train, x_test, y_test = load(name, "test")
     data = (x_train, y_train)
     batch = BATCHES[name]
-    result.update({"converted": {}, "finetune": {}})
+    result.setdefault("converted", {})
+    result.setdefault("finetune", {})
 
     keras.utils.set_random_seed(seed)
     pretrained = plain_network(name)
@@ -141,7 +179,7 @@ def run_seed(name, seed, epochs, args, result, save):
           f"({result['pretrained_seconds']:.0f} s)", flush=True)
     save()
 
-    for rewire in REWIRES:
+    for rewire in (REWIRES if args.rewires else ()):
         try:
             sliced = keras_slicing.slice_model(
                 pretrained, rates=RATES, rewire=rewire, data=data, seed=seed
@@ -154,25 +192,9 @@ def run_seed(name, seed, epochs, args, result, save):
               f"{result['converted'][str(rewire)]}", flush=True)
         save()
 
-    for recipe in RECIPES:
-        keras.utils.set_random_seed(seed)
-        teacher = {"distillation": pretrained} if recipe == "teacher" else {}
-        sliced = keras_slicing.slice_model(
-            pretrained, rates=RATES, data=data, seed=seed, **teacher
-        )
-        compile_model(sliced, args.finetune_learning_rate)
-        done, runs = 0, result["finetune"].setdefault(recipe, {})
-        start = time.perf_counter()
-        for fraction in FRACTIONS:
-            until = round(fraction * epochs)
-            sliced.fit(x_train, y_train, batch_size=batch, initial_epoch=done,
-                       epochs=until, verbose=0)
-            done = until
-            runs[str(fraction)] = width_accuracy(sliced, x_test, y_test)
-            print(f"[{name} seed {seed}] {recipe}@{fraction}: {runs[str(fraction)]} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-            save()
-        result[f"finetune_{recipe}_seconds"] = time.perf_counter() - start
+    for recipe in filter(None, args.recipes.split(",")):
+        finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs,
+                 args, result, save)
 
     keras.utils.set_random_seed(seed)
     scratch = keras_slicing.slice_model(plain_network(name), rates=RATES, rewire=None,
@@ -210,6 +232,36 @@ def mean_se(values):
     return float(values.mean()), float(se)
 
 
+def table_rows(runs, seeds):
+    """`{row label: {rate: (mean, s.e.)}}` over `seeds` of every stage.
+
+    The stages of the first seed name the rows; every seed must have them.
+    """
+    first = runs[seeds[0]]
+
+    def over(get):
+        return mean_se([get(runs[s]) for s in seeds])
+
+    rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
+    for rewire in first["converted"]:
+        rows[f"converted, rewire={rewire}"] = {
+            str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
+            for rate in RATES
+        }
+    for recipe in first["finetune"]:
+        for fraction in first["finetune"][recipe]:
+            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
+                str(rate): over(
+                    lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
+                )
+                for rate in RATES
+            }
+    rows["scratch (100% of steps)"] = {
+        str(rate): over(lambda r, k=str(rate): r["scratch"][k]) for rate in RATES
+    }
+    return rows
+
+
 def summarize(runs):
     """Mean and s.e. over seeds of every accuracy, and the goals' verdicts.
 
@@ -237,23 +289,7 @@ def summarize(runs):
     def over(get):
         return mean_se([get(runs[s]) for s in seeds])
 
-    rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
-    for rewire in first["converted"]:
-        rows[f"converted, rewire={rewire}"] = {
-            str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
-            for rate in RATES
-        }
-    for recipe in first["finetune"]:
-        for fraction in first["finetune"][recipe]:
-            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
-                str(rate): over(
-                    lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
-                )
-                for rate in RATES
-            }
-    rows["scratch (100% of steps)"] = {
-        str(rate): over(lambda r, k=str(rate): r["scratch"][k]) for rate in RATES
-    }
+    rows = table_rows(runs, seeds)
     goals = {}
     for recipe in first["finetune"]:
         # Paired by seed: each fine-tuned run against that seed's scratch run.
@@ -353,6 +389,25 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def merge_stages(into, stages, where):
+    """Adds a run's stages to `into`; stages of both (e.g. recipes) join.
+
+    A later part's value wins; a pretrained or scratch accuracy that
+    differs (the runs did not reproduce each other) is reported.
+    """
+    for key, value in stages.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            if key == "scratch" and into[key] != value:
+                print(f"{where}: scratch differs between parts: {into[key]} "
+                      f"and {value}")
+            into[key] = {**into[key], **value} if key != "scratch" else value
+        else:
+            if key == "pretrained" and key in into and into[key] != value:
+                print(f"{where}: pretrained differs between parts: {into[key]} "
+                      f"and {value}")
+            into[key] = value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="digits,mnist1d")
@@ -362,21 +417,34 @@ def main():
                         help="Full schedule (0: 20 digits, 10 MNIST-1D).")
     parser.add_argument("--learning_rate", type=float, default=3e-3)
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--high_learning_rate", type=float, default=1e-2,
+                        help="Learning rate of the high_lr recipe.")
+    parser.add_argument("--recipes", default=",".join(RECIPES),
+                        help="Fine-tuning recipes to run (comma-separated).")
+    parser.add_argument("--rewires", type=int, default=1,
+                        help="0: skip the conversions with every rewiring.")
     parser.add_argument("--merge", default=None, help="JSON files to combine.")
     parser.add_argument("--markdown", default=None,
                         help="Print the Markdown tables of this result file.")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    unknown = set(filter(None, args.recipes.split(","))) - set(RECIPES)
+    if unknown:
+        parser.error(f"--recipes must name some of {list(RECIPES)}. "
+                     f"Received: {sorted(unknown)}")
 
     if args.markdown:
         print(markdown(json.loads(open(args.markdown).read())))
         return
     if args.merge:
         parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
-        results = {**parts[0], "runs": {}}
+        results = {**parts[-1], "runs": {}, "settings": {
+            **parts[0]["settings"], **parts[-1]["settings"], "epochs": {}}}
         for part in parts:
             for name, per_seed in part["runs"].items():
-                results["runs"].setdefault(name, {}).update(per_seed)
+                for seed, stages in per_seed.items():
+                    merge_stages(results["runs"].setdefault(name, {})
+                                 .setdefault(seed, {}), stages, f"{name} seed {seed}")
                 results["settings"]["epochs"][name] = part["settings"]["epochs"][name]
         common.write_json("slice_pretrained", report(results), args.output)
         return
@@ -389,6 +457,8 @@ def main():
             "rates": RATES, "batch": BATCHES, "epochs": {},
             "learning_rate": args.learning_rate,
             "finetune_learning_rate": args.finetune_learning_rate,
+            "high_learning_rate": args.high_learning_rate,
+            "finetune_rewire": FINETUNE_REWIRE,
             "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
         },
         "runs": {},

@@ -14,6 +14,7 @@ from keras_slicing.conversion import slice_model
 from keras_slicing.checks import check_model
 from keras_slicing.cost import model_cost
 from keras_slicing.extract import extract_submodel
+from keras_slicing.mixed_widths import MixedWidthScheduler
 from keras_slicing.model import SlicingModel
 from keras_slicing.rates import rate_input
 from keras_slicing.search import search_widths
@@ -34,6 +35,7 @@ def __getattr__(name):
 
 
 __all__ = [
+    "MixedWidthScheduler",
     "SlicingModel",
     "SlicingPlan",
     "WidthConfig",

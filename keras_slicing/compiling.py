@@ -76,7 +76,9 @@ class SlicingCompile:
         self._compiled_widths = {} if jit and backend.BACKEND == "torch" else None
         if self._compiled_widths is not None:
             jit = False
-        host_sampled = backend.HOST_SAMPLED_RATES or jit
+        # Mixed width configurations (MixedWidthScheduler) run at Python
+        # rates per layer: sampled on the host on every backend.
+        host_sampled = backend.HOST_SAMPLED_RATES or jit or bool(self._step_configs)
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -121,11 +123,19 @@ class SlicingCompile:
         Where the rates are sampled on the host and steps are compiled (JAX;
         TensorFlow with `jit_compile=True` or the `"all"` scheduler), each
         distinct set of rates a step ran gets one compiled step, built
-        once: a tuple of rates per entry, widest first. Empty where one
-        traced step serves every rate (TensorFlow's random schedulers) and
-        where steps run eagerly (PyTorch).
+        once: a tuple of rates per entry, widest first, then the
+        `WidthConfig`s of mixed configurations (`MixedWidthScheduler`).
+        Empty where one traced step serves every rate (TensorFlow's random
+        schedulers) and where steps run eagerly (PyTorch).
         """
-        return [tuple(self.rates[i] for i in key) for key in self._compiled_rate_sets]
+        return [
+            tuple(
+                self.rates[i] if i < len(self.rates)
+                else self._step_configs[i - len(self.rates)][0]
+                for i in key
+            )
+            for key in self._compiled_rate_sets
+        ]
 
     @property
     def metrics(self):

@@ -14,10 +14,10 @@ def model_cost(model, rate=1.0):
     Counts only the weights a rate actually uses and the multiply-accumulates
     of one example: `Dense` `n_in * n_out`, `Conv2D` `H' * W' * kh * kw *
     c_in * c_out` (`Conv1D` `L' * k * c_in * c_out`), `DepthwiseConv2D`
-    `H' * W' * kh * kw * c_out`, and one MAC per element for a
-    normalization's scale-and-shift. Parameters are those a standalone model
-    of that width holds (a batch normalization keeps its two moving
-    statistics of the rate). Layers without weights cost nothing. A layer
+    `H' * W' * kh * kw * c_out`, one MAC per element for a
+    normalization's scale-and-shift, and none for an `Embedding` lookup.
+    Parameters are those a standalone model of that width holds (a batch
+    normalization keeps its two moving statistics of the rate). Layers without weights cost nothing. A layer
     with a method `active_cost(rate, input_shapes, output_shapes)` returning
     `(params, macs)` counts itself (the sequence layers do, and a custom
     layer can).
@@ -70,6 +70,8 @@ def _layer_cost(layer, input_shape, output_shape):
     if isinstance(layer, L.BatchNormalization):
         affine = int(bool(layer.scale)) + int(bool(layer.center))
         return (affine + 2) * n_in, math.prod(input_shape[1:])
+    if isinstance(layer, L.Embedding):  # kept at full width; a lookup is free
+        return layer.input_dim * layer.output_dim, 0
     if isinstance(layer, L.Normalization):  # mean, variance and count
         return sum(math.prod(w.shape) for w in layer.weights), math.prod(input_shape[1:])
     if not getattr(layer, "weights", None):  # keras.ops calls hold none
@@ -77,7 +79,7 @@ def _layer_cost(layer, input_shape, output_shape):
     raise ValueError(
         f"model_cost: cannot count the cost of layer '{layer.name}' "
         f"({type(layer).__name__}). Supported layers with weights: Dense, "
-        "Conv1D, Conv2D, DepthwiseConv2D, GroupNormalization, "
+        "Conv1D, Conv2D, DepthwiseConv2D, Embedding, GroupNormalization, "
         "BatchNormalization, LayerNormalization, Normalization and the sliced "
         "versions."
     )

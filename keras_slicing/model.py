@@ -18,6 +18,7 @@ from keras_slicing import calibration
 from keras_slicing import checks
 from keras_slicing import graph
 from keras_slicing import keras_internals
+from keras_slicing import mixed_widths
 from keras_slicing import rates as rates_lib
 from keras_slicing import schedulers as schedulers_lib
 from keras_slicing import widths
@@ -266,6 +267,11 @@ class SlicingModel(
         self.distillation_from_logits = settings.from_logits
         self.distillation_temperature = settings.temperature
         self.distillation_warmup = settings.warmup
+        with tracking.DotNotTrackScope():
+            # Step index len(rates) + k runs entry k (MixedWidthScheduler).
+            self._step_configs = tuple(
+                mixed_widths.step_configurations(self, self._scheduler)
+            )
         self._host_sampled = False
         self._eval_rate = 1.0
         self._trace_progress = False  # fit's verbose, for tracing its step

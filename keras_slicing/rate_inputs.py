@@ -24,6 +24,7 @@ from keras import ops
 from keras_slicing import backend
 from keras_slicing import calibration
 from keras_slicing import fed_rates
+from keras_slicing import graph
 
 
 class SlicingRateInputs:
@@ -42,12 +43,13 @@ class SlicingRateInputs:
     def _forward(self, x, rate, training):
         """The outputs of data inputs `x` (or inputs with the rate) at `rate`.
 
-        A Python float runs the `at_rate` model, whose shapes are static; a
-        tensor rate fills the rate inputs, for the layers to slice by.
+        A Python float (or a mixed configuration's `LayerRates`) runs the
+        `at_rate` model, whose shapes are static; a tensor rate fills the
+        rate inputs, for the layers to slice by.
         """
         if self._has_rate(x):
             return self(x, training=training)
-        if isinstance(rate, float):
+        if isinstance(rate, (float, graph.LayerRates)):
             flat = keras.tree.flatten(x)
             return self._width_forward(rate)(
                 flat[0] if len(flat) == 1 else flat, training=training

@@ -39,12 +39,28 @@ class SlicingTrainStep:
         allowed = ops.sum(
             ops.cast(ops.greater_equal(rates, self._min_rate - 1e-6), "int32")
         )
-        indices = ops.minimum(indices, ops.maximum(allowed - 1, 0))
+        # The narrowest rate of each entry (a mixed configuration's narrowest
+        # group): entries below min_rate run the narrowest allowed rate.
+        narrowest = ops.convert_to_tensor(np.array(
+            list(self.rates)
+            + [min(c.rates.values()) for c, _, _ in self._step_configs],
+            "float32",
+        ))
+        indices = ops.where(
+            ops.greater_equal(ops.take(narrowest, indices), self._min_rate - 1e-6),
+            indices,
+            ops.maximum(allowed - 1, 0),
+        )
         return ops.sort(indices)
 
     def _host_indices(self):
         indices = ops.convert_to_numpy(self._sample_indices())
-        return tuple(sorted({int(i) for i in indices}))
+        indices = tuple(sorted({int(i) for i in indices}))
+        for i in indices:
+            if i >= len(self.rates):
+                # Built here, on the host, not inside a step's trace.
+                self._at_rate(self._step_configs[i - len(self.rates)][1])
+        return indices
 
     def _plan(self, indices):
         """`[(rate, loss weight, [hit per model rate])]`, widest first.
@@ -55,8 +71,12 @@ class SlicingTrainStep:
         """
         count = len(self.rates)
         if isinstance(indices, tuple):
+            # Indices from count on run mixed configurations (LayerRates),
+            # which no per-rate metric counts.
             return [
                 (self.rates[i], self._loss_weights[i], [j == i for j in range(count)])
+                if i < count else
+                self._step_configs[i - count][1:] + ([False] * count,)
                 for i in indices
             ]
         rates = ops.convert_to_tensor(np.array(self.rates, "float32"))

@@ -24,15 +24,19 @@ class Decision:
         slice_input: Whether it reads a sliced tensor.
         slice_output: Whether it writes one.
         reason: Why it stays at full width, when it does.
+        slice_heads: Whether it is an attention layer (its heads are sliced
+            whatever its input and output widths).
     """
 
-    def __init__(self, layer, name, new_class, slice_input, slice_output, reason):
+    def __init__(self, layer, name, new_class, slice_input, slice_output, reason,
+                 slice_heads=False):
         self.layer = layer
         self.name = name
         self.new_class = new_class
         self.slice_input = slice_input
         self.slice_output = slice_output
         self.reason = reason
+        self.slice_heads = slice_heads
 
     @property
     def status(self):
@@ -42,6 +46,8 @@ class Decision:
             return "sliced output"
         if self.slice_input:
             return "sliced input"
+        if self.slice_heads:  # a full-width residual stream around sliced heads
+            return "sliced heads"
         return "full"
 
 
@@ -83,7 +89,9 @@ def _decide(index, node, graph, analysis):
             recipe = None
     if isinstance(layer, keras.layers.Embedding):
         sliced_in = False
-    return Decision(layer, node.name, new_class, sliced_in, sliced_out, reason), recipe
+    heads = recipe is not None and recipe.role == "attention"
+    return Decision(layer, node.name, new_class, sliced_in, sliced_out, reason,
+                    heads), recipe
 
 
 def build(graph, analysis, decisions, slice_groups, rates, permuter):

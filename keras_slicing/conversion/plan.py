@@ -8,7 +8,8 @@ PlanRow = collections.namedtuple(
 PlanRow.__doc__ = """One layer of a `SlicingPlan`.
 
 `original`/`becomes`: class names before and after; `width`: its output's
-last axis; `status`: `"sliced"`, `"sliced input"`, `"sliced output"` or
+last axis; `status`: `"sliced"`, `"sliced input"`, `"sliced output"`,
+`"sliced heads"` (attention heads sliced, input and output at full width) or
 `"full"`; `reason`: why it stays at full width (None otherwise).
 """
 

@@ -264,3 +264,26 @@ def fit_recalibrates_batchnorm_and_a_teacher_stays_frozen():
             ops.convert_to_numpy(bn.moving_variance)[row, :n], h.var((0, 1, 2)),
             rtol=1e-4, atol=1e-5,
         )
+
+
+@check
+def mixed_width_training_lowers_the_loss_of_a_pooled_configuration():
+    x, y = _mlp_task()
+    mlp = small_mlp(features=x.shape[1], classes=3)
+    model = keras_slicing.SlicingModel(
+        mlp.inputs, mlp.outputs, rates=(1.0, 0.5), seed=0,
+        scheduler=keras_slicing.MixedWidthScheduler(pool_size=2),
+    )
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    config = model.scheduler.configurations(model)[0]
+
+    def loss():
+        logits = ops.convert_to_numpy(model.at_rate(config)(x)).astype("float64")
+        logits -= logits.max(-1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -log_p[np.arange(len(y)), y].mean()
+
+    before = loss()
+    model.fit(x, y, batch_size=32, epochs=8, verbose=0)
+    assert loss() < 0.8 * before, (before, loss())

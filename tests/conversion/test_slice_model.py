@@ -112,3 +112,21 @@ def test_dense_after_flatten_reads_the_features_channel_by_channel():
     kernel = _numpy(plain.get_layer("hidden").kernel)  # rows: (3, 3, 32)
     channel_major = kernel.reshape(3, 3, 32, -1).transpose(2, 0, 1, 3).reshape(288, -1)
     np.testing.assert_array_equal(_numpy(sliced.get_layer("hidden").kernel), channel_major)
+
+
+def test_plan_of_a_transformer_shows_sliced_heads_and_costs():
+    # The residual stream (and so the embedding) kept full, as in MatFormer.
+    plain = plain_models.transformer_block()
+    sliced = keras_slicing.slice_model(plain, keep_full=("embed",), rates=(1.0, 0.5))
+    plan = sliced.slicing_plan
+    assert plan.row("embed").status == "full"
+    assert plan.row("attention").status == "sliced heads"
+    assert "attention" in plan.sliced_layers
+    attention = plain.get_layer("attention")  # heads of 8, residual width 32
+    qkv = 3 * (32 * 4 * 8 + 4 * 8)  # query, key and value of every head
+    output = 4 * 8 * 32 + 32
+    dropped = (qkv + output - 32) // 2  # half the heads; the output bias stays
+    assert attention.count_params() == qkv + output
+    assert plan.costs[1.0]["params"] == plain.count_params()
+    mlp = (32 * 32 + 32) + 32 * 32  # half of mlp_in's units, mlp_out's inputs
+    assert plan.costs[1.0]["params"] - plan.costs[0.5]["params"] == dropped + mlp

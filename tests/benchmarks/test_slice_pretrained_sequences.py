@@ -1,0 +1,50 @@
+"""The merging and the goals of `benchmarks/slice_pretrained_sequences.py`."""
+
+import numpy as np
+
+from benchmarks import slice_pretrained_sequences as bench
+
+RATES = [str(rate) for rate in bench.RATES]
+
+
+def _widths(start):
+    return {rate: start + i for i, rate in enumerate(RATES)}  # narrower: worse
+
+
+def _full_run(rng):
+    return {
+        "pretrained": 2.0 + rng.normal(0, 0.01),
+        "converted": {"None": _widths(3.0)},
+        "finetune": {"default": {f: _widths(2.0 + rng.normal(0, 0.1))
+                                 for f in ("0.1", "0.25", "0.5")}},
+        "scratch": _widths(2.5 + rng.normal(0, 0.1)),
+    }
+
+
+def _part(recipes, runs):
+    return {"settings": {"recipes": recipes}, "runs": {"char_lm": runs}}
+
+
+def test_merge_adds_finetune_only_recipes_to_the_matching_seeds():
+    rng = np.random.default_rng(0)
+    full = {"0": _full_run(rng), "1": _full_run(rng)}
+    extra = {seed: {"pretrained": 9.0, "finetune": {"high_lr": {
+        f: _widths(1.0) for f in ("0.1", "0.25", "0.5")}}} for seed in full}
+    merged = bench.merge([_part(["default"], full), _part(["high_lr"], extra)])
+    for seed, run in merged["runs"]["char_lm"].items():
+        assert set(run["finetune"]) == {"default", "high_lr"}
+        assert run["pretrained"] == full[seed]["pretrained"]  # the full run's
+        assert run["scratch"] == full[seed]["scratch"]
+    assert merged["settings"]["recipes"] == ["default", "high_lr"]
+
+
+def test_goals_pair_each_seed_with_its_own_scratch_run():
+    rng = np.random.default_rng(1)
+    runs = {str(seed): _full_run(rng) for seed in range(3)}
+    goal = bench.summarize(runs)["goals"]["default"]
+    gaps = [runs[s]["finetune"]["default"]["0.25"]["0.25"] - runs[s]["scratch"]["0.25"]
+            for s in runs]
+    mean, se = goal["finetuned_minus_scratch"]["0.25"]["0.25"]
+    np.testing.assert_allclose(mean, np.mean(gaps))
+    np.testing.assert_allclose(se, np.std(gaps, ddof=1) / np.sqrt(3))
+    assert goal["within_margin_at_25%"]["0.25"] == (np.mean(gaps) <= bench.MARGIN)
