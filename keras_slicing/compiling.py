@@ -43,10 +43,12 @@ class SlicingCompile:
         `loss` is required. `metrics` are tracked per rate in training.
 
         The rates of a step are sampled inside the compiled step on
-        TensorFlow (a tensor rate, one trace for every rate). Where shapes
-        must be static, they are sampled on the host before each step (same
-        scheduler and seed) and each distinct set of rates gets its own
-        step, in which every rate is a constant:
+        TensorFlow (a tensor rate, one trace for every rate), except under a
+        scheduler that runs every rate in every step (`"all"`), whose one
+        set of rates runs with static shapes, which trace and run faster.
+        Where shapes must be static, they are sampled on the host before
+        each step (same scheduler and seed) and each distinct set of rates
+        gets its own step, in which every rate is a constant:
         - TensorFlow with `jit_compile=True` (XLA rejects the dynamic shapes
           of a tensor rate): one XLA-compiled step per set of rates;
         - JAX, always: one `jax.jit`-compiled step per set of rates
@@ -119,11 +121,12 @@ class SlicingCompile:
         """The sets of rates that have their own compiled training step.
 
         Where the rates are sampled on the host and steps are compiled (JAX;
-        TensorFlow with `jit_compile=True`), each distinct set of rates a
-        step ran gets one compiled step, built once: a tuple of rates per
-        entry, widest first, then the `WidthConfig`s of mixed configurations
-        (`MixedWidthScheduler`). Empty where one traced step serves every rate
-        (TensorFlow's default) and where steps run eagerly (PyTorch).
+        TensorFlow with `jit_compile=True` or the `"all"` scheduler), each
+        distinct set of rates a step ran gets one compiled step, built
+        once: a tuple of rates per entry, widest first, then the
+        `WidthConfig`s of mixed configurations (`MixedWidthScheduler`).
+        Empty where one traced step serves every rate (TensorFlow's random
+        schedulers) and where steps run eagerly (PyTorch).
         """
         return [
             tuple(

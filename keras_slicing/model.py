@@ -274,6 +274,7 @@ class SlicingModel(
             )
         self._host_sampled = False
         self._eval_rate = 1.0
+        self._trace_progress = False  # fit's verbose, for tracing its step
         # Training state, not weights: the rate sampler (saved with the
         # model, see save_own_variables) and the bound MinRateScheduler sets
         # every epoch. Neither enters get_weights/set_weights nor the state
@@ -372,6 +373,11 @@ class SlicingModel(
         still sees the moving averages, and warns once
         (`StaleStatisticsWarning`).
 
+        Tracing the training step of a deep model can take minutes on a
+        CPU before Keras' progress bar appears: unless `verbose=0`, a line
+        per width says how far it got (through absl logging when Keras'
+        interactive logging is off).
+
         Args:
             x, y, *args, **kwargs: As in `keras.Model.fit`.
             calibrate_batchnorm: Whether to recompute the statistics at the
@@ -404,9 +410,13 @@ class SlicingModel(
         layers = calibration.batchnorm_layers(self)
         for layer in layers:
             layer.mark_stale()
-        history = super().fit(x, y, *args, **kwargs)
+        given = inspect.signature(super().fit).bind(x, y, *args, **kwargs)
+        self._trace_progress = given.arguments.get("verbose", "auto") != 0
+        try:
+            history = super().fit(x, y, *args, **kwargs)
+        finally:
+            self._trace_progress = False
         if calibrate_batchnorm and layers:
-            given = inspect.signature(super().fit).bind(x, y, *args, **kwargs)
             calibration.calibrate_after_fit(
                 self, x,
                 batch_size=given.arguments.get("batch_size"),

@@ -17,8 +17,10 @@ import functools
 
 import keras
 import numpy as np
+from absl import logging
 from keras import ops
 
+from keras_slicing import backend
 from keras_slicing import rates as rates_lib
 from keras_slicing import keras_internals
 from keras_slicing.keras_internals import unscale_loss_for_distribution
@@ -117,6 +119,7 @@ class SlicingTrainStep:
             results = []
             share = self._student_share(plan) if distillation.inplace else None
             for k, (rate, weight, _) in enumerate(plan):
+                self._report_tracing(x, f"width {k + 1}/{len(plan)}", rate)
                 y_pred = self._forward(x, rate, training=True)
                 loss = compiled_loss(y, y_pred, sample_weight)
                 weight = ops.cast(weight, "float32")
@@ -135,6 +138,7 @@ class SlicingTrainStep:
                     widest = ops.stop_gradient(y_pred)
                 total = total + weight * loss
                 results.append((y_pred, loss))
+            self._report_tracing(x, "the gradients and the update")
             # Regularizers count once per step, not once per rate.
             for extra in self.losses:
                 total = total + self._aggregate_additional_loss(extra)
@@ -169,6 +173,22 @@ class SlicingTrainStep:
                 for name, value in metrics.result().items():
                     logs[name + suffix] = _where_ran(ran, value)
         return self._reducible(logs)
+
+    def _report_tracing(self, x, stage, rate=None):
+        """A line per width while fit's step is traced, if fit is verbose.
+
+        Tracing a deep model's step can take minutes on a CPU before fit
+        shows its progress bar; these lines say how far it got.
+        """
+        if not self._trace_progress or not backend.is_tracing(keras.tree.flatten(x)[0]):
+            return
+        if isinstance(rate, float):
+            stage += f" (rate {rates_lib.format_rate(rate)})"
+        message = f"Tracing the training step of '{self.name}': {stage}"
+        if keras.config.is_interactive_logging_enabled():
+            print(message, flush=True)
+        else:
+            logging.info(message)
 
     def _teacher_outputs(self, x):
         """The teacher's detached predictions of the data inputs `x`."""

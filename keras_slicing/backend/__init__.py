@@ -36,6 +36,7 @@ in_shape_inference = common.in_shape_inference
 tensor_rate_groups = _impl.tensor_rate_groups
 dim = _impl.dim
 assert_true = _impl.assert_true
+is_tracing = _impl.is_tracing
 leading_slice = _impl.leading_slice
 fused_group_norm = _impl.fused_group_norm
 channels_last_conv = _impl.channels_last_conv
@@ -49,3 +50,4 @@ if BACKEND == "tensorflow":
     checked_rate_scalar = _impl.checked_rate_scalar
     groups_from_rate_scalar = _impl.groups_from_rate_scalar
     ensure_dynamic_shapes_allowed = _impl.ensure_dynamic_shapes_allowed
+    per_rate_tensor = _impl.per_rate_tensor

@@ -29,6 +29,11 @@ def concrete_rate(rate, owner):
     return None
 
 
+def is_tracing(tensor):
+    """Whether `tensor` is traced by `jax.jit` (abstract, no value yet)."""
+    return isinstance(tensor, jax.core.Tracer)
+
+
 def concrete_value(value):
     """A number, numpy value or concrete array as a numpy array, else None."""
     array = common.host_array(value)

@@ -4,6 +4,8 @@ A rate tensor stays symbolic in a traced function: one graph serves every
 rate, with the width computed and checked in the graph.
 """
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -36,9 +38,44 @@ def concrete_value(value):
 
 
 def tensor_rate_groups(rate, slice_groups, owner):
-    """Active groups of a symbolic rate: an int32 scalar checked in the graph."""
+    """Active groups of a symbolic rate: an int32 scalar checked in the graph.
+
+    Built once per rate tensor and group count in a graph: every sliced
+    layer of a model receives the same rate tensor, and one check and one
+    width computation serve them all.
+    """
     ensure_dynamic_shapes_allowed(owner)
-    return groups_from_rate_scalar(checked_rate_scalar(rate, owner), slice_groups)
+    return per_rate_tensor(
+        rate,
+        ("groups", slice_groups),
+        lambda: groups_from_rate_scalar(
+            per_rate_tensor(
+                rate, "checked", lambda: checked_rate_scalar(rate, owner)
+            ),
+            slice_groups,
+        ),
+    )
+
+
+# Graph -> {(id(rate), key): (rate, value)}; the rate is kept so that its id
+# is not reused while the graph lives.
+_PER_RATE_TENSOR = weakref.WeakKeyDictionary()
+
+
+def per_rate_tensor(rate, key, build):
+    """`build()`, built once per symbolic `rate` tensor and `key` in a graph.
+
+    A traced training step feeds one rate tensor to every sliced layer;
+    checking it and deriving widths from it once per layer (assertions are
+    conditionals in the graph) multiplied the tracing time and the graph
+    that TensorFlow optimizes before the first step runs.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    memo = _PER_RATE_TENSOR.setdefault(graph, {})
+    entry = memo.get((id(rate), key))
+    if entry is None or entry[0] is not rate:
+        entry = memo[(id(rate), key)] = (rate, build())
+    return entry[1]
 
 
 def checked_rate_scalar(rate, owner):
@@ -97,6 +134,12 @@ def ensure_dynamic_shapes_allowed(owner):
             "the layer with a Python float rate (one compiled function per "
             "width), or compile with jit_compile=False."
         )
+
+
+def is_tracing(tensor):
+    """Whether a traced function is being built (`tf.function`)."""
+    del tensor
+    return not tf.executing_eagerly()
 
 
 def dim(x, axis):

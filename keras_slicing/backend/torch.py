@@ -36,6 +36,12 @@ def concrete_value(value):
     return value.detach().cpu().numpy()
 
 
+def is_tracing(tensor):
+    """Whether `torch.compile` is capturing the code being run."""
+    del tensor
+    return torch.compiler.is_compiling()
+
+
 def tensor_rate_groups(rate, slice_groups, owner):
     """Refuses a rate without values: it cannot size a slice.
 

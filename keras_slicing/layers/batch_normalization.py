@@ -218,6 +218,12 @@ class SlicedBatchNormalization(SlicedLayerMixin, keras.layers.BatchNormalization
             # Shape inference on JAX or PyTorch, where the rate holds no
             # value: every row has the same shape.
             return 0
+        return backend.per_rate_tensor(
+            rate, ("row", self.slice_groups, tuple(self._row_groups)),
+            lambda: self._checked_row(groups),
+        )
+
+    def _checked_row(self, groups):
         matches = ops.equal(
             ops.convert_to_tensor(np.array(self._row_groups, "int32")), groups
         )

@@ -4,7 +4,11 @@ The step is traced once by `tf.function` with the rates sampled inside the
 graph: a rate is a tensor, the layers compute their widths in the graph, and
 one trace serves every rate. XLA (`jit_compile=True`) cannot take those
 dynamic shapes, so there the rates are sampled on the host and each distinct
-set of rates gets its own compiled step with static shapes.
+set of rates gets its own compiled step with static shapes. So does a
+scheduler that runs every rate in every step (`"all"`): its one set needs
+one step, and static shapes trace and run faster than tensor rates (whose
+dynamic shapes made the first step cost more than tracing every width as a
+plain Keras model; benchmarks/first_step.py).
 """
 
 import functools
@@ -13,6 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_slicing import schedulers
 from keras_slicing import tf_internals
 
 
@@ -25,7 +30,7 @@ class SlicingTrainer:
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
-        if self._host_sampled:
+        if self._host_sampled or _runs_every_rate(self):
             # Filled as steps are compiled; `compiled_rate_sets` reads it.
             steps = self._compiled_rate_sets
             steps.clear()
@@ -80,7 +85,17 @@ class SlicingTrainer:
         # nested structure, which MultiWorkerMirroredStrategy refuses
         # ("unsupported type PerReplica"), so plain Keras 3 models cannot
         # fit under it. Only the shapes matter: one replica's part is enough.
-        if self._distribute_strategy is None or iterator is None:
+        if self._distribute_strategy is None:
+            # Keras defers building the optimizer and compiled metrics to
+            # the first trace of the step; the variables they create there
+            # make tf.function trace the whole step a second time. Built
+            # here from the shapes of the data, the step is traced once.
+            if data_batch is None and iterator is not None:
+                data_batch = _batch_spec(iterator)
+            if data_batch is not None:
+                self._symbolic_build(data_batch=data_batch)
+            return
+        if iterator is None:
             return super()._maybe_symbolic_build(iterator, data_batch)
         for _, _, batches in iterator:
             data_batch = keras.tree.map_structure(
@@ -90,6 +105,33 @@ class SlicingTrainer:
             break
         with self.distribute_strategy.scope():
             self._symbolic_build(data_batch=data_batch)
+
+
+def _batch_spec(iterator):
+    """Shapes and dtypes of the batches of a Keras epoch iterator, or None.
+
+    Read from the dataset's `element_spec`: no batch is consumed (a
+    generator would lose it).
+    """
+    for _, _, batches in iterator:
+        spec = getattr(batches, "element_spec", None)
+        break
+    else:
+        return None
+    if spec is None:
+        return None
+    return keras.tree.map_structure(
+        lambda s: keras.KerasTensor(tuple(s.shape), s.dtype.name), spec
+    )
+
+
+def _runs_every_rate(model):
+    """Whether every step of `model` runs all of its rates: one fixed set."""
+    scheduler = model.scheduler
+    # Random draws are distinct, so drawing as many as there are rates
+    # draws them all; other schedulers may repeat or leave out a rate.
+    known = isinstance(scheduler, (schedulers.AllScheduler, schedulers.RandomScheduler))
+    return known and model._num_slots == len(model.rates)
 
 
 def _first_replica(value, strategy):
