@@ -337,11 +337,12 @@ class _Builder:
 def _undeclared(model, layer_rates):
     """Whether a batch-norm layer of `model` has no row for its rate."""
     for layer in calibration.batchnorm_layers(model):
-        own = rates_lib.active_groups(graph.rate_of(layer_rates, layer), layer.slice_groups)
+        own = graph.rate_of(layer_rates, layer)
         declared = {
-            rates_lib.active_groups(r, layer.slice_groups) for r in layer.declared_rates
+            rates_lib.active_groups(r, layer.slice_groups)
+            for r in layer.declared_rates
         }
-        if own not in declared:
+        if rates_lib.active_groups(own, layer.slice_groups) not in declared:
             return True
     return False
 
