@@ -120,11 +120,11 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
         name=f"{model.name}_rate_{graph.describe_rate(rate)}",
     )
     if recalibrate:
-        recalibrate_batchnorm(plain, calibration_data, batch_size, owner)
+        _recalibrate_plain(plain, calibration_data, batch_size, owner)
     return plain
 
 
-def recalibrate_batchnorm(plain, data, batch_size=256, owner="extract_submodel"):
+def _recalibrate_plain(plain, data, batch_size, owner):
     """Sets every `BatchNormalization` of a plain model to its data's moments.
 
     Runs `data` (read as `keras_slicing.calibrate_batchnorm` reads it)
