@@ -68,21 +68,16 @@ def calibrate_batchnorm(
         for layer in layers:
             layer.row_of(rate)  # an undeclared rate fails here, before any run
     moments = _moments_model(model, rates)
-    totals = {}
+    pool = MomentPool()
     seen = 0
     total = _num_batches(data, batch_size)
     if steps is not None and total is not None:
         total = min(total, steps)
     progress = keras.utils.Progbar(total, verbose=verbose, unit_name="batch")
-    for batch in _batches(data, batch_size):
+    for batch in batches(data, batch_size):
         values = moments.predict_on_batch(_data_only(model, batch))
         for key, (count, mean, variance) in zip(moments.keys, _triples(values)):
-            count = float(np.asarray(count))
-            mean = np.asarray(mean, np.float64)
-            square = np.asarray(variance, np.float64) + mean**2
-            old = totals.get(key, (0.0, 0.0, 0.0))
-            totals[key] = (old[0] + count, old[1] + count * mean,
-                           old[2] + count * square)
+            pool.add(key, count, mean, variance)
         seen += 1
         progress.update(seen)
         if steps is not None and seen >= steps:
@@ -90,12 +85,41 @@ def calibrate_batchnorm(
     if not seen:
         raise _NoBatch("calibrate_batchnorm: the calibration data holds no batch.")
     # A layer off the path of a rate keeps that row (and its staleness).
-    for (layer, row), (count, total, square) in totals.items():
-        mean = total / count
+    for (layer, row), (mean, variance) in pool.moments().items():
         _write_row(layer.moving_mean, row, mean)
-        _write_row(layer.moving_variance, row, np.maximum(square / count - mean**2, 0.0))
+        _write_row(layer.moving_variance, row, variance)
         layer._mark_calibrated(row)
     return rates
+
+
+class MomentPool:
+    """Per-channel moments pooled over batches: exact, not moving averages.
+
+    `add` takes one batch's `count` (values per channel: batch and spatial
+    positions), mean and (biased) variance under a key; `moments` gives
+    every key's mean and variance over all the values added, as if
+    computed on them at once.
+    """
+
+    def __init__(self):
+        self._totals = {}
+
+    def add(self, key, count, mean, variance):
+        count = float(np.asarray(count))
+        mean = np.asarray(mean, np.float64)
+        square = np.asarray(variance, np.float64) + mean**2
+        old = self._totals.get(key, (0.0, 0.0, 0.0))
+        self._totals[key] = (
+            old[0] + count, old[1] + count * mean, old[2] + count * square
+        )
+
+    def moments(self):
+        """`{key: (mean, variance)}`, in the order the keys were first added."""
+        pooled = {}
+        for key, (count, total, square) in self._totals.items():
+            mean = total / count
+            pooled[key] = (mean, np.maximum(square / count - mean**2, 0.0))
+        return pooled
 
 
 class _BatchMoments(keras.layers.Layer):
@@ -322,7 +346,7 @@ def _stale_rows(layer):
 
 
 def _num_batches(data, batch_size):
-    """How many batches `_batches` yields; None (unknown) for an iterable."""
+    """How many batches `batches` yields; None (unknown) for an iterable."""
     if isinstance(data, tuple) and data and _is_arrays(data[0]):
         data = data[0]
     if _is_arrays(data):
@@ -336,7 +360,8 @@ def _write_row(variable, row, values):
     variable.assign(table)
 
 
-def _batches(data, batch_size):
+def batches(data, batch_size):
+    """The input batches of calibration `data` (see `calibrate_batchnorm`)."""
     if isinstance(data, tuple) and data and _is_arrays(data[0]):
         data = data[0]  # (x, y) or (x, y, sample_weight), as Keras reads it
     if _is_arrays(data):

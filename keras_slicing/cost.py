@@ -31,7 +31,9 @@ def model_cost(model, rate=1.0):
     Returns:
         `{"params": int, "macs": int}`.
     """
-    rate = widths.resolve(model, rate, "model_cost")
+    # Costs read no batch-norm statistics: a mixed configuration of a
+    # batch-norm model has one too.
+    rate = widths.resolve(model, rate, "model_cost", uses_statistics=False)
     params = 0
     macs = 0
     for layer, input_shapes, output_shapes in graph.layer_shapes(model, rate):

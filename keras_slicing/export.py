@@ -65,6 +65,7 @@ def export_tflite(
     single_file=False,
     sharing="views",
     verbose=0,
+    calibration_data=None,
 ):
     """Writes a TFLite bundle: one file per rate and `manifest.json`.
 
@@ -101,7 +102,8 @@ def export_tflite(
             `ElasticServer` choose among them exactly as among rates, in
             cost order. A configuration that is one of `rates` or repeats
             another is left out; two different sub-networks of one key are
-            refused.
+            refused. A mixed configuration of a model with
+            `SlicedBatchNormalization` needs `calibration_data`.
         quantization: `"float32"`, `"float16"` (float16 weights),
             `"dynamic"` (int8 weights, float activations) or `"int8"` (full
             integer, calibrated on `representative_data`).
@@ -142,6 +144,10 @@ def export_tflite(
             they feed leave XNNPACK and run slower (warned when exported).
             `"copies"` stores every width's weights, like the converter's
             multi-signature conversion.
+        calibration_data: Training inputs recomputing the batch-norm
+            statistics of the mixed `configs` of a model with
+            `SlicedBatchNormalization`, as `keras_slicing.extract_submodel`
+            reads them (read once per such configuration). Unused otherwise.
 
     Returns:
         The manifest, as written to `manifest.json`.
@@ -156,7 +162,7 @@ def export_tflite(
     rates = _export_rates(model, rates)
     _check_sharing(single_file, sharing)
     checks.check_model(model)
-    configs = _export_configs(model, configs, rates)
+    configs = _export_configs(model, configs, rates, calibration_data)
     calibration.refuse_stale(model, rates, "export_tflite")
     if keras.backend.backend() != "tensorflow":
         if configs:
@@ -202,7 +208,10 @@ def export_tflite(
     try:
         contents = {}
         for rate in sorted(widths, reverse=True):
-            plain = extract_submodel(model, widths[rate])
+            plain = extract_submodel(
+                model, widths[rate],
+                calibration_data=calibration_data if rate in configs else None,
+            )
             contents[rate] = convert_to_tflite(
                 plain, quantization, representative, int8_io
             )
@@ -243,7 +252,7 @@ def export_tflite(
             }
             if rate in configs:
                 entry["config"] = widths_lib.group_rates(
-                    model, configs[rate], "export_tflite"
+                    model, configs[rate], "export_tflite", uses_statistics=False
                 )
             if single is not None:
                 # Scores come from the per-width file, which the signature
@@ -550,11 +559,13 @@ def _export_rates(model, rates):
     return tuple(sorted(rates, reverse=True))
 
 
-def _export_configs(model, configs, rates):
+def _export_configs(model, configs, rates, calibration_data):
     """`{equivalent rate: config}` of the configurations to export.
 
     A configuration that is one of `rates` (every group at it), or repeats
-    an earlier one, is the same sub-network and is left out.
+    an earlier one, is the same sub-network and is left out. A mixed one of
+    a batch-norm model is refused here, before any conversion, without
+    `calibration_data`.
     """
     groups = {g.name: g.slice_groups for g in widths_lib.width_groups(model)}
 
@@ -568,7 +579,10 @@ def _export_configs(model, configs, rates):
     by_key = {}
     for config in configs or ():
         config = getattr(config, "config", config)  # a SearchPoint
-        by_group = widths_lib.group_rates(model, config, "export_tflite: configs")
+        by_group = widths_lib.group_rates(
+            model, config, "export_tflite: configs",
+            uses_statistics=calibration_data is None,
+        )
         if widths_of(by_group) in seen:
             continue
         key = widths_lib.equivalent_rate(model, config)

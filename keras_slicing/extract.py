@@ -1,6 +1,7 @@
 """Cutting one width out of a sliced model as a plain Keras model."""
 
 import keras
+import numpy as np
 
 from keras_slicing import calibration
 from keras_slicing import checks
@@ -8,10 +9,13 @@ from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
 from keras_slicing import widths
+from keras_slicing.layers.base import affine_values
+from keras_slicing.layers.base import plain_config
+from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.layers.flatten import SlicedFlatten
 
 
-def extract_submodel(model, rate):
+def extract_submodel(model, rate, calibration_data=None, batch_size=256):
     """Builds the plain Keras model that `model` computes at `rate`.
 
     The functional graph of `model` is replayed with the rate bound to a
@@ -34,6 +38,16 @@ def extract_submodel(model, rate):
     `fit(..., calibrate_batchnorm=False)`) is refused too: run
     `keras_slicing.calibrate_batchnorm` first.
 
+    A model with `SlicedBatchNormalization` keeps statistics per uniform
+    rate only, so a mixed configuration (groups at unequal shares of their
+    width) needs `calibration_data` (so does a uniform one of a rate that
+    some batch-norm layer does not declare): the configuration is cut out, then
+    every `BatchNormalization` of the cut model gets as moving mean and
+    variance the exact moments of its input over the data, pooled over
+    the batches as `keras_slicing.calibrate_batchnorm` pools them (each
+    layer normalizing with batch statistics, as in training). Without
+    it, such a configuration is refused.
+
     Args:
         model: A functional `keras.Model` whose inputs include the rate
             (`keras_slicing.rate_input()`), e.g. a `SlicingModel` or
@@ -41,6 +55,15 @@ def extract_submodel(model, rate):
         rate: The slice rate in (0, 1], or a width configuration (a
             `keras_slicing.WidthConfig` or a dict `{group: rate}`, see
             `keras_slicing.width_groups`): each group at its own width.
+        calibration_data: Training inputs that recompute the batch-norm
+            statistics of a mixed configuration, in any form
+            `keras_slicing.calibrate_batchnorm` reads (an array, `(x, y)`,
+            or an iterable of batches); read once. Unused by a rate, a
+            uniform configuration of declared rates (their statistics are
+            the model's), or a model without `SlicedBatchNormalization`. A
+            few thousand examples suffice.
+        batch_size: Batch size of array `calibration_data`. Defaults to
+            `256`.
 
     Returns:
         A functional `keras.Model` of the data inputs, named
@@ -60,10 +83,20 @@ def extract_submodel(model, rate):
     Reference:
     - [Cai et al., 2020](https://arxiv.org/abs/1904.01831), Model Slicing.
     """
-    rate = widths.resolve(model, rate, "extract_submodel")
+    owner = "extract_submodel"
+    recalibrate = False
+    if widths.is_config(rate) and calibration_data is not None:
+        analysis = widths.analyze(model)
+        by_group = widths.group_rates(model, rate, owner, analysis, False)
+        resolved = widths.resolve(model, rate, owner, analysis, False)
+        recalibrate = bool(analysis.batch_norms) and (
+            widths.is_mixed(analysis, by_group) or _undeclared(model, resolved)
+        )
+    rate = widths.resolve(model, rate, owner, uses_statistics=not recalibrate)
     data = graph.data_inputs(model)  # also rejects a non-functional model
     checks.check_model(model, allow_sliced_outputs=True)
-    calibration.refuse_stale(model, [rate], "extract_submodel")
+    if not recalibrate:
+        calibration.refuse_stale(model, [rate], owner)
     if not data:
         raise ValueError(
             f"extract_submodel: model '{model.name}' has no data input besides "
@@ -79,20 +112,106 @@ def extract_submodel(model, rate):
         )
         for x in data
     ]
-    builder = _Builder(rate)
+    builder = _Builder(rate, statistics=not recalibrate)
     outputs = graph.replay(model, rate, builder, inputs=inputs)
-    return keras.Model(
+    plain = keras.Model(
         inputs[0] if len(inputs) == 1 else inputs,
         outputs,
         name=f"{model.name}_rate_{graph.describe_rate(rate)}",
     )
+    if recalibrate:
+        _recalibrate_plain(plain, calibration_data, batch_size, owner)
+    return plain
+
+
+def _recalibrate_plain(plain, data, batch_size, owner):
+    """Sets every `BatchNormalization` of a plain model to its data's moments.
+
+    Runs `data` (read as `keras_slicing.calibrate_batchnorm` reads it)
+    through `plain` once with each batch-norm layer normalizing by its
+    batch's moments, as in training (dropout stays off), and stores the
+    moments of each layer's input pooled over all batches as its moving
+    mean and variance.
+    """
+    norms = [
+        layer for layer in keras_internals.all_sublayers(plain)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    nested = [n.name for n in norms if n not in plain.layers]
+    if nested:
+        raise ValueError(
+            f"{owner}: the batch-norm layers {nested} of '{plain.name}' sit "
+            "in a nested model, whose inputs cannot be read to recompute "
+            "their statistics. Build the model flat."
+        )
+    keys, moments = [], []
+
+    def run(layer, *args, **kwargs):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            kwargs.pop("training", None)
+            out, count, mean, variance = _PlainBatchMoments(layer)(*args, **kwargs)
+            keys.append(layer)
+            moments.extend([count, mean, variance])
+            return out
+        return layer(*args, **kwargs)
+
+    sources = list(plain.inputs)
+    inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in sources
+    ]
+    graph.replay(plain, 1.0, run, inputs=inputs)
+    runner = keras.Model(inputs[0] if len(inputs) == 1 else inputs, moments)
+    pool = calibration.MomentPool()
+    for batch in calibration.batches(data, batch_size):
+        flat = keras.tree.flatten(batch)
+        values = list(runner.predict_on_batch(flat[0] if len(flat) == 1 else flat))
+        for i, layer in enumerate(keys):
+            pool.add(layer, *values[3 * i : 3 * i + 3])
+    pooled = pool.moments()
+    if not pooled:
+        raise ValueError(f"{owner}: calibration_data holds no batch.")
+    for layer, (mean, variance) in pooled.items():
+        layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
+
+
+class _PlainBatchMoments(keras.layers.Layer):
+    """Runs a `BatchNormalization` on its batch's moments, returning them.
+
+    Outputs `(outputs, count, mean, variance)`, `count` being the number of
+    values each channel's moments pool (batch and other axes).
+    """
+
+    def __init__(self, norm, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = norm
+
+    def call(self, inputs, mask=None):
+        if mask is not None:
+            raise ValueError(
+                f"extract_submodel: batch-norm layer '{self.norm.name}' "
+                "normalizes a masked input, whose statistics cannot be "
+                "recomputed yet. Use a uniform configuration."
+            )
+        rank = len(inputs.shape)
+        axis = self.norm.axis % rank
+        axes = [i for i in range(rank) if i != axis]
+        mean, variance = keras.ops.moments(inputs, axes)
+        outputs = keras.ops.batch_normalization(
+            inputs, mean, variance, axis=axis, offset=self.norm.beta,
+            scale=self.norm.gamma, epsilon=self.norm.epsilon,
+        )
+        one = keras.ops.take(keras.ops.ones_like(inputs), 0, axis=axis)
+        count = keras.ops.sum(keras.ops.cast(one, "float32"))
+        return outputs, count, mean, variance
 
 
 class _Builder:
     """The `call_fn` of `graph.replay`: one standard layer per sliced node."""
 
-    def __init__(self, rate):
+    def __init__(self, rate, statistics=True):
         self.rate = rate
+        self.statistics = statistics
         self.clones = {}
         self.uses = {}
 
@@ -136,7 +255,10 @@ class _Builder:
         ]
         key = (id(layer), tuple(shapes))
         if key not in self.clones:
-            self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
+            if self.statistics or not isinstance(layer, SlicedBatchNormalization):
+                self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
+            else:
+                self.clones[key] = _uncalibrated(layer, shapes, self._name(layer))
         standard, weights = self.clones[key]
         outputs = standard(*args, **kwargs)
         if weights is not None:  # the first call built the variables
@@ -210,6 +332,30 @@ class _Builder:
         count = self.uses.get(id(layer), 0)
         self.uses[id(layer)] = count + 1
         return layer.name if count == 0 else f"{layer.name}_{count}"
+
+
+def _undeclared(model, layer_rates):
+    """Whether a batch-norm layer of `model` has no row for its rate."""
+    for layer in calibration.batchnorm_layers(model):
+        own = graph.rate_of(layer_rates, layer)
+        declared = {
+            rates_lib.active_groups(r, layer.slice_groups)
+            for r in layer.declared_rates
+        }
+        if rates_lib.active_groups(own, layer.slice_groups) not in declared:
+            return True
+    return False
+
+
+def _uncalibrated(layer, shapes, name):
+    """A `BatchNormalization` of `layer`'s active width, statistics to be set.
+
+    Its rate may have no statistics row (a configuration's widths need
+    not be declared rates), so zero mean and unit variance stand in.
+    """
+    n = shapes[0][-1]
+    plain = keras.layers.BatchNormalization.from_config(plain_config(layer, name))
+    return plain, affine_values(layer, n) + [np.zeros(n), np.ones(n)]
 
 
 class _CarryError(ValueError):

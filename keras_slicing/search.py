@@ -10,6 +10,7 @@ from keras_slicing import graph
 from keras_slicing import rates as rates_lib
 from keras_slicing import widths as widths_lib
 from keras_slicing.cost import model_cost
+from keras_slicing.extract import extract_submodel
 
 METHODS = ("greedy", "random")
 COSTS = ("macs", "params")
@@ -87,6 +88,7 @@ def search_widths(
     seed=None,
     batch_size=256,
     verbose=1,
+    calibration_data=None,
 ):
     """Finds the best-scoring width configuration for each cost budget.
 
@@ -106,8 +108,16 @@ def search_widths(
     (`max_evaluations` of them, default 100): the reference a search must
     beat.
 
-    Models with `SlicedBatchNormalization` are refused: their statistics
-    are kept per uniform rate (see `keras_slicing.WidthConfig`).
+    A model with `SlicedBatchNormalization` keeps statistics per uniform
+    rate only, so it needs `calibration_data`: each configuration is then
+    scored on its plain model, `extract_submodel(model, config,
+    calibration_data=calibration_data)` (a mixed one with its batch-norm
+    statistics recomputed on that data). Each candidate then costs a cut
+    (building the plain model and copying its weights), one pass over
+    `calibration_data` and one over `validation_data`, instead of the one
+    pass over `validation_data` of a model without batch norm: keep
+    `calibration_data` to a few thousand examples, and bound a large
+    model's search with `max_evaluations` or `time_limit`.
 
     Args:
         model: A trained functional model with a rate input (e.g. a
@@ -135,6 +145,12 @@ def search_widths(
             deterministic.
         batch_size: Batch size of the evaluations. Defaults to `256`.
         verbose: `1` shows a progress bar, `0` nothing.
+        calibration_data: Training inputs recomputing the batch-norm
+            statistics of each mixed configuration, as
+            `keras_slicing.extract_submodel` reads them (arrays, `(x, y)`,
+            or a re-iterable of batches such as a `tf.data` dataset: it is
+            read once per configuration). Required for, and only used by, a
+            model with `SlicedBatchNormalization`. Not the validation data.
 
     Returns:
         A `SearchResult`.
@@ -159,14 +175,13 @@ def search_widths(
             f"{owner}: model '{model.name}' has no width group (no sliced "
             "layer narrows its output), so there is nothing to search."
         )
-    if analysis.batch_norms:
+    if analysis.batch_norms and calibration_data is None:
         raise ValueError(
             f"{owner}: model '{model.name}' has SlicedBatchNormalization "
             f"layers ({', '.join(analysis.batch_norms)}), whose statistics are "
-            "kept per uniform rate, so mixed configurations cannot be scored "
-            "(recalibration per configuration is not implemented). Search a "
-            "model normalized by SlicedGroupNormalization or "
-            "SlicedLayerNormalization."
+            "kept per uniform rate, so a mixed configuration is scored with "
+            "statistics recomputed for it: pass calibration_data (training "
+            "inputs, a few thousand examples). Received: calibration_data=None"
         )
     x, y = _split(validation_data, owner)
     cost_fn = _cost_function(cost, owner)
@@ -198,9 +213,17 @@ def search_widths(
         if ks in cache:
             return cache[ks]
         config = {n: k / g for n, k, g in zip(names, ks, sizes)}
-        layer_rates = widths_lib.resolve(model, config, owner, analysis)
         value = float(cost_fn(model, config))
-        score = float(score_fn(y, _predict(model, layer_rates, x, batch_size)))
+        if analysis.batch_norms:
+            plain = extract_submodel(
+                model, config, calibration_data=calibration_data,
+                batch_size=batch_size,
+            )
+            predictions = plain.predict(x, batch_size=batch_size, verbose=0)
+        else:
+            layer_rates = widths_lib.resolve(model, config, owner, analysis)
+            predictions = _predict(model, layer_rates, x, batch_size)
+        score = float(score_fn(y, predictions))
         cache[ks] = (config, value, score)
         order.append(ks)
         progress.update(len(order))
@@ -260,7 +283,6 @@ def litert_latency(batch_size=1, num_threads=1, repeats=15):
 
     def cost(model, config):
         from keras_slicing.export import convert_to_tflite
-        from keras_slicing.extract import extract_submodel
         from keras_slicing.interpreter import load_interpreter
         from keras_slicing.interpreter import measure_latencies
         from keras_slicing.interpreter import set_random_input

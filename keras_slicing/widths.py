@@ -123,22 +123,31 @@ def width_groups(model):
     return list(analyze(model).groups)
 
 
-def resolve(model, config, owner, analysis=None):
+def resolve(model, config, owner, analysis=None, uses_statistics=True):
     """`config` (a rate, dict or `WidthConfig`) for `model` as `graph.LayerRates`.
 
     A plain rate is returned as a validated float. `analysis` (from
-    `analyze(model)`) saves walking the graph again.
+    `analyze(model)`) saves walking the graph again. `uses_statistics`: see
+    `group_rates`.
     """
     if not is_config(config):
         return rates_lib.validate_rate(config, owner)
     config = WidthConfig(config)
     analysis = analysis or analyze(model)
-    by_group = group_rates(model, config, owner, analysis)
+    by_group = group_rates(model, config, owner, analysis, uses_statistics)
     return _layer_rates(analysis, by_group)
 
 
-def group_rates(model, config, owner="WidthConfig", analysis=None):
-    """`{group name: rate}` of every group of `model` under `config`."""
+def group_rates(
+    model, config, owner="WidthConfig", analysis=None, uses_statistics=True
+):
+    """`{group name: rate}` of every group of `model` under `config`.
+
+    A mixed configuration of a model with `SlicedBatchNormalization` is
+    refused unless `uses_statistics` is False: the caller then reads no
+    stored batch-norm statistics at it (it counts costs, or recomputes
+    them, see `is_mixed`).
+    """
     analysis = analysis or analyze(model)
     config = WidthConfig(config)
     group_of = {
@@ -168,19 +177,27 @@ def group_rates(model, config, owner="WidthConfig", analysis=None):
             )
         named_by[group] = name
         by_group[group] = rate
-    if analysis.batch_norms and len(
-        {rates_lib.active_groups(by_group[g.name], g.slice_groups) / g.slice_groups
-         for g in analysis.groups}
-    ) > 1:
+    if uses_statistics and analysis.batch_norms and is_mixed(analysis, by_group):
         raise ValueError(
             f"{owner}: model '{model.name}' has SlicedBatchNormalization "
             f"layers ({', '.join(analysis.batch_norms)}), whose statistics are "
             "kept per uniform rate: at a mixed configuration they would "
-            "normalize with statistics of another sub-network. Use a "
-            "uniform configuration, or SlicedGroupNormalization / "
+            "normalize with statistics of another sub-network. Pass "
+            "calibration_data (training inputs) to extract_submodel, "
+            "search_widths or export_tflite, which recompute the statistics "
+            "of the configuration's plain model; or use a uniform "
+            "configuration, or SlicedGroupNormalization / "
             f"SlicedLayerNormalization. Received: {by_group}"
         )
     return by_group
+
+
+def is_mixed(analysis, by_group):
+    """Whether the groups' rates `by_group` keep unequal shares of their width."""
+    return len(
+        {rates_lib.active_groups(by_group[g.name], g.slice_groups) / g.slice_groups
+         for g in analysis.groups}
+    ) > 1
 
 
 def config_label(by_group):

@@ -26,6 +26,29 @@ def small_cnn(input_shape=(8, 8, 1), classes=10, bn_rates=(1.0, 0.75, 0.5, 0.25)
     return keras.Model([x, rate], y, name="small_cnn")
 
 
+def small_bn_cnn(filters=8, bn_rates=(1.0, 0.5)):
+    """Two conv-BN-ReLU stages and a dense head: two width groups."""
+    x = keras.Input((6, 6, 2), name="image")
+    rate = rate_input()
+    h = layers.SlicedConv2D(
+        filters, 3, padding="same", slice_input=False, slice_groups=4, name="conv1"
+    )(x, rate)
+    h = layers.SlicedBatchNormalization(rates=bn_rates, slice_groups=4, name="bn1")(
+        h, rate
+    )
+    h = keras.layers.ReLU()(h)
+    h = layers.SlicedConv2D(filters, 3, padding="same", slice_groups=4, name="conv2")(
+        h, rate
+    )
+    h = layers.SlicedBatchNormalization(rates=bn_rates, slice_groups=4, name="bn2")(
+        h, rate
+    )
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    y = layers.SlicedDense(3, slice_output=False, name="head")(h, rate)
+    return keras.Model([x, rate], y, name="small_bn_cnn")
+
+
 def small_mlp(features=64, classes=10):
     x = keras.Input((features,), name="features")
     rate = rate_input()

@@ -10,6 +10,7 @@ import keras_slicing
 from keras_slicing.export import export_tflite
 from keras_slicing.export import read_manifest
 from tests.sliced_models import randomize_weights
+from tests.sliced_models import small_bn_cnn
 
 L = keras_slicing.layers
 
@@ -82,3 +83,29 @@ def test_manifest_with_a_malformed_config_is_rejected(bundle, tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(broken))
     with pytest.raises(BundleError, match="'config'"):
         read_manifest(tmp_path, verify=False)
+
+
+def test_mixed_config_of_a_batch_norm_model_without_data_is_rejected(tmp_path):
+    model = small_bn_cnn()
+    with pytest.raises(ValueError, match="export_tflite: configs.*calibration_data"):
+        export_tflite(model, tmp_path / "bn", rates=[1.0], configs=[{"conv1": 0.5}])
+
+
+def test_mixed_config_of_a_batch_norm_model_serves_its_recalibrated_model(tmp_path):
+    model = small_bn_cnn()
+    randomize_weights(model)
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=(32, 6, 6, 2)).astype("float32")
+    x = rng.normal(size=(3, 6, 6, 2)).astype("float32")
+    config = {"conv1": 0.5, "conv2": 0.25}
+    manifest = export_tflite(
+        model, tmp_path / "bn", rates=[1.0], configs=[config],
+        output_kind="multiclass_logits", calibration_data=calibration,
+    )
+    (entry,) = [e for e in manifest["rates"] if "config" in e]
+    plain = keras_slicing.extract_submodel(model, config, calibration_data=calibration)
+    np.testing.assert_allclose(
+        load_bundle(tmp_path / "bn").predict(x, rate=entry["rate"]),
+        plain.predict(x, verbose=0),
+        atol=1e-5,
+    )

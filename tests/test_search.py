@@ -5,6 +5,7 @@ import pytest
 import keras_slicing
 from keras_slicing import search_widths
 from tests.sliced_models import randomize_weights
+from tests.sliced_models import small_bn_cnn
 from tests.sliced_models import small_cnn
 
 L = keras_slicing.layers
@@ -66,9 +67,43 @@ def test_front_scores_rise_with_cost():
     assert costs == sorted(costs) and scores == sorted(set(scores))
 
 
-def test_batch_norm_model_is_rejected():
-    with pytest.raises(ValueError, match="SlicedBatchNormalization"):
+def test_batch_norm_model_without_calibration_data_is_rejected():
+    with pytest.raises(ValueError, match="SlicedBatchNormalization.*calibration_data"):
         search_widths(small_cnn(), (np.zeros((2, 8, 8, 1)), np.zeros(2)), verbose=0)
+
+
+@pytest.fixture(scope="module")
+def bn_search():
+    model = small_bn_cnn()
+    randomize_weights(model, seed=3)
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=(48, 6, 6, 2)).astype("float32")
+    x = rng.normal(size=(32, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=32)
+    result = search_widths(
+        model, (x, y), rates=[1.0, 0.5, 0.25], calibration_data=calibration,
+        verbose=0,
+    )
+    return model, calibration, x, y, result
+
+
+def test_batch_norm_search_front_holds_configs_of_the_searched_rates(bn_search):
+    model, _, _, _, result = bn_search
+    groups = [g.name for g in keras_slicing.width_groups(model)]
+    for point in result.front:
+        assert sorted(point.config) == sorted(groups)
+        assert set(point.config.values()) <= {1.0, 0.5, 0.25}
+    assert any(len(set(p.config.values())) > 1 for p in result.points)
+
+
+def test_batch_norm_search_scores_are_those_of_the_recalibrated_models(bn_search):
+    model, calibration, x, y, result = bn_search
+    for point in result.front:
+        plain = keras_slicing.extract_submodel(
+            model, point.config, calibration_data=calibration
+        )
+        accuracy = np.mean(plain.predict(x, verbose=0).argmax(-1) == y)
+        assert point.score == pytest.approx(accuracy)
 
 
 def test_unknown_method_is_rejected():

@@ -8,6 +8,7 @@ from keras_slicing import extract_submodel
 from keras_slicing import model_cost
 from keras_slicing import width_groups
 from tests.sliced_models import randomize_weights
+from tests.sliced_models import small_bn_cnn
 from tests.sliced_models import small_cnn
 
 L = keras_slicing.layers
@@ -81,11 +82,95 @@ def test_two_rates_for_one_merge_are_rejected():
         extract_submodel(_residual_model(), {"stem": 0.5, "b1": 0.25})
 
 
-def test_mixed_config_of_a_batch_norm_model_is_rejected():
+def test_mixed_config_of_a_batch_norm_model_without_data_is_rejected():
     model = small_cnn()
     first = width_groups(model)[0].name
-    with pytest.raises(ValueError, match="SlicedBatchNormalization"):
-        model_cost(model, {first: 0.5})
+    with pytest.raises(ValueError, match="SlicedBatchNormalization.*calibration_data"):
+        extract_submodel(model, {first: 0.5})
+
+
+def test_cost_of_a_mixed_config_of_a_batch_norm_model_counts_its_layers():
+    model = small_bn_cnn()
+    # conv1 3x3x2x4 on 6x6, bn1 over 4, conv2 3x3x4x6, bn2 over 6, head 6x3.
+    macs = 36 * 18 * 4 + 36 * 4 + 36 * 36 * 6 + 36 * 6 + 6 * 3
+    assert model_cost(model, {"conv1": 0.5, "conv2": 0.75})["macs"] == macs
+
+
+def _plain_bn_cnn(model, c1, c2, calibration):
+    """The model by hand, its statistics set from numpy moments of `calibration`."""
+    x = keras.Input((6, 6, 2))
+    a = K.Conv2D(c1, 3, padding="same")(x)
+    b = K.BatchNormalization()(a)
+    h = K.Conv2D(c2, 3, padding="same")(K.ReLU()(b))
+    n = K.BatchNormalization()(h)
+    y = K.Dense(3)(K.GlobalAveragePooling2D()(K.ReLU()(n)))
+    plain = keras.Model(x, y)
+    sliced = {layer.name: layer.get_weights() for layer in model.layers}
+    conv1, bn1, conv2, bn2, dense = [layer for layer in plain.layers if layer.weights]
+    kernel, bias = sliced["conv1"]
+    conv1.set_weights([kernel[..., :c1], bias[:c1]])
+    kernel, bias = sliced["conv2"]
+    conv2.set_weights([kernel[..., :c1, :c2], bias[:c2]])
+    kernel, bias = sliced["head"]
+    dense.set_weights([kernel[:c2], bias])
+    for norm, name, c, inputs in ((bn1, "bn1", c1, a), (bn2, "bn2", c2, h)):
+        gamma, beta = sliced[name][:2]
+        values = keras.Model(x, inputs).predict(calibration, verbose=0)
+        norm.set_weights(
+            [gamma[:c], beta[:c], values.mean((0, 1, 2)), values.var((0, 1, 2))]
+        )
+    return plain
+
+
+def _bn_data(n=40, seed=1):
+    return np.random.default_rng(seed).normal(size=(n, 6, 6, 2)).astype("float32")
+
+
+def test_mixed_config_of_a_batch_norm_model_matches_numpy_statistics():
+    model = small_bn_cnn()
+    randomize_weights(model)
+    calibration, x = _bn_data(), _bn_data(5, seed=2)
+    # One batch: each layer's batch moments are then the pooled ones.
+    plain = extract_submodel(
+        model, {"conv1": 0.5, "conv2": 0.75}, calibration_data=calibration,
+        batch_size=64,
+    )
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0),
+        _plain_bn_cnn(model, 4, 6, calibration).predict(x, verbose=0),
+        atol=1e-4,
+    )
+
+
+def test_recomputed_statistics_pool_every_batch():
+    model = small_bn_cnn()
+    randomize_weights(model)
+    calibration = _bn_data()
+    plain = extract_submodel(
+        model, {"conv1": 0.25, "conv2": 1.0}, calibration_data=calibration,
+        batch_size=16,
+    )
+    reference = _plain_bn_cnn(model, 2, 8, calibration)
+    # bn1's input depends on no batch norm, so its moments are the data's.
+    np.testing.assert_allclose(
+        plain.get_layer("bn1").get_weights(),
+        reference.layers[2].get_weights(),
+        rtol=1e-4, atol=1e-5,
+    )
+
+
+def test_uniform_config_with_calibration_data_keeps_the_models_statistics():
+    model = small_bn_cnn()
+    randomize_weights(model)
+    x = _bn_data(5)
+    plain = extract_submodel(
+        model, {"conv1": 0.5, "conv2": 0.5}, calibration_data=_bn_data()
+    )
+    np.testing.assert_allclose(
+        plain.predict(x, verbose=0),
+        extract_submodel(model, 0.5).predict(x, verbose=0),
+        atol=1e-6,
+    )
 
 
 def test_uniform_config_of_a_batch_norm_model_equals_its_rate():
