@@ -264,7 +264,7 @@ def search_widths(
     )
 
 
-def litert_latency(batch_size=1, num_threads=1, repeats=15):
+def litert_latency(batch_size=1, num_threads=1, repeats=15, calibration_data=None):
     """A `cost` for `search_widths`: measured LiteRT milliseconds per call.
 
     Each configuration is cut out (`extract_submodel`), converted with
@@ -279,6 +279,10 @@ def litert_latency(batch_size=1, num_threads=1, repeats=15):
         batch_size: Examples per call. Defaults to `1`.
         num_threads: LiteRT CPU threads. Defaults to `1`.
         repeats: Timing rounds. Defaults to `15`.
+        calibration_data: Training inputs for the batch-norm statistics of
+            mixed configurations of a model with batch normalization, as
+            in `extract_submodel`; the timing does not depend on them, so
+            a few batches are enough. Defaults to `None`.
     """
 
     def cost(model, config):
@@ -287,7 +291,9 @@ def litert_latency(batch_size=1, num_threads=1, repeats=15):
         from keras_slicing.interpreter import measure_latencies
         from keras_slicing.interpreter import set_random_input
 
-        content = convert_to_tflite(extract_submodel(model, config))
+        content = convert_to_tflite(
+            extract_submodel(model, config, calibration_data=calibration_data)
+        )
         interpreter = load_interpreter(model_content=content, num_threads=num_threads)
         set_random_input(interpreter, batch_size)
         (seconds,) = measure_latencies([interpreter], repeats)

@@ -120,3 +120,13 @@ def test_litert_latency_cost_gives_milliseconds_of_the_full_width_first():
     assert all(p.cost > 0 for p in result.points)
     assert result.points[0].cost_fraction == 1.0
     assert not result.complete
+
+
+def test_litert_latency_prices_mixed_batch_norm_configs_with_calibration_data(bn_search):
+    model, calibration, _, _, _ = bn_search
+    groups = [g.name for g in keras_slicing.width_groups(model)]
+    mixed = {groups[0]: 1.0, groups[1]: 0.5}
+    with pytest.raises(ValueError, match="calibration_data"):
+        keras_slicing.search.litert_latency(repeats=1)(model, mixed)
+    cost = keras_slicing.search.litert_latency(repeats=1, calibration_data=calibration[:16])
+    assert cost(model, mixed) > 0
