@@ -36,7 +36,13 @@ For each data set and seed (the seed sets every initialization and shuffle):
    - `narrow_weights`: as `high_lr`, with `rate_loss_weights` 1/2/4/8
      (widths 1 to 0.25; the default `3 - 2r` is 1/1.5/2/2.5): the narrow
      widths' losses weigh more;
-   - `narrow_weights_higher_lr`: both.
+   - `narrow_weights_higher_lr`: both;
+   - `narrow_weights_mid_lr`: as `narrow_weights`, at `--mid_learning_rate`
+     (5e-3);
+   - `narrow_weights_27`: as `narrow_weights`, with weights 1/3/9/27;
+   - `narrow_sampling`: as `high_lr`, with three rates a step: width 0.25
+     and two of the others drawn with probabilities 1:2:3 (widths 1, 0.75,
+     0.5; scheduler "random_min", `rate_probabilities`).
    `--recipes` picks some; `--rewires=0` skips stage 2, so that a new
    recipe can run alone and `--merge` joins its stages to an earlier file's
    (stage by stage: each recipe's rows come from the part that ran it;
@@ -92,6 +98,12 @@ RECIPES = {
     "narrow_weights": ("high_learning_rate", {"rate_loss_weights": (1, 2, 4, 8)}),
     "narrow_weights_higher_lr": ("higher_learning_rate",
                                  {"rate_loss_weights": (1, 2, 4, 8)}),
+    "narrow_weights_mid_lr": ("mid_learning_rate", {"rate_loss_weights": (1, 2, 4, 8)}),
+    "narrow_weights_27": ("high_learning_rate", {"rate_loss_weights": (1, 3, 9, 27)}),
+    "narrow_sampling": ("high_learning_rate", {
+        "scheduler": "random_min", "num_random": 2,
+        "rate_probabilities": (1, 2, 3, 4),
+    }),
 }
 # What runs without --recipes: the rows of the committed result's first run.
 DEFAULT_RECIPES = ("default", "teacher", "high_lr")
@@ -494,6 +506,8 @@ def main():
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
     parser.add_argument("--high_learning_rate", type=float, default=1e-2,
                         help="Learning rate of the high_lr recipe.")
+    parser.add_argument("--mid_learning_rate", type=float, default=5e-3,
+                        help="Learning rate of the *mid_lr recipes.")
     parser.add_argument("--higher_learning_rate", type=float, default=2e-2,
                         help="Learning rate of the *higher_lr recipes.")
     parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
@@ -544,6 +558,7 @@ def main():
             "finetune_learning_rate": args.finetune_learning_rate,
             "high_learning_rate": args.high_learning_rate,
             "higher_learning_rate": args.higher_learning_rate,
+            "mid_learning_rate": args.mid_learning_rate,
             "finetune_rewire": FINETUNE_REWIRE,
             "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
         },
