@@ -308,6 +308,30 @@ def finetune_steps(run, recipe, fraction, epochs, per_epoch):
     return round(float(fraction) * epochs) * per_epoch
 
 
+def complete_recipes(runs, seeds):
+    """The recipes every seed ran, in the first seed's order."""
+    return [c for c in runs[seeds[0]]["finetune"]
+            if all(c in runs[s]["finetune"] for s in seeds)]
+
+
+def screening(runs, seeds):
+    """Recipes some seeds ran: per seed, accuracy and gap to its scratch run."""
+    partial = {}
+    for s in seeds:
+        for recipe, fractions in runs[s]["finetune"].items():
+            if recipe in complete_recipes(runs, seeds):
+                continue
+            partial.setdefault(recipe, {})[s] = {
+                fraction: {
+                    "accuracy": values,
+                    "minus_scratch": {k: v - runs[s]["scratch"][k]
+                                      for k, v in values.items()},
+                }
+                for fraction, values in fractions.items()
+            }
+    return partial
+
+
 def table_rows(runs, seeds, epochs, per_epoch):
     """`{row label: {rate: (mean, s.e.)}}` over `seeds` of every stage.
 
@@ -325,7 +349,7 @@ def table_rows(runs, seeds, epochs, per_epoch):
             str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
             for rate in RATES
         }
-    for recipe in first["finetune"]:
+    for recipe in complete_recipes(runs, seeds):
         for fraction in first["finetune"][recipe]:
             share = finetune_steps(first, recipe, fraction, epochs,
                                    per_epoch) / (epochs * per_epoch)
@@ -370,7 +394,7 @@ def summarize(runs, epochs, per_epoch):
 
     rows = table_rows(runs, seeds, epochs, per_epoch)
     goals = {}
-    for recipe in first["finetune"]:
+    for recipe in complete_recipes(runs, seeds):
         # Paired by seed: each fine-tuned run against that seed's scratch run.
         gaps = {
             str(rate): over(lambda r, c=recipe, k=str(rate):
@@ -397,6 +421,7 @@ def summarize(runs, epochs, per_epoch):
         ),
     }
     return {"seeds": seeds, "rows": rows, "goals": goals,
+            "screening": screening(runs, seeds),
             "converted_at_0.25": narrow, "timing": timing, **partial}
 
 
