@@ -16,18 +16,38 @@ For each data set and seed (the seed sets every initialization and shuffle):
    `FINETUNE_REWIRE`) fine-tuned for 10%, 25% and 50% of the from-scratch
    schedule's steps (one run, measured when each fraction is reached; the
    learning rate is constant, so a run stopped there is the same run).
-   Fractions are rounded to whole epochs (`finetune_step_fraction` in the
-   summary: MNIST-1D's "25%" is 2 of its 10 epochs). Recipes:
+   A fraction is exact in steps: `fit` stops at the batch where
+   round(fraction * scratch steps) is reached, mid-epoch if need be, and the
+   next part starts a new epoch (digits: 22 batches an epoch, 440 steps,
+   44/110/220 at 10/25/50%, whole epochs; MNIST-1D: 32 batches, 320 steps,
+   32/80/160, so "25%" stops half-way through the third epoch). Each run
+   records its steps (`finetune_steps`). The `default` and `teacher` rows of
+   the committed result were measured when fractions were rounded to whole
+   epochs: their MNIST-1D "25%" is 64 steps (20%), which the tables say.
+   Recipes:
    - `default`: `SlicingModel`'s defaults (`"all"` rates, loss weights
      `3 - 2r`), labels only, Adam at `--finetune_learning_rate` (a third of
      the scratch rate);
    - `teacher`: as `default`, with the pretrained model as a frozen teacher
      (`distillation=pretrained`: every rate learns from its soft targets);
    - `high_lr`: as `default`, with Adam at `--high_learning_rate` (10/3 of
-     the scratch rate): the recommended recipe of docs/fine-tuning.md.
+     the scratch rate): the recommended recipe of docs/fine-tuning.md;
+   - `higher_lr`: as `high_lr`, at `--higher_learning_rate` (2e-2);
+   - `narrow_weights`: as `high_lr`, with `rate_loss_weights` 1/2/4/8
+     (widths 1 to 0.25; the default `3 - 2r` is 1/1.5/2/2.5): the narrow
+     widths' losses weigh more;
+   - `narrow_weights_higher_lr`: both;
+   - `narrow_weights_mid_lr`: as `narrow_weights`, at `--mid_learning_rate`
+     (5e-3);
+   - `narrow_weights_27`: as `narrow_weights`, with weights 1/3/9/27;
+   - `narrow_sampling`: as `high_lr`, with three rates a step: width 0.25
+     and two of the others drawn with probabilities 1:2:3 (widths 1, 0.75,
+     0.5; scheduler "random_min", `rate_probabilities`).
    `--recipes` picks some; `--rewires=0` skips stage 2, so that a new
    recipe can run alone and `--merge` joins its stages to an earlier file's
-   (stage by stage: each recipe's rows come from the part that ran it).
+   (stage by stage: each recipe's rows come from the part that ran it;
+   `--scratch=0` skips stage 4 for such a part: its seed then counts only
+   merged with a part that has it).
 4. `scratch`: the same sliced network (`slice_model` of the untrained plain
    model) trained from scratch with the defaults for the full schedule.
 
@@ -49,6 +69,7 @@ JSON says how many CPUs there were.
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -67,9 +88,25 @@ from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 RATES = (1.0, 0.75, 0.5, 0.25)
 REWIRES = (None, "l1", "bn", "taylor")
 FRACTIONS = (0.1, 0.25, 0.5)
-# "default" and "teacher" fine-tune at --finetune_learning_rate, "high_lr"
-# at --high_learning_rate (see the module docstring).
-RECIPES = ("default", "teacher", "high_lr")
+# Each recipe's learning rate (the argument that sets it) and the arguments
+# of slice_model that differ from the SlicingModel defaults.
+RECIPES = {
+    "default": ("finetune_learning_rate", {}),
+    "teacher": ("finetune_learning_rate", {"distillation": "pretrained"}),
+    "high_lr": ("high_learning_rate", {}),
+    "higher_lr": ("higher_learning_rate", {}),
+    "narrow_weights": ("high_learning_rate", {"rate_loss_weights": (1, 2, 4, 8)}),
+    "narrow_weights_higher_lr": ("higher_learning_rate",
+                                 {"rate_loss_weights": (1, 2, 4, 8)}),
+    "narrow_weights_mid_lr": ("mid_learning_rate", {"rate_loss_weights": (1, 2, 4, 8)}),
+    "narrow_weights_27": ("high_learning_rate", {"rate_loss_weights": (1, 3, 9, 27)}),
+    "narrow_sampling": ("high_learning_rate", {
+        "scheduler": "random_min", "num_random": 2,
+        "rate_probabilities": (1, 2, 3, 4),
+    }),
+}
+# What runs without --recipes: the rows of the committed result's first run.
+DEFAULT_RECIPES = ("default", "teacher", "high_lr")
 # The rewiring of every fine-tuned model: the library's default when the
 # "default" and "teacher" rows were measured, kept so that rows compare.
 FINETUNE_REWIRE = "l1"
@@ -132,27 +169,56 @@ class _EpochTimes(keras.callbacks.Callback):
         self.times = getattr(self, "times", []) + [time.perf_counter() - self.start]
 
 
+class _StopAfter(keras.callbacks.Callback):
+    """Stops `fit` after `steps` batches, mid-epoch if need be."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+        self.done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+        if self.done >= self.steps:
+            self.model.stop_training = True
+
+
+def batches_per_epoch(name, x_train):
+    return math.ceil(len(x_train) / BATCHES[name])
+
+
 def finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs, args,
              result, save):
-    """Fine-tunes `slice_model(pretrained)` with `recipe`, measured at FRACTIONS."""
+    """Fine-tunes `slice_model(pretrained)` with `recipe`, measured at FRACTIONS.
+
+    Each fraction of the scratch run's steps is reached exactly: a `fit`
+    covering the epochs it needs stops at that batch (with whole epochs, the
+    same `fit` calls as when fractions were rounded to epochs).
+    """
     x_train, y_train = data
     batch = BATCHES[name]
+    per_epoch = batches_per_epoch(name, x_train)
+    rate_name, options = RECIPES[recipe]
+    if options.get("distillation") == "pretrained":
+        options = {**options, "distillation": pretrained}
     keras.utils.set_random_seed(seed)
-    teacher = {"distillation": pretrained} if recipe == "teacher" else {}
     sliced = keras_slicing.slice_model(
         pretrained, rates=RATES, rewire=FINETUNE_REWIRE, data=data, seed=seed,
-        **teacher
+        **options
     )
-    learning_rate = (args.high_learning_rate if recipe == "high_lr"
-                     else args.finetune_learning_rate)
-    compile_model(sliced, learning_rate)
-    done, runs = 0, result["finetune"].setdefault(recipe, {})
+    compile_model(sliced, getattr(args, rate_name))
+    runs = result["finetune"].setdefault(recipe, {})
+    steps = result.setdefault("finetune_steps", {}).setdefault(recipe, {})
+    done_steps = done_epochs = 0
     start = time.perf_counter()
     for fraction in FRACTIONS:
-        until = round(fraction * epochs)
-        sliced.fit(x_train, y_train, batch_size=batch, initial_epoch=done,
-                   epochs=until, verbose=0)
-        done = until
+        until = round(fraction * epochs * per_epoch)
+        more = math.ceil((until - done_steps) / per_epoch)
+        sliced.fit(x_train, y_train, batch_size=batch, initial_epoch=done_epochs,
+                   epochs=done_epochs + more, verbose=0,
+                   callbacks=[_StopAfter(until - done_steps)])
+        done_steps, done_epochs = until, done_epochs + more
+        steps[str(fraction)] = until
         runs[str(fraction)] = width_accuracy(sliced, x_test, y_test)
         print(f"[{name} seed {seed}] {recipe}@{fraction}: {runs[str(fraction)]} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
@@ -195,6 +261,8 @@ def run_seed(name, seed, epochs, args, result, save):
     for recipe in filter(None, args.recipes.split(",")):
         finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs,
                  args, result, save)
+    if not args.scratch:
+        return
 
     keras.utils.set_random_seed(seed)
     scratch = keras_slicing.slice_model(plain_network(name), rates=RATES, rewire=None,
@@ -232,10 +300,43 @@ def mean_se(values):
     return float(values.mean()), float(se)
 
 
-def table_rows(runs, seeds):
+def finetune_steps(run, recipe, fraction, epochs, per_epoch):
+    """The steps a fine-tuned row ran: recorded, or whole epochs (older rows)."""
+    recorded = run.get("finetune_steps", {}).get(recipe, {})
+    if str(fraction) in recorded:
+        return recorded[str(fraction)]
+    return round(float(fraction) * epochs) * per_epoch
+
+
+def complete_recipes(runs, seeds):
+    """The recipes every seed ran, in the first seed's order."""
+    return [c for c in runs[seeds[0]]["finetune"]
+            if all(c in runs[s]["finetune"] for s in seeds)]
+
+
+def screening(runs, seeds):
+    """Recipes some seeds ran: per seed, accuracy and gap to its scratch run."""
+    partial = {}
+    for s in seeds:
+        for recipe, fractions in runs[s]["finetune"].items():
+            if recipe in complete_recipes(runs, seeds):
+                continue
+            partial.setdefault(recipe, {})[s] = {
+                fraction: {
+                    "accuracy": values,
+                    "minus_scratch": {k: v - runs[s]["scratch"][k]
+                                      for k, v in values.items()},
+                }
+                for fraction, values in fractions.items()
+            }
+    return partial
+
+
+def table_rows(runs, seeds, epochs, per_epoch):
     """`{row label: {rate: (mean, s.e.)}}` over `seeds` of every stage.
 
     The stages of the first seed name the rows; every seed must have them.
+    A fine-tuned row is labelled with the share of the scratch steps it ran.
     """
     first = runs[seeds[0]]
 
@@ -248,9 +349,11 @@ def table_rows(runs, seeds):
             str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
             for rate in RATES
         }
-    for recipe in first["finetune"]:
+    for recipe in complete_recipes(runs, seeds):
         for fraction in first["finetune"][recipe]:
-            rows[f"fine-tuned {recipe}, {float(fraction):.0%} of steps"] = {
+            share = finetune_steps(first, recipe, fraction, epochs,
+                                   per_epoch) / (epochs * per_epoch)
+            rows[f"fine-tuned {recipe}, {share:.0%} of steps"] = {
                 str(rate): over(
                     lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
                 )
@@ -262,7 +365,7 @@ def table_rows(runs, seeds):
     return rows
 
 
-def summarize(runs):
+def summarize(runs, epochs, per_epoch):
     """Mean and s.e. over seeds of every accuracy, and the goals' verdicts.
 
     Only seeds that ran to the end count (a stopped run saves its stages),
@@ -289,9 +392,9 @@ def summarize(runs):
     def over(get):
         return mean_se([get(runs[s]) for s in seeds])
 
-    rows = table_rows(runs, seeds)
+    rows = table_rows(runs, seeds, epochs, per_epoch)
     goals = {}
-    for recipe in first["finetune"]:
+    for recipe in complete_recipes(runs, seeds):
         # Paired by seed: each fine-tuned run against that seed's scratch run.
         gaps = {
             str(rate): over(lambda r, c=recipe, k=str(rate):
@@ -300,6 +403,7 @@ def summarize(runs):
         }
         drop = over(lambda r, c=recipe: r["finetune"][c]["0.25"]["1.0"] - r["pretrained"])
         goals[recipe] = {
+            "steps_at_25%": finetune_steps(first, recipe, "0.25", epochs, per_epoch),
             "gap_to_scratch_at_25%": gaps,
             "every_width_within_0.5_of_scratch": all(g[0] >= -0.5 for g in gaps.values()),
             "full_width_minus_pretrained_at_25%": drop,
@@ -317,25 +421,32 @@ def summarize(runs):
         ),
     }
     return {"seeds": seeds, "rows": rows, "goals": goals,
+            "screening": screening(runs, seeds),
             "converted_at_0.25": narrow, "timing": timing, **partial}
 
 
 def report(results):
     for name, per_seed in results["runs"].items():
-        summary = summarize(per_seed)
+        epochs = results["settings"]["epochs"][name]
+        per_epoch = results["settings"].setdefault("batches_per_epoch", {}).get(name)
+        if per_epoch is None:
+            per_epoch = batches_per_epoch(name, load(name, "test")[0])
+            results["settings"]["batches_per_epoch"][name] = per_epoch
+        summary = summarize(per_seed, epochs, per_epoch)
         results.setdefault("summary", {})[name] = summary
         if not summary["seeds"]:
             print(f"\n{name}: no seed ran to the end; conversions of seeds "
                   f"{summary['converted_only']['seeds']}: "
                   f"{summary['converted_only']['rows']}")
             continue
-        # Fine-tuning stops at whole epochs: the fractions of the steps run.
-        epochs = results["settings"]["epochs"][name]
+        # Fine-tuning stops at exact steps (rows measured at whole epochs
+        # say so in their labels and the goals' steps_at_25%).
+        total = epochs * per_epoch
         summary["finetune_epochs"] = {
-            str(f): round(f * epochs) for f in results["settings"]["fractions"]
+            str(f): round(f * total) / per_epoch for f in results["settings"]["fractions"]
         }
         summary["finetune_step_fraction"] = {
-            str(f): round(f * epochs) / epochs for f in results["settings"]["fractions"]
+            str(f): round(f * total) / total for f in results["settings"]["fractions"]
         }
         header = ["model"] + [f"r={r:g}" for r in RATES]
         rows = []
@@ -353,7 +464,8 @@ def report(results):
                 f"{r}: {g[0]:+.2f} ± {g[1]:.2f}"
                 for r, g in goal["gap_to_scratch_at_25%"].items()
             )
-            print(f"  {recipe} at 25% minus scratch: {gaps}; every width "
+            print(f"  {recipe} at 25% ({goal['steps_at_25%']} steps) minus scratch: "
+                  f"{gaps}; every width "
                   f"within 0.5: {goal['every_width_within_0.5_of_scratch']}; full "
                   f"width minus pretrained {goal['full_width_minus_pretrained_at_25%'][0]:+.2f}"
                   f" (within 0.3: {goal['full_width_within_0.3_of_pretrained']})")
@@ -419,11 +531,18 @@ def main():
     parser.add_argument("--finetune_learning_rate", type=float, default=1e-3)
     parser.add_argument("--high_learning_rate", type=float, default=1e-2,
                         help="Learning rate of the high_lr recipe.")
-    parser.add_argument("--recipes", default=",".join(RECIPES),
+    parser.add_argument("--mid_learning_rate", type=float, default=5e-3,
+                        help="Learning rate of the *mid_lr recipes.")
+    parser.add_argument("--higher_learning_rate", type=float, default=2e-2,
+                        help="Learning rate of the *higher_lr recipes.")
+    parser.add_argument("--recipes", default=",".join(DEFAULT_RECIPES),
                         help="Fine-tuning recipes to run (comma-separated).")
     parser.add_argument("--rewires", type=int, default=1,
                         help="0: skip the conversions with every rewiring.")
-    parser.add_argument("--merge", default=None, help="JSON files to combine.")
+    parser.add_argument("--scratch", type=int, default=1,
+                        help="0: skip the model from scratch and the timings.")
+    parser.add_argument("--merge", default=None,
+                        help="JSON files to combine (a later one's stages win).")
     parser.add_argument("--markdown", default=None,
                         help="Print the Markdown tables of this result file.")
     parser.add_argument("--output", default=None)
@@ -438,8 +557,13 @@ def main():
         return
     if args.merge:
         parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
-        results = {**parts[-1], "runs": {}, "settings": {
-            **parts[0]["settings"], **parts[-1]["settings"], "epochs": {}}}
+        # Every part's other sections (e.g. `exploration`), a later one's first.
+        results = {}
+        for part in parts:
+            results.update({k: v for k, v in part.items() if k != "summary"})
+        results["runs"] = {}
+        results["settings"] = {k: v for part in parts for k, v in part["settings"].items()}
+        results["settings"]["epochs"] = {}
         for part in parts:
             for name, per_seed in part["runs"].items():
                 for seed, stages in per_seed.items():
@@ -458,6 +582,8 @@ def main():
             "learning_rate": args.learning_rate,
             "finetune_learning_rate": args.finetune_learning_rate,
             "high_learning_rate": args.high_learning_rate,
+            "higher_learning_rate": args.higher_learning_rate,
+            "mid_learning_rate": args.mid_learning_rate,
             "finetune_rewire": FINETUNE_REWIRE,
             "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
         },
@@ -466,6 +592,8 @@ def main():
     for name in args.datasets.split(","):
         epochs = args.epochs or EPOCHS[name]
         results["settings"]["epochs"][name] = epochs
+        results["settings"].setdefault("batches_per_epoch", {})[name] = (
+            batches_per_epoch(name, load(name, "test")[0]))
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             per_seed = results["runs"].setdefault(name, {})
             # Written after every stage: a stopped run keeps what it finished.

@@ -100,11 +100,13 @@ def slice_model(
     They need large steps, not the small ones usual for fine-tuning: compile
     it with Adam at about three times the learning rate `model` was trained
     with, held constant (measured: 1e-2 after 3e-3), and the `SlicingModel`
-    defaults otherwise (labels, every rate each step). On the CNNs of `benchmarks/slice_pretrained.py`
-    that recipe, given a quarter of the from-scratch schedule, brought width
-    0.25 from 74% (at a third of the learning rate) to 94% on digits, level
-    with the sliced model trained from scratch, and from 49% to 74% on
-    MNIST-1D, still 7 points short (docs/fine-tuning.md).
+    defaults otherwise (labels, every rate each step). On the CNNs of
+    `benchmarks/slice_pretrained.py` that recipe, given a quarter of the
+    from-scratch steps, brought width 0.25 from 74% (at a third of the
+    learning rate) to 94% on digits, level with the sliced model trained
+    from scratch, and from 49% (a third of the rate, a fifth of the steps)
+    to 77% on MNIST-1D, still 4 points short; half the steps bring every
+    width level there (docs/fine-tuning.md).
 
     Example:
 
