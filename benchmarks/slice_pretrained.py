@@ -332,11 +332,13 @@ def screening(runs, seeds):
     return partial
 
 
-def table_rows(runs, seeds, epochs, per_epoch):
+def table_rows(runs, seeds, epochs=None, per_epoch=None):
     """`{row label: {rate: (mean, s.e.)}}` over `seeds` of every stage.
 
     The stages of the first seed name the rows; every seed must have them.
-    A fine-tuned row is labelled with the share of the scratch steps it ran.
+    A fine-tuned row is labelled with the share of the scratch steps it ran
+    (of `epochs` epochs of `per_epoch` steps; without them, runs that stop
+    at the exact step, the fraction itself).
     """
     first = runs[seeds[0]]
 
@@ -351,8 +353,8 @@ def table_rows(runs, seeds, epochs, per_epoch):
         }
     for recipe in complete_recipes(runs, seeds):
         for fraction in first["finetune"][recipe]:
-            share = finetune_steps(first, recipe, fraction, epochs,
-                                   per_epoch) / (epochs * per_epoch)
+            share = float(fraction) if epochs is None else finetune_steps(
+                first, recipe, fraction, epochs, per_epoch) / (epochs * per_epoch)
             rows[f"fine-tuned {recipe}, {share:.0%} of steps"] = {
                 str(rate): over(
                     lambda r, c=recipe, f=fraction, k=str(rate): r["finetune"][c][f][k]
