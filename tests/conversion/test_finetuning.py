@@ -19,8 +19,8 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def test_fine_tuning_improves_the_narrow_widths_and_keeps_the_full_one():
-    x, y, x_test, y_test = _digits()
+def _pretrained_mlp(x, y):
+    """A plain MLP trained alone on digits at Adam 3e-3."""
     plain = keras.Sequential([
         keras.Input((64,)),
         K.Dense(64, activation="relu", name="fc1"),
@@ -29,6 +29,12 @@ def test_fine_tuning_improves_the_narrow_widths_and_keeps_the_full_one():
     ])
     plain.compile(keras.optimizers.Adam(3e-3), _loss(), metrics=["accuracy"])
     plain.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    return plain
+
+
+def test_fine_tuning_improves_the_narrow_widths_and_keeps_the_full_one():
+    x, y, x_test, y_test = _digits()
+    plain = _pretrained_mlp(x, y)
     full = plain.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
 
     sliced = keras_slicing.slice_model(plain, rates=(1.0, 0.5, 0.25), seed=0)
@@ -48,14 +54,7 @@ def test_a_higher_learning_rate_trains_the_narrowest_width_faster():
     # Same converted model, same seed, same steps: only the rate differs.
     x, y, x_test, y_test = _digits()
     keras.utils.set_random_seed(0)
-    plain = keras.Sequential([
-        keras.Input((64,)),
-        K.Dense(64, activation="relu", name="fc1"),
-        K.Dense(64, activation="relu", name="fc2"),
-        K.Dense(10, name="logits"),
-    ])
-    plain.compile(keras.optimizers.Adam(3e-3), _loss(), metrics=["accuracy"])
-    plain.fit(x, y, epochs=8, batch_size=64, verbose=0)
+    plain = _pretrained_mlp(x, y)
 
     accuracy = {}
     for learning_rate in (1e-3, 1e-2):

@@ -162,16 +162,8 @@ class OpenInference:
         requested = request.get("outputs")
         if requested is None:
             return binary
-        if not isinstance(requested, list) or len(requested) != 1:
-            raise http_body.ClientError(
-                f"outputs must list the one output, {OUTPUT_NAME!r}.", "outputs"
-            )
-        output = _object(requested[0], "outputs[0]")
-        if output.get("name") != OUTPUT_NAME:
-            raise http_body.ClientError(
-                f"this model has one output, {OUTPUT_NAME!r}. Received: "
-                f"name={str(output.get('name'))[:40]!r}", "outputs[0].name",
-            )
+        output = _only_tensor(requested, OUTPUT_NAME, "outputs", "output",
+                              "the one output")
         flag = _object(output.get("parameters", {}), "outputs[0].parameters").get(
             "binary_data", binary
         )
@@ -181,16 +173,7 @@ class OpenInference:
         return flag
 
     def _input(self, inputs, binary):
-        if not isinstance(inputs, list) or len(inputs) != 1:
-            raise http_body.ClientError(
-                f"inputs must list one tensor, {INPUT_NAME!r}.", "inputs"
-            )
-        tensor = _object(inputs[0], "inputs[0]")
-        if tensor.get("name") != INPUT_NAME:
-            raise http_body.ClientError(
-                f"this model has one input, {INPUT_NAME!r}. Received: "
-                f"name={str(tensor.get('name'))[:40]!r}", "inputs[0].name",
-            )
+        tensor = _only_tensor(inputs, INPUT_NAME, "inputs", "input", "one tensor")
         datatype = tensor.get("datatype")
         if datatype not in DATATYPES:
             raise http_body.ClientError(
@@ -276,6 +259,19 @@ class OpenInference:
     def _method(self, method, allowed):
         if method != allowed:
             raise http_body.ClientError(f"use {allowed} here.", "method", 405)
+
+
+def _only_tensor(tensors, name, field, kind, listing):
+    """The one tensor object of the list `field`, which must be named `name`."""
+    if not isinstance(tensors, list) or len(tensors) != 1:
+        raise http_body.ClientError(f"{field} must list {listing}, {name!r}.", field)
+    tensor = _object(tensors[0], f"{field}[0]")
+    if tensor.get("name") != name:
+        raise http_body.ClientError(
+            f"this model has one {kind}, {name!r}. Received: "
+            f"name={str(tensor.get('name'))[:40]!r}", f"{field}[0].name",
+        )
+    return tensor
 
 
 def _object(value, field):
