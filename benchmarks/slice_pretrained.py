@@ -346,7 +346,7 @@ def table_rows(runs, seeds, epochs=None, per_epoch=None):
         return mean_se([get(runs[s]) for s in seeds])
 
     rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
-    for rewire in first["converted"]:
+    for rewire in first.get("converted", {}):
         rows[f"converted, rewire={rewire}"] = {
             str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
             for rate in RATES
