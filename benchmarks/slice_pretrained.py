@@ -314,8 +314,8 @@ def complete_recipes(runs, seeds):
             if all(c in runs[s]["finetune"] for s in seeds)]
 
 
-def screening(runs, seeds):
-    """Recipes some seeds ran: per seed, accuracy and gap to its scratch run."""
+def screening(runs, seeds, score="accuracy"):
+    """Recipes some seeds ran: per seed, the `score` and gap to its scratch run."""
     partial = {}
     for s in seeds:
         for recipe, fractions in runs[s]["finetune"].items():
@@ -323,7 +323,7 @@ def screening(runs, seeds):
                 continue
             partial.setdefault(recipe, {})[s] = {
                 fraction: {
-                    "accuracy": values,
+                    score: values,
                     "minus_scratch": {k: v - runs[s]["scratch"][k]
                                       for k, v in values.items()},
                 }

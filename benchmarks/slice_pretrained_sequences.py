@@ -73,6 +73,7 @@ from benchmarks.slice_pretrained import RATES  # noqa: E402
 from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
 from benchmarks.slice_pretrained import mean_se  # noqa: E402
+from benchmarks.slice_pretrained import screening  # noqa: E402
 from benchmarks.slice_pretrained import table_rows  # noqa: E402
 from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 
@@ -256,7 +257,8 @@ def summarize(runs):
         and all(key in runs[s] for s in seeds)
     }
     return {"seeds": seeds, "rows": rows, "goals": goals,
-            "rewired_minus_none_after_conversion": rewiring, "seconds": seconds}
+            "rewired_minus_none_after_conversion": rewiring, "seconds": seconds,
+            "screening": screening(runs, seeds, "bpc")}
 
 
 def report(results):
@@ -282,6 +284,12 @@ def report(results):
                   f"{goal['within_margin_at_25%']}; first fraction within: "
                   f"{goal['first_fraction_within_margin']}; full width minus "
                   f"pretrained {goal['full_width_minus_pretrained_at_25%'][0]:+.3f}")
+        for recipe, per_seed in summary["screening"].items():
+            for seed, fractions in per_seed.items():
+                print(f"  screening {recipe}, seed {seed}, minus scratch: " + "; ".join(
+                    f"{fraction}: " + ", ".join(f"{r} {g:+.3f}" for r, g in
+                                                 values["minus_scratch"].items())
+                    for fraction, values in fractions.items()))
         for rate, deltas in summary["rewired_minus_none_after_conversion"].items():
             print(f"  converted at {rate}, rewired minus none: " + ", ".join(
                 f"{w} {d[0]:+.3f} ± {d[1]:.3f}" for w, d in deltas.items()))
