@@ -234,9 +234,15 @@ def summarize(runs):
             str(rate): next((f for f in gaps if gaps[f][str(rate)][0] <= MARGIN), None)
             for rate in RATES
         }
-        drop = over(lambda r, c=recipe: r["finetune"][c]["0.25"]["1.0"] - r["pretrained"])
+        drops = {
+            fraction: over(lambda r, c=recipe, f=fraction:
+                           r["finetune"][c][f]["1.0"] - r["pretrained"])
+            for fraction in gaps
+        }
+        drop = drops["0.25"]
         goals[recipe] = {
             "finetuned_minus_scratch": gaps,
+            "full_width_minus_pretrained": drops,
             "first_fraction_within_margin": reached,
             "within_margin_at_25%": {
                 rate: gaps["0.25"][rate][0] <= MARGIN for rate in gaps["0.25"]},
@@ -341,6 +347,17 @@ def markdown(results, path):
                      if str(r) in values else "" for r in RATES]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [f"<!-- numbers: benchmarks/results/{os.path.basename(path)} -->",
+              "| model, recipe, share of steps | " + " | ".join(
+                  f"width {r:g}" for r in RATES) + " | full width minus pretrained |",
+              "|---|" + "---:|" * (len(RATES) + 1)]
+    for name, summary in results["summary"].items():
+        for recipe, goal in summary.get("goals", {}).items():
+            for fraction, gaps in goal["finetuned_minus_scratch"].items():
+                drop = goal["full_width_minus_pretrained"][fraction]
+                cells = [f"{gaps[str(r)][0]:+.3f} ± {gaps[str(r)][1]:.3f}" for r in RATES]
+                lines.append(f"| {name}, {recipe}, {float(fraction):.0%} | "
+                             + " | ".join(cells) + f" | {drop[0]:+.3f} ± {drop[1]:.3f} |")
     return "\n".join(lines)
 
 
