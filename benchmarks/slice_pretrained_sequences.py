@@ -209,6 +209,10 @@ def _fmt(values):
 
 def summarize(runs):
     """Mean and s.e. over the seeds that ran to the end, and the goals."""
+    # A fine-tuning run counts once it ended (its seconds are written last).
+    runs = {seed: {**run, "finetune": {
+        recipe: fractions for recipe, fractions in run.get("finetune", {}).items()
+        if f"finetune_{recipe}_seconds" in run}} for seed, run in runs.items()}
     seeds = sorted(s for s in runs
                    if {"pretrained", "finetune", "scratch"} <= set(runs[s]))
     if not seeds:

@@ -19,6 +19,7 @@ def _full_run(rng):
         "finetune": {"default": {f: _widths(2.0 + rng.normal(0, 0.1))
                                  for f in ("0.1", "0.25", "0.5")}},
         "scratch": _widths(2.5 + rng.normal(0, 0.1)),
+        "finetune_default_seconds": 1.0,
     }
 
 
@@ -54,6 +55,15 @@ def test_merge_refuses_parts_of_different_schedules():
     parts = [_part(["default"], {"0": _full_run(rng)}, steps) for steps in (800, 3000)]
     with pytest.raises(ValueError, match="steps"):
         bench.merge(parts)
+
+
+def test_a_fine_tuning_run_still_going_is_left_out_of_the_means():
+    rng = np.random.default_rng(4)
+    runs = {str(seed): _full_run(rng) for seed in range(2)}
+    del runs["1"]["finetune_default_seconds"]  # its seconds are written when it ends
+    summary = bench.summarize(runs)
+    assert "default" not in summary["goals"]
+    assert set(summary["screening"]["default"]) == {"0"}
 
 
 def test_goals_pair_each_seed_with_its_own_scratch_run():
