@@ -9,7 +9,7 @@ benchmarks/results/slice_pretrained_sequences.json (or --output).
         [--seeds=3] [--first_seed=0] [--steps=800] [--recipes=default,teacher,high_lr]
         [--stages=pretrained,converted,finetune,scratch] [--fractions=0.1,0.25,0.5]
     python benchmarks/slice_pretrained_sequences.py --recipes=high_lr --stages=finetune
-    python benchmarks/slice_pretrained_sequences.py --merge=a.json,b.json --output=OUT.json
+    python benchmarks/slice_pretrained_sequences.py --merge='parts/*.json' --output=OUT.json
     python benchmarks/slice_pretrained_sequences.py --markdown=RESULT.json
 
 Data, networks and training are those of `examples/char_lm.py` and
@@ -51,6 +51,7 @@ gives it (fine-tuning recipe by recipe).
 
 import argparse
 import copy
+import glob
 import json
 import os
 import sys
@@ -380,7 +381,9 @@ def main():
                              "joins parts.")
     parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
                         help="Fine-tuning lengths as fractions of --steps.")
-    parser.add_argument("--merge", default=None, help="JSON files to combine.")
+    parser.add_argument("--merge", default=None,
+                        help="JSON files to combine, comma-separated (patterns such "
+                             "as parts/*.json allowed).")
     parser.add_argument("--markdown", default=None,
                         help="Print the Markdown tables of this result file.")
     parser.add_argument("--output", default=None)
@@ -391,7 +394,11 @@ def main():
         print(markdown(json.loads(open(args.markdown).read()), args.markdown))
         return
     if args.merge:
-        parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
+        paths = [p for item in args.merge.split(",") for p in sorted(glob.glob(item))]
+        if not paths:
+            raise ValueError(f"No file to merge. Received: merge={args.merge!r}; "
+                             "allowed: JSON files or patterns, comma-separated")
+        parts = [json.loads(open(p).read()) for p in paths]
         common.write_json(name, report(merge(parts)), args.output)
         return
 
