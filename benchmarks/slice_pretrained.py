@@ -238,8 +238,18 @@ def run_seed(name, seed, epochs, args, result, save):
     pretrained = plain_network(name)
     compile_model(pretrained, args.learning_rate)
     start = time.perf_counter()
-    pretrained.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
+    if args.convergence:
+        converged = args.convergence["runs"][name][str(seed)]
+        pretrained.load_weights(checkpoint_path(args.checkpoint_dir, name, seed, epochs))
+    else:
+        pretrained.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
     result["pretrained"] = plain_accuracy(pretrained, x_test, y_test)
+    if args.convergence and result["pretrained"] != converged["pretrained"][str(epochs)]:
+        raise ValueError(
+            f"{name} seed {seed}: the checkpoint in {args.checkpoint_dir} is not the "
+            f"convergence run's model: accuracy {result['pretrained']} against "
+            f"{converged['pretrained'][str(epochs)]}. Rerun the convergence benchmark."
+        )
     result["pretrained_seconds"] = time.perf_counter() - start
     print(f"[{name} seed {seed}] pretrained {result['pretrained']:.2f} "
           f"({result['pretrained_seconds']:.0f} s)", flush=True)
@@ -263,6 +273,15 @@ def run_seed(name, seed, epochs, args, result, save):
                  args, result, save)
     if not args.scratch:
         return
+    if args.convergence:
+        # The learning rate is constant: the convergence run's sliced model
+        # at `epochs` epochs is the model from scratch of this schedule.
+        result["scratch"] = converged["scratch"][str(epochs)]
+        result["scratch_source"] = f"convergence run at epoch {epochs}"
+        result["epoch_seconds"] = converged["epoch_seconds"]
+        result["calibration_seconds"] = converged["calibration_seconds"]
+        save()
+        return
 
     keras.utils.set_random_seed(seed)
     scratch = keras_slicing.slice_model(plain_network(name), rates=RATES, rewire=None,
@@ -277,18 +296,27 @@ def run_seed(name, seed, epochs, args, result, save):
     print(f"[{name} seed {seed}] scratch: {result['scratch']}", flush=True)
     save()
 
-    # The cost of the statistics: a calibration pass as fit makes it (its
-    # default sample, fit's batch size) against the epochs just timed.
+    result["calibration_seconds"] = calibration_seconds(scratch, x_train, batch)
+    result["epoch_seconds"] = float(np.median(timer.times[1:]))
+    save()
+
+
+def checkpoint_path(directory, name, seed, epochs):
+    """Where slice_pretrained_convergence.py saves a plain model's weights."""
+    return os.path.join(directory, f"{name}_seed{seed}_epoch{epochs}.weights.h5")
+
+
+def calibration_seconds(model, x_train, batch):
+    """The cost of the statistics: a calibration pass as fit makes it (its
+    default sample, fit's batch size), median of three after a traced one."""
     sample = x_train[:keras_slicing.calibration.CALIBRATION_EXAMPLES]
-    keras_slicing.calibrate_batchnorm(scratch, sample, batch_size=batch)  # traced
+    keras_slicing.calibrate_batchnorm(model, sample, batch_size=batch)
     passes = []
     for _ in range(3):
         start = time.perf_counter()
-        keras_slicing.calibrate_batchnorm(scratch, sample, batch_size=batch)
+        keras_slicing.calibrate_batchnorm(model, sample, batch_size=batch)
         passes.append(time.perf_counter() - start)
-    result["calibration_seconds"] = float(np.median(passes))
-    result["epoch_seconds"] = float(np.median(timer.times[1:]))
-    save()
+    return float(np.median(passes))
 
 
 # ---------------------------------------------------------------- report
@@ -543,6 +571,13 @@ def main():
                         help="0: skip the conversions with every rewiring.")
     parser.add_argument("--scratch", type=int, default=1,
                         help="0: skip the model from scratch and the timings.")
+    parser.add_argument("--convergence", default=None,
+                        help="A slice_pretrained_convergence.py result: the "
+                             "pretrained model is its checkpoint at --epochs "
+                             "and the model from scratch its run at --epochs.")
+    parser.add_argument("--checkpoint_dir",
+                        default=os.path.join(common.RESULTS_DIR, "checkpoints"),
+                        help="Where --convergence's weights were saved.")
     parser.add_argument("--merge", default=None,
                         help="JSON files to combine (a later one's stages win).")
     parser.add_argument("--markdown", default=None,
@@ -554,6 +589,11 @@ def main():
         parser.error(f"--recipes must name some of {list(RECIPES)}. "
                      f"Received: {sorted(unknown)}")
 
+    if args.convergence:
+        if not args.epochs:
+            parser.error("--convergence needs --epochs (a checkpoint of its run).")
+        args.convergence_path = args.convergence
+        args.convergence = json.loads(open(args.convergence).read())
     if args.markdown:
         print(markdown(json.loads(open(args.markdown).read())))
         return
@@ -588,6 +628,7 @@ def main():
             "mid_learning_rate": args.mid_learning_rate,
             "finetune_rewire": FINETUNE_REWIRE,
             "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
+            "convergence": args.convergence and args.convergence_path,
         },
         "runs": {},
     }
