@@ -33,6 +33,8 @@ For each data set and seed (the seed sets every initialization and shuffle):
    - `high_lr`: as `default`, with Adam at `--high_learning_rate` (10/3 of
      the scratch rate): the recommended recipe of docs/fine-tuning.md;
    - `higher_lr`: as `high_lr`, at `--higher_learning_rate` (2e-2);
+   - `training_lr`: as `high_lr`, at the rate the pretrained model was
+     trained with (`--learning_rate`, 3e-3);
    - `narrow_weights`: as `high_lr`, with `rate_loss_weights` 1/2/4/8
      (widths 1 to 0.25; the default `3 - 2r` is 1/1.5/2/2.5): the narrow
      widths' losses weigh more;
@@ -94,6 +96,7 @@ RECIPES = {
     "default": ("finetune_learning_rate", {}),
     "teacher": ("finetune_learning_rate", {"distillation": "pretrained"}),
     "high_lr": ("high_learning_rate", {}),
+    "training_lr": ("learning_rate", {}),
     "higher_lr": ("higher_learning_rate", {}),
     "narrow_weights": ("high_learning_rate", {"rate_loss_weights": (1, 2, 4, 8)}),
     "narrow_weights_higher_lr": ("higher_learning_rate",

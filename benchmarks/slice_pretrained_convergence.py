@@ -48,7 +48,8 @@ from benchmarks.slice_pretrained import (  # noqa: E402
 )
 from keras_slicing.calibration import calibrate_after_fit  # noqa: E402
 
-CHECKPOINTS = {"digits": (10, 15, 20, 30, 40, 60), "mnist1d": (10, 15, 20, 30, 40, 60, 80)}
+CHECKPOINTS = {"digits": (10, 15, 20, 30, 40, 60, 80, 120),
+               "mnist1d": (10, 15, 20, 30, 40, 60, 80)}
 GAIN = 0.3
 
 
