@@ -438,6 +438,7 @@ def summarize(runs, epochs, per_epoch):
         goals[recipe] = {
             "steps_at_25%": finetune_steps(first, recipe, "0.25", epochs, per_epoch),
             "gap_to_scratch_at_25%": gaps,
+            "within_0.5_of_scratch_by_width": {k: g[0] >= -0.5 for k, g in gaps.items()},
             "every_width_within_0.5_of_scratch": all(g[0] >= -0.5 for g in gaps.values()),
             "full_width_minus_pretrained_at_25%": drop,
             "full_width_within_0.3_of_pretrained": drop[0] >= -0.3,
