@@ -5,6 +5,16 @@ Prints one table per data set and writes benchmarks/results/slice_pretrained.jso
 
     python benchmarks/slice_pretrained.py [--datasets=digits,mnist1d] [--seeds=3]
     python benchmarks/slice_pretrained.py --merge=a.json,b.json   # seeds run apart
+    python benchmarks/slice_pretrained.py --datasets=mnist1d --epochs=30 \
+        --convergence=benchmarks/results/slice_pretrained_convergence.json
+
+With `--convergence` (a result of slice_pretrained_convergence.py, whose
+plain models' weights are still in `--checkpoint_dir`), stage 1 loads the
+plain model that run saved at `--epochs` epochs instead of training one,
+and stage 4 takes that run's sliced model at `--epochs` epochs (the
+learning rate is constant: it is the model a `fit` of that many epochs
+gives) instead of training another: the schedule the convergence rule
+chose, against models trained to convergence.
 
 For each data set and seed (the seed sets every initialization and shuffle):
 1. `pretrained`: the plain batch-norm CNN trained alone for the full schedule.
