@@ -71,8 +71,8 @@ import keras_slicing  # noqa: E402
 from benchmarks import common  # noqa: E402
 from benchmarks.slice_pretrained import FRACTIONS  # noqa: E402
 from benchmarks.slice_pretrained import RATES  # noqa: E402
-from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
+from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
 from benchmarks.slice_pretrained import mean_se  # noqa: E402
 from benchmarks.slice_pretrained import screening  # noqa: E402
 from benchmarks.slice_pretrained import table_rows  # noqa: E402
