@@ -18,6 +18,13 @@ Importance scores, per channel of a group:
 Groups holding group normalizations are permuted by whole normalization
 groups, attention layers' heads by whole heads (by the L1 norm of their
 value and output weights).
+
+A sliced channel concatenation (`SlicedConcatenate`) has no order of its
+own: its output holds its inputs' channels, each in its rewired order,
+interleaved slice group by slice group, and the layers reading it take
+their input weights in that order. The scores of its channels (e.g. of the
+batch normalization after it) count for the inputs' channels they came
+from.
 """
 
 import math
@@ -43,6 +50,7 @@ class Permuter:
         self.analysis = analysis
         self.orders = orders or {}
         self.head_orders = head_orders or {}
+        self._joined = {}
 
     def feature_order(self, tensor):
         """For each feature of the converted tensor, the original feature."""
@@ -51,7 +59,7 @@ class Permuter:
         width = tensor.shape[-1]
         if channels is None or not analysis.sliced(tensor):
             return np.arange(width)
-        order = self.orders.get(analysis.group_of(tensor))
+        order = self.channel_order(analysis.group_of(tensor))
         factor, flat = channels.factor, channels.flat
         if flat is None:
             if order is None:
@@ -65,6 +73,20 @@ class Permuter:
         # the original Flatten position by position (`p * F + f`).
         feature = (order[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
         return (np.arange(positions)[None, :] * features + feature[:, None]).reshape(-1)
+
+    def channel_order(self, group):
+        """For each channel of a width group, the original channel, or None."""
+        join = self.analysis.join_writing(group)
+        if join is None:
+            return self.orders.get(group)
+        if group not in self._joined:
+            groups = self.analysis.slice_groups
+            parts, offset = [], 0
+            for x in join.inputs:
+                parts.append((self.feature_order(x) + offset).reshape(groups, -1))
+                offset += x.shape[-1]
+            self._joined[group] = np.concatenate(parts, axis=1).reshape(-1)
+        return self._joined[group]
 
     def weights(self, node, layer, new):
         weights = building.copied_weights(layer, new)
@@ -151,6 +173,7 @@ def channel_orders(graph, analysis, rewire, data=None, loss=None):
         l1 = _scores(graph, analysis, _l1_score)
         for group, score in l1.items():
             scores.setdefault(group, score)
+    scores = _through_joins(analysis, scores)
     orders = {}
     for group, score in scores.items():
         orders[group] = _blocked_order(score, _block(analysis, group))
@@ -159,6 +182,31 @@ def channel_orders(graph, analysis, rewire, data=None, loss=None):
         if isinstance(node.layer, keras.layers.MultiHeadAttention):
             head_orders[id(node.layer)] = _stable_descending(_head_score(node.layer))
     return orders, head_orders
+
+
+def _through_joins(analysis, scores):
+    """`scores` with each sliced join's channels counted for its inputs'.
+
+    Latest join first, so that a join's inputs that are joins themselves
+    pass on what they received.
+    """
+    scores = dict(scores)
+    for index in sorted(analysis.joins, reverse=True):
+        join = analysis.joins[index]
+        if not analysis.sliced_join(index):
+            continue
+        score = scores.pop(analysis.groups.find(join.group), None)
+        if score is None:
+            continue
+        offset = 0
+        for x in join.inputs:
+            width = x.shape[-1]
+            part = np.asarray(score[offset:offset + width], dtype=np.float64)
+            offset += width
+            part = part.reshape(-1, analysis.channels[id(x)].factor).sum(1)
+            group = analysis.group_of(x)
+            scores[group] = scores.get(group, 0.0) + part
+    return scores
 
 
 def _scores(graph, analysis, score_fn):

@@ -217,8 +217,10 @@ def _plan(model, graph, decisions, sliced, slice_groups, rewire):
     rows = []
     for node in graph.nodes:
         decision, _ = decisions[id(node.layer)]
-        if not isinstance(node.layer, keras.layers.Layer):
-            continue
+        if not isinstance(node.layer, keras.layers.Layer) and (
+            decision.new_class is type(node.layer)
+        ):
+            continue  # a keras.ops call that stays one
         if any(row.name == decision.name for row in rows):
             continue
         width = node.outputs[0].shape[-1] if node.outputs and node.outputs[0].shape else None
