@@ -370,7 +370,7 @@ class Analysis:
         while changed:
             changed = False
             for join in self.joins.values():
-                members = [join.group] + [self.channels[id(x)].group for x in join.inputs]
+                members = [self.channels[id(x)].group for x in join.inputs] + [join.group]
                 full = [g for g in members if not self.groups.sliced(g)]
                 if not full or len(full) == len(members):
                     continue
