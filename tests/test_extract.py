@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import keras_slicing
+from keras_slicing import keras_internals
 from keras_slicing.extract import extract_submodel
 from keras_slicing.layers.base import SlicedLayerMixin
 
@@ -240,3 +241,37 @@ def test_subclassed_model_is_rejected():
 
     with pytest.raises(ValueError, match="functional"):
         extract_submodel(Subclassed(), 0.5)
+
+
+def _joined_model(shape=(6, 6, 3)):
+    """Two sliced branches of different widths joined group by group, twice."""
+    x = keras.Input(shape, name="image")
+    r = keras_slicing.rate_input()
+    a = L.SlicedConv2D(16, 3, padding="same", slice_input=False, name="a")(x, r)
+    b = L.SlicedConv2D(8, 1, slice_input=False, name="b")(x, r)
+    h = L.SlicedConcatenate(name="join")([a, b], r)
+    h = L.SlicedConv2D(8, 1, name="c")(h, r)
+    h = L.SlicedConcatenate(name="join2")([h, a], r)
+    y = L.SlicedDense(3, slice_output=False, name="logits")(
+        K.GlobalAveragePooling2D()(h), r)
+    model = keras.Model([x, r], y, name="joined")
+    _randomize(model)
+    return model
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_sliced_concatenation_extracts_to_standard_layers_computing_its_width(rate):
+    model = _joined_model()
+    x = _images(shape=(6, 6, 3))
+    plain = extract_submodel(model, rate)
+    layers = keras_internals.all_sublayers(plain)
+    assert not any(isinstance(layer, SlicedLayerMixin) for layer in layers)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, rate), atol=1e-5
+    )
+
+
+def test_sliced_concatenation_of_unknown_height_and_width_is_refused():
+    model = _joined_model(shape=(None, None, 3))
+    with pytest.raises(ValueError, match=r"'join'.*one axis of unknown size"):
+        extract_submodel(model, 0.5)
