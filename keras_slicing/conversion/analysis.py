@@ -24,6 +24,7 @@ import numpy as np
 
 from keras_slicing import checks
 from keras_slicing import keras_internals
+from keras_slicing.conversion import joins as joins_lib
 from keras_slicing.conversion import recipes as recipes_lib
 
 # How a tensor's last axis relates to its width group: feature `f` belongs
@@ -33,12 +34,7 @@ from keras_slicing.conversion import recipes as recipes_lib
 # which a sliced model replaces by channel-major order (`SlicedFlatten`).
 Channels = collections.namedtuple("Channels", ["group", "factor", "flat"])
 
-# A channel-axis concatenation at node `index`, writing width group `group`
-# from the tensors `inputs` (in order); `label` names it in reasons.
-Join = collections.namedtuple("Join", ["index", "group", "inputs", "label"])
-
 _REORDERING = (keras.layers.Reshape, keras.layers.Permute)
-_JOINED = "joined on the channel axis"
 
 
 class WidthGroups:
@@ -91,7 +87,9 @@ class Analysis:
         refusals: `{node index: reason}` for layers kept plain.
         gn_blocks: `{group: [channels per normalization group]}`, the blocks
             a channel permutation must keep together.
-        joins: `{node index: Join}` of the channel-axis concatenations.
+        joins: `{node index: joins.Join}` of the channel-axis
+            concatenations.
+        group_norms: `(tensor, node)` of every `GroupNormalization` call.
     """
 
     def __init__(self, graph, slice_groups, rates, keep_full):
@@ -105,7 +103,7 @@ class Analysis:
         self.refusals = {}
         self.gn_blocks = collections.defaultdict(list)
         self.joins = {}
-        self._group_norms = []
+        self.group_norms = []
         for x in graph.inputs:
             self._source(x, f"model input '{x.name}'")
         first_calls = {}
@@ -118,7 +116,7 @@ class Analysis:
         for x in graph.outputs:
             self._full(x, "model output")
         self._check_widths()
-        self._link_joins()
+        joins_lib.link(self)
 
     # ------------------------------------------------------------ queries
 
@@ -130,19 +128,6 @@ class Analysis:
 
     def reason(self, tensor):
         return self.groups.reason(self.channels[id(tensor)].group)
-
-    def join_writing(self, group):
-        """The sliced `Join` whose output is width group `group`, or None."""
-        group = self.groups.find(group)
-        for join in self.joins.values():
-            if self.groups.find(join.group) == group and self.groups.sliced(group):
-                return join
-        return None
-
-    def sliced_join(self, index):
-        """Whether the node at `index` is a channel concatenation to slice."""
-        join = self.joins.get(index)
-        return join is not None and self.groups.sliced(join.group)
 
     # --------------------------------------------------------------- walk
 
@@ -262,7 +247,7 @@ class Analysis:
             if channels.factor != 1 or channels.flat is not None:
                 self._full(x, f"'{node.name}' normalizes groups of a flattened tensor")
             self.gn_blocks[channels.group].append(per_group)
-            self._group_norms.append((x, node))
+            self.group_norms.append((x, node))
         for y in node.outputs:
             self.channels[id(y)] = channels
 
@@ -340,47 +325,10 @@ class Analysis:
         output = node.outputs[0]
         group = self.groups.new(output.shape[-1])
         self.channels[id(output)] = Channels(group, 1, None)
-        self.joins[index] = Join(index, group, inputs, label)
+        self.joins[index] = joins_lib.Join(index, group, inputs, label)
         for x in inputs:
             if self.channels[id(x)].flat is not None:
                 self._full(x, f"joined on the channel axis by {label} after a flatten")
-
-    def _link_joins(self):
-        """Keeps each join and all its inputs sliced together, or all full.
-
-        A sliced join interleaves its inputs' slice groups, so its output is
-        sliced exactly when every input is. Its layout is its inputs': a
-        group written by two joins, or normalized by a `GroupNormalization`
-        (whose blocks of adjacent channels the interleaving would mix),
-        stays full.
-        """
-        writers = collections.defaultdict(list)
-        for join in self.joins.values():
-            writers[self.groups.find(join.group)].append(join.label)
-        for group, labels in writers.items():
-            if len(labels) > 1:
-                self.groups.keep_full(
-                    group, f"written by several concatenations ({', '.join(labels)})")
-        for x, node in self._group_norms:
-            if self.groups.find(self.channels[id(x)].group) in writers:
-                self._full(x, f"'{node.name}' normalizes groups of adjacent "
-                              "channels of a concatenation, which slicing "
-                              "interleaves")
-        changed = True
-        while changed:
-            changed = False
-            for join in self.joins.values():
-                members = [self.channels[id(x)].group for x in join.inputs] + [join.group]
-                full = [g for g in members if not self.groups.sliced(g)]
-                if not full or len(full) == len(members):
-                    continue
-                reason = self.groups.reason(full[0])
-                if not reason.startswith(_JOINED):  # the first join says why
-                    reason = f"{_JOINED} by {join.label} with a tensor kept full ({reason})"
-                for group in members:
-                    if self.groups.sliced(group):
-                        self.groups.keep_full(group, reason)
-                changed = True
 
     def _reorder(self, node, x, label):
         y = node.outputs[0]

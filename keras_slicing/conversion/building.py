@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from keras_slicing import rates as rates_lib
+from keras_slicing.conversion import joins
 from keras_slicing.conversion import recipes as recipes_lib
 from keras_slicing.layers.concatenate import SlicedConcatenate
 
@@ -68,7 +69,7 @@ def _decide(index, node, graph, analysis):
     inputs = [x for x in graph.tensors_of(node) if id(x) in analysis.channels]
     sliced_in = any(analysis.sliced(x) for x in inputs)
     sliced_out = any(analysis.sliced(y) for y in node.outputs if id(y) in analysis.channels)
-    if analysis.sliced_join(index):
+    if joins.is_sliced(analysis, index):
         return Decision(layer, node.name, SlicedConcatenate, True, True, None), None
     recipe = analysis.recipes.get(index)
     reason = analysis.refusals.get(index)

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from keras_slicing.conversion import building
+from keras_slicing.conversion import joins
 
 REWIRE_OPTIONS = (None, "l1", "bn", "taylor")
 _GATES = {keras.layers.LSTM: 4, keras.layers.GRU: 3}
@@ -76,16 +77,13 @@ class Permuter:
 
     def channel_order(self, group):
         """For each channel of a width group, the original channel, or None."""
-        join = self.analysis.join_writing(group)
+        join = joins.writing(self.analysis, group)
         if join is None:
             return self.orders.get(group)
         if group not in self._joined:
-            groups = self.analysis.slice_groups
-            parts, offset = [], 0
-            for x in join.inputs:
-                parts.append((self.feature_order(x) + offset).reshape(groups, -1))
-                offset += x.shape[-1]
-            self._joined[group] = np.concatenate(parts, axis=1).reshape(-1)
+            self._joined[group] = joins.interleaved_order(
+                join, self.feature_order, self.analysis.slice_groups
+            )
         return self._joined[group]
 
     def weights(self, node, layer, new):
@@ -173,7 +171,7 @@ def channel_orders(graph, analysis, rewire, data=None, loss=None):
         l1 = _scores(graph, analysis, _l1_score)
         for group, score in l1.items():
             scores.setdefault(group, score)
-    scores = _through_joins(analysis, scores)
+    scores = joins.scores_through(analysis, scores)
     orders = {}
     for group, score in scores.items():
         orders[group] = _blocked_order(score, _block(analysis, group))
@@ -182,31 +180,6 @@ def channel_orders(graph, analysis, rewire, data=None, loss=None):
         if isinstance(node.layer, keras.layers.MultiHeadAttention):
             head_orders[id(node.layer)] = _stable_descending(_head_score(node.layer))
     return orders, head_orders
-
-
-def _through_joins(analysis, scores):
-    """`scores` with each sliced join's channels counted for its inputs'.
-
-    Latest join first, so that a join's inputs that are joins themselves
-    pass on what they received.
-    """
-    scores = dict(scores)
-    for index in sorted(analysis.joins, reverse=True):
-        join = analysis.joins[index]
-        if not analysis.sliced_join(index):
-            continue
-        score = scores.pop(analysis.groups.find(join.group), None)
-        if score is None:
-            continue
-        offset = 0
-        for x in join.inputs:
-            width = x.shape[-1]
-            part = np.asarray(score[offset:offset + width], dtype=np.float64)
-            offset += width
-            part = part.reshape(-1, analysis.channels[id(x)].factor).sum(1)
-            group = analysis.group_of(x)
-            scores[group] = scores.get(group, 0.0) + part
-    return scores
 
 
 def _scores(graph, analysis, score_fn):
