@@ -96,37 +96,43 @@ class SlicedConcatenate(SlicedLayerMixin, keras.layers.Concatenate):
         return super().compute_output_spec(inputs)
 
     def plain_layer(self, rate, input_shapes, name):
-        """A functional `keras.Model` of standard layers computing this layer.
+        """A functional `keras.Model` of standard Keras computing this layer.
 
         Each input is reshaped to `(..., groups, channels / groups)`, the
         parts are concatenated on the last axis and reshaped back; it has no
-        weights (`None`). At most one axis besides the batch and the
-        channels may be of unknown size.
+        weights (`None`). With every axis but the batch and the channels of
+        known size, the reshapes have constant shapes (a TFLite file holds
+        plain `RESHAPE`s); one axis may be of unknown size (`Reshape`
+        layers, whose shapes are computed at run time); more are refused.
         """
         groups = rates_lib.active_groups(rate, self.slice_groups)
-        inner = input_shapes[0][1:-1]
-        unknown = [i for i, size in enumerate(inner) if size is None]
-        if len(unknown) > 1:
+        inner = tuple(input_shapes[0][1:-1])
+        unknown = inner.count(None)
+        if unknown > 1:
             raise ValueError(
-                f"{self._owner()}: a width of it is built from Reshape "
-                "layers, which allow one axis of unknown size, but its "
-                f"inputs have shapes {list(input_shapes)}. Give the model "
-                "inputs of fixed spatial size."
+                f"{self._owner()}: a width of it is built from reshapes, "
+                "which allow one axis of unknown size, but its inputs have "
+                f"shapes {list(input_shapes)}. Give the model inputs of fixed "
+                "spatial size."
             )
-        inner = tuple(-1 if size is None else size for size in inner)
+
+        def reshape(x, shape, step):
+            if unknown:
+                shape = tuple(-1 if size is None else size for size in shape)
+                return keras.layers.Reshape(shape, name=f"{name}_{step}")(x)
+            return ops.reshape(x, (-1, *shape))
+
         inputs = [
             keras.Input(batch_shape=shape, name=f"{name}_input_{i}")
             for i, shape in enumerate(input_shapes)
         ]
         parts = [
-            keras.layers.Reshape(
-                (*inner, groups, shape[-1] // groups), name=f"{name}_groups_{i}"
-            )(x)
+            reshape(x, (*inner, groups, shape[-1] // groups), f"groups_{i}")
             for i, (x, shape) in enumerate(zip(inputs, input_shapes))
         ]
         joined = keras.layers.Concatenate(name=f"{name}_join")(parts)
         width = sum(shape[-1] for shape in input_shapes)
-        outputs = keras.layers.Reshape((*inner, width), name=f"{name}_channels")(joined)
+        outputs = reshape(joined, (*inner, width), "channels")
         return keras.Model(inputs, outputs, name=name), None
 
     def get_config(self):

@@ -76,14 +76,16 @@ def test_tensor_rate_in_a_traced_function_matches_the_python_rate():
 
 
 @pytest.mark.parametrize("rate", RATES)
-def test_plain_layer_of_a_width_computes_that_width(rate):
+@pytest.mark.parametrize("height", [3, None])
+def test_plain_layer_of_a_width_computes_that_width(rate, height):
     layer = SlicedConcatenate(slice_groups=G)
     inputs = _inputs_at(rate)
-    shapes = [(None, *x.shape[1:]) for x in inputs]
+    shapes = [(None, height, *x.shape[2:]) for x in inputs]
     plain, weights = layer.plain_layer(rate, shapes, "plain")
     assert weights is None
-    assert {type(inner) for inner in plain.layers[len(inputs):]} == {
-        keras.layers.Reshape, keras.layers.Concatenate}
+    reshapes = [] if height else [keras.layers.Reshape] * len(inputs)
+    assert [type(inner) for inner in plain.layers[len(inputs):]] == [
+        *reshapes, keras.layers.Concatenate, *reshapes[:1]]
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(plain(inputs)),
         keras.ops.convert_to_numpy(layer(inputs, rate)),
