@@ -458,8 +458,8 @@ def _joined(call, inputs):
         if state.kind == "full":
             problem = (f"input {i} '{_tensor_name(x)}' is a full-width tensor: "
                        "at a rate below 1 it would be cut into the wrong groups")
-            fix = (f"Slice that input too (a sliced layer with slice_output=True "
-                   f"before it), or join full-width tensors with "
+            fix = ("Slice that input too (a sliced layer with slice_output=True "
+                   "before it), or join full-width tensors with "
                    "keras.layers.Concatenate")
         elif state.fixed or state.groups != groups:
             problem = (f"input {i} is {_describe(state)} from "
