@@ -271,7 +271,18 @@ def test_sliced_concatenation_extracts_to_standard_layers_computing_its_width(ra
     )
 
 
-def test_sliced_concatenation_of_unknown_height_and_width_is_refused():
+def test_sliced_concatenation_of_unknown_height_and_width_extracts():
     model = _joined_model(shape=(None, None, 3))
-    with pytest.raises(ValueError, match=r"'join'.*one axis of unknown size"):
-        extract_submodel(model, 0.5)
+    x = _images(shape=(6, 6, 3))
+    plain = extract_submodel(model, 0.5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, 0.5), atol=1e-5
+    )
+
+
+def test_sliced_concatenation_extracts_as_a_native_concatenation():
+    """The interleaving goes into the weights of the layers reading the join."""
+    plain = extract_submodel(_joined_model(), 0.5)
+    kinds = [type(layer).__name__ for layer in plain.layers[1:]]
+    assert kinds == ["Conv2D", "Conv2D", "Concatenate", "Conv2D", "Concatenate",
+                     "GlobalAveragePooling2D", "Dense"]

@@ -98,6 +98,10 @@ class SlicedConcatenate(SlicedLayerMixin, keras.layers.Concatenate):
     def plain_layer(self, rate, input_shapes, name):
         """A functional `keras.Model` of standard Keras computing this layer.
 
+        `extract_submodel` does not need it: a cut width concatenates
+        natively and folds the interleaving into the layers reading the
+        join (`keras_slicing.cut_orders`).
+
         Each input is reshaped to `(..., groups, channels / groups)`, the
         parts are concatenated on the last axis and reshaped back; it has no
         weights (`None`). With every axis but the batch and the channels of
