@@ -286,3 +286,33 @@ def test_sliced_concatenation_extracts_as_a_native_concatenation():
     kinds = [type(layer).__name__ for layer in plain.layers[1:]]
     assert kinds == ["Conv2D", "Conv2D", "Concatenate", "Conv2D", "Concatenate",
                      "GlobalAveragePooling2D", "Dense"]
+
+
+def _join_readers_model():
+    """A join read by layers that take its order into their weights (depthwise,
+    batch norm), and by ones that need the sliced order back (group norm, add)."""
+    x = keras.Input((6, 6, 3), name="image")
+    r = keras_slicing.rate_input()
+    a = L.SlicedConv2D(16, 3, padding="same", slice_input=False, name="a")(x, r)
+    b = L.SlicedConv2D(8, 1, slice_input=False, name="b")(x, r)
+    j = L.SlicedConcatenate(name="join")([a, b], r)
+    d = L.SlicedDepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(j, r)
+    d = K.ReLU()(L.SlicedBatchNormalization(rates=RATES, name="bn")(d, r))
+    g = L.SlicedGroupNormalization(groups=8, name="gn")(j, r)
+    s = K.Add(name="add")([j, L.SlicedConv2D(24, 1, slice_input=False, name="side")(x, r)])
+    h = L.SlicedConcatenate(name="join2")([d, g, s], r)
+    y = L.SlicedDense(3, slice_output=False, name="logits")(K.GlobalAveragePooling2D()(h), r)
+    model = keras.Model([x, r], y, name="readers")
+    _randomize(model)
+    return model
+
+
+@pytest.mark.parametrize("rate", RATES)
+def test_every_reader_of_a_native_join_computes_the_sliced_width(rate):
+    model = _join_readers_model()
+    x = _images(shape=(6, 6, 3))
+    plain = extract_submodel(model, rate)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, rate),
+        atol=1e-5, rtol=1e-5,
+    )
