@@ -5,6 +5,16 @@ Prints one table per data set and writes benchmarks/results/slice_pretrained.jso
 
     python benchmarks/slice_pretrained.py [--datasets=digits,mnist1d] [--seeds=3]
     python benchmarks/slice_pretrained.py --merge=a.json,b.json   # seeds run apart
+    python benchmarks/slice_pretrained.py --datasets=mnist1d --epochs=30 \
+        --convergence=benchmarks/results/slice_pretrained_convergence.json
+
+With `--convergence` (a result of slice_pretrained_convergence.py, whose
+plain models' weights are still in `--checkpoint_dir`), stage 1 loads the
+plain model that run saved at `--epochs` epochs instead of training one,
+and stage 4 takes that run's sliced model at `--epochs` epochs (the
+learning rate is constant: it is the model a `fit` of that many epochs
+gives) instead of training another: the schedule the convergence rule
+chose, against models trained to convergence.
 
 For each data set and seed (the seed sets every initialization and shuffle):
 1. `pretrained`: the plain batch-norm CNN trained alone for the full schedule.
@@ -33,6 +43,8 @@ For each data set and seed (the seed sets every initialization and shuffle):
    - `high_lr`: as `default`, with Adam at `--high_learning_rate` (10/3 of
      the scratch rate): the recommended recipe of docs/fine-tuning.md;
    - `higher_lr`: as `high_lr`, at `--higher_learning_rate` (2e-2);
+   - `training_lr`: as `high_lr`, at the rate the pretrained model was
+     trained with (`--learning_rate`, 3e-3);
    - `narrow_weights`: as `high_lr`, with `rate_loss_weights` 1/2/4/8
      (widths 1 to 0.25; the default `3 - 2r` is 1/1.5/2/2.5): the narrow
      widths' losses weigh more;
@@ -94,6 +106,7 @@ RECIPES = {
     "default": ("finetune_learning_rate", {}),
     "teacher": ("finetune_learning_rate", {"distillation": "pretrained"}),
     "high_lr": ("high_learning_rate", {}),
+    "training_lr": ("learning_rate", {}),
     "higher_lr": ("higher_learning_rate", {}),
     "narrow_weights": ("high_learning_rate", {"rate_loss_weights": (1, 2, 4, 8)}),
     "narrow_weights_higher_lr": ("higher_learning_rate",
@@ -238,8 +251,18 @@ def run_seed(name, seed, epochs, args, result, save):
     pretrained = plain_network(name)
     compile_model(pretrained, args.learning_rate)
     start = time.perf_counter()
-    pretrained.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
+    if args.convergence:
+        converged = args.convergence["runs"][name][str(seed)]
+        pretrained.load_weights(checkpoint_path(args.checkpoint_dir, name, seed, epochs))
+    else:
+        pretrained.fit(x_train, y_train, batch_size=batch, epochs=epochs, verbose=0)
     result["pretrained"] = plain_accuracy(pretrained, x_test, y_test)
+    if args.convergence and result["pretrained"] != converged["pretrained"][str(epochs)]:
+        raise ValueError(
+            f"{name} seed {seed}: the checkpoint in {args.checkpoint_dir} is not the "
+            f"convergence run's model: accuracy {result['pretrained']} against "
+            f"{converged['pretrained'][str(epochs)]}. Rerun the convergence benchmark."
+        )
     result["pretrained_seconds"] = time.perf_counter() - start
     print(f"[{name} seed {seed}] pretrained {result['pretrained']:.2f} "
           f"({result['pretrained_seconds']:.0f} s)", flush=True)
@@ -263,6 +286,15 @@ def run_seed(name, seed, epochs, args, result, save):
                  args, result, save)
     if not args.scratch:
         return
+    if args.convergence:
+        # The learning rate is constant: the convergence run's sliced model
+        # at `epochs` epochs is the model from scratch of this schedule.
+        result["scratch"] = converged["scratch"][str(epochs)]
+        result["scratch_source"] = f"convergence run at epoch {epochs}"
+        result["epoch_seconds"] = converged["epoch_seconds"]
+        result["calibration_seconds"] = converged["calibration_seconds"]
+        save()
+        return
 
     keras.utils.set_random_seed(seed)
     scratch = keras_slicing.slice_model(plain_network(name), rates=RATES, rewire=None,
@@ -277,18 +309,27 @@ def run_seed(name, seed, epochs, args, result, save):
     print(f"[{name} seed {seed}] scratch: {result['scratch']}", flush=True)
     save()
 
-    # The cost of the statistics: a calibration pass as fit makes it (its
-    # default sample, fit's batch size) against the epochs just timed.
+    result["calibration_seconds"] = calibration_seconds(scratch, x_train, batch)
+    result["epoch_seconds"] = float(np.median(timer.times[1:]))
+    save()
+
+
+def checkpoint_path(directory, name, seed, epochs):
+    """Where slice_pretrained_convergence.py saves a plain model's weights."""
+    return os.path.join(directory, f"{name}_seed{seed}_epoch{epochs}.weights.h5")
+
+
+def calibration_seconds(model, x_train, batch):
+    """The cost of the statistics: a calibration pass as fit makes it (its
+    default sample, fit's batch size), median of three after a traced one."""
     sample = x_train[:keras_slicing.calibration.CALIBRATION_EXAMPLES]
-    keras_slicing.calibrate_batchnorm(scratch, sample, batch_size=batch)  # traced
+    keras_slicing.calibrate_batchnorm(model, sample, batch_size=batch)
     passes = []
     for _ in range(3):
         start = time.perf_counter()
-        keras_slicing.calibrate_batchnorm(scratch, sample, batch_size=batch)
+        keras_slicing.calibrate_batchnorm(model, sample, batch_size=batch)
         passes.append(time.perf_counter() - start)
-    result["calibration_seconds"] = float(np.median(passes))
-    result["epoch_seconds"] = float(np.median(timer.times[1:]))
-    save()
+    return float(np.median(passes))
 
 
 # ---------------------------------------------------------------- report
@@ -407,6 +448,7 @@ def summarize(runs, epochs, per_epoch):
         goals[recipe] = {
             "steps_at_25%": finetune_steps(first, recipe, "0.25", epochs, per_epoch),
             "gap_to_scratch_at_25%": gaps,
+            "within_0.5_of_scratch_by_width": {k: g[0] >= -0.5 for k, g in gaps.items()},
             "every_width_within_0.5_of_scratch": all(g[0] >= -0.5 for g in gaps.values()),
             "full_width_minus_pretrained_at_25%": drop,
             "full_width_within_0.3_of_pretrained": drop[0] >= -0.3,
@@ -543,6 +585,13 @@ def main():
                         help="0: skip the conversions with every rewiring.")
     parser.add_argument("--scratch", type=int, default=1,
                         help="0: skip the model from scratch and the timings.")
+    parser.add_argument("--convergence", default=None,
+                        help="A slice_pretrained_convergence.py result: the "
+                             "pretrained model is its checkpoint at --epochs "
+                             "and the model from scratch its run at --epochs.")
+    parser.add_argument("--checkpoint_dir",
+                        default=os.path.join(common.RESULTS_DIR, "checkpoints"),
+                        help="Where --convergence's weights were saved.")
     parser.add_argument("--merge", default=None,
                         help="JSON files to combine (a later one's stages win).")
     parser.add_argument("--markdown", default=None,
@@ -554,6 +603,11 @@ def main():
         parser.error(f"--recipes must name some of {list(RECIPES)}. "
                      f"Received: {sorted(unknown)}")
 
+    if args.convergence:
+        if not args.epochs:
+            parser.error("--convergence needs --epochs (a checkpoint of its run).")
+        args.convergence_path = args.convergence
+        args.convergence = json.loads(open(args.convergence).read())
     if args.markdown:
         print(markdown(json.loads(open(args.markdown).read())))
         return
@@ -588,6 +642,7 @@ def main():
             "mid_learning_rate": args.mid_learning_rate,
             "finetune_rewire": FINETUNE_REWIRE,
             "default_rewire": DEFAULT_REWIRE, "fractions": FRACTIONS,
+            "convergence": args.convergence and args.convergence_path,
         },
         "runs": {},
     }

@@ -116,9 +116,17 @@ def slice_model(
     `benchmarks/slice_pretrained.py` that recipe, given a quarter of the
     from-scratch steps, brought width 0.25 from 74% (at a third of the
     learning rate) to 94% on digits, level with the sliced model trained
-    from scratch, and from 49% (a third of the rate, a fifth of the steps)
-    to 77% on MNIST-1D, still 4 points short; half the steps bring every
-    width level there (docs/fine-tuning.md).
+    from scratch, and on a 10-epoch MNIST-1D schedule that had not
+    converged from 49% (a third of the rate, a fifth of the steps) to 77%,
+    still 4 points short. From an MNIST-1D model trained to convergence (30
+    epochs) a quarter of the steps is not enough: width 0.25 ends 3.1
+    points short of the sliced model trained from scratch for 30 epochs and
+    the full width 1.9 points below the pretrained model (narrow-width loss
+    weights `rate_loss_weights=(1, 2, 4, 8)` narrow both gaps, to 2.7 and
+    0.5); half the steps bring widths 1 to 0.5 level and width 0.25 within
+    0.7 points. On an 80-epoch MNIST-1D schedule the full width holds at a
+    quarter of the steps but widths 0.5 and 0.25 still trail by about 1.5
+    points (docs/fine-tuning.md).
 
     Example:
 
