@@ -259,18 +259,6 @@ def _joined_model(shape=(6, 6, 3)):
     return model
 
 
-@pytest.mark.parametrize("rate", RATES)
-def test_sliced_concatenation_extracts_to_standard_layers_computing_its_width(rate):
-    model = _joined_model()
-    x = _images(shape=(6, 6, 3))
-    plain = extract_submodel(model, rate)
-    layers = keras_internals.all_sublayers(plain)
-    assert not any(isinstance(layer, SlicedLayerMixin) for layer in layers)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, rate), atol=1e-5
-    )
-
-
 def test_sliced_concatenation_of_unknown_height_and_width_extracts():
     model = _joined_model(shape=(None, None, 3))
     x = _images(shape=(6, 6, 3))
@@ -308,10 +296,13 @@ def _join_readers_model():
 
 
 @pytest.mark.parametrize("rate", RATES)
-def test_every_reader_of_a_native_join_computes_the_sliced_width(rate):
-    model = _join_readers_model()
+@pytest.mark.parametrize("build", [_joined_model, _join_readers_model], ids=["joins", "readers"])
+def test_sliced_concatenation_extracts_to_standard_layers_computing_its_width(build, rate):
+    model = build()
     x = _images(shape=(6, 6, 3))
     plain = extract_submodel(model, rate)
+    layers = keras_internals.all_sublayers(plain)
+    assert not any(isinstance(layer, SlicedLayerMixin) for layer in layers)
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, rate),
         atol=1e-5, rtol=1e-5,
