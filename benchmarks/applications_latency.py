@@ -9,7 +9,9 @@ with random weights (latency does not depend on values), converted by
 `convert_to_tflite`, the converter settings `export_tflite` uses. Checked per
 width: every layer's output shape equals that of `extract_submodel`'s layer
 of the same name, and the two files hold the same operators on the same
-shapes (`tflite_operators`); any difference is reported. Timed with LiteRT,
+shapes (`tflite_operators`); any difference is reported; and the sliced
+file's output on two random images equals the sliced Keras model's at that
+width (largest difference, and largest output for scale). Timed with LiteRT,
 1 thread, batch 1, sliced and native interleaved in every round, by the CPU
 time of the calling thread (which other jobs of a shared machine do not
 inflate) and by wall time: the ratio is the median of per-round ratios.
@@ -153,7 +155,14 @@ def measure(name, repeats, min_seconds):
         files["native", rate] = convert_to_tflite(native)
         native_seconds += time.perf_counter() - start
         extracted = keras_slicing.extract_submodel(sliced, rate)
+        x = images(2, seed=3)
+        want = keras.ops.convert_to_numpy(sliced.at_rate(rate)(x))
+        have = interpreter_lib.run_tflite(
+            interpreter_lib.load_interpreter(model_content=files["sliced", rate]), x
+        )
         checks[rate] = {
+            "tflite_max_abs_diff": float(np.abs(have - want).max()),
+            "max_abs_output": float(np.abs(want).max()),
             "shape_mismatches": shape_mismatches(native, extracted),
             "operator_difference": operator_difference(
                 tflite_operators(files["sliced", rate]),

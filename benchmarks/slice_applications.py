@@ -1,14 +1,16 @@
 """slice_model on keras.applications networks: time, exactness, cost per width.
 
-For MobileNetV2, MobileNetV3Small, ResNet50 and EfficientNetB0 (weights=None,
-32x32x3 inputs, 10 classes, batch-norm statistics of one batch of random
-images so that activations stay of order one): the conversion time, the
-largest difference from the original at full width in float32 without and
-with channel rewiring (the default "l1") and in float64 with rewiring (which
-shows the float32 differences are rounding, not a wrong permutation), the
-number of layers sliced, and `model_cost` per width.
+For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0 and DenseNet121
+(weights=None, 32x32x3 inputs, 10 classes, batch-norm statistics of one
+batch of random images so that activations stay of order one): the
+conversion time, the largest difference from the original at full width in
+float32 without and with channel rewiring (the default "l1") and in float64
+with rewiring (which shows the float32 differences are rounding, not a wrong
+permutation), the number of layers sliced (and of channel concatenations
+sliced), and `model_cost` per width.
 
     python benchmarks/slice_applications.py [--names=MobileNetV2,ResNet50]
+        [--merge=benchmarks/results/slice_applications.json]
 """
 
 import argparse
@@ -20,7 +22,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0")
+NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121")
 SHAPE = (32, 32, 3)
 
 
@@ -53,6 +55,9 @@ def measure(name, floatx):
         result["layers"] = len(plan.rows)
         result["sliced_layers"] = len(plan.sliced_layers)
         result["full_layers"] = plan.full_layers
+        joins = [row for row in plan.rows if row.original == "Concatenate"]
+        result["joins"] = len(joins)
+        result["sliced_joins"] = sum(row.status == "sliced" for row in joins)
         result["cost"] = {format(r, "g"): c for r, c in plan.costs.items()}
     return result
 
@@ -61,6 +66,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--names", default=",".join(NAMES))
     parser.add_argument("--output", default=None)
+    parser.add_argument(
+        "--merge", default="",
+        help="Comma-separated result files of earlier runs whose networks "
+             "are kept (a network measured now replaces its earlier result).",
+    )
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # name, floatx
     args = parser.parse_args()
     if args.one:
@@ -69,7 +79,10 @@ def main():
     from benchmarks import common
 
     results = {}
-    for name in args.names.split(","):
+    for path in filter(None, args.merge.split(",")):
+        with open(path) as f:
+            results.update(json.load(f)["results"])
+    for name in filter(None, args.names.split(",")):
         results[name] = {}
         for floatx in ("float32", "float64"):
             # A process per float type: Keras' floatx is global state.
@@ -79,6 +92,8 @@ def main():
             ).stdout.strip().splitlines()[-1]
             results[name][floatx] = json.loads(out)
         print(name, json.dumps(results[name]["float32"]["cost"]), flush=True)
+    ordered = [name for name in NAMES if name in results]
+    results = {name: results[name] for name in ordered + sorted(set(results) - set(ordered))}
     rows = []
     for name, r in results.items():
         f32, f64 = r["float32"], r["float64"]

@@ -99,7 +99,11 @@ def check_model(model, allow_sliced_outputs=False):
       with a full-width one, or sliced tensors with different
       `slice_groups`;
     - a `Concatenate` on the channel axis has a sliced input in another
-      position than the last, or one on another axis mixes widths;
+      position than the last (join sliced tensors with
+      `keras_slicing.layers.SlicedConcatenate`), or one on another axis
+      mixes widths;
+    - a `SlicedConcatenate` reads a full-width tensor, or one sliced with
+      other `slice_groups` or after full-width channels;
     - a `Reshape` fixes the channel count, or a `Permute` moves the channel
       axis;
     - a nested model whose declared input shape is fixed reads a sliced
@@ -311,6 +315,8 @@ def _sliced(call, inputs):
                 f"{_label(op)} with slice_input=True (the default), or "
                 f"{_label(state.path[0])} with slice_output=False."
             )
+    if getattr(op, "joins_inputs", False):
+        return [_joined(call, inputs)]
     if op.follows_input_width:
         return [_extend(inputs[0] if inputs else _FULL, op)] * len(call.outputs)
     if op.narrows_channels and call.rate is not None:
@@ -435,12 +441,41 @@ def _concatenating(call, inputs):
             "active channels are then not a prefix of the full-width "
             "concatenation, so the sliced layers after it would read weights "
             "of other channels and the narrow widths would not be "
-            "sub-networks of the full one. Concatenate a sliced tensor only "
-            "as the last input, e.g. [full_width_features, sliced], or add "
-            "the branches instead."
+            "sub-networks of the full one. Join sliced tensors with "
+            "keras_slicing.layers.SlicedConcatenate (slice group by slice "
+            "group), or concatenate a sliced tensor only as the last input, "
+            "e.g. [full_width_features, sliced]."
         )
     fixed = sum(x.shape[-1] for x in call.inputs[:-1])
     return _extend(state._replace(fixed=state.fixed + fixed), op)
+
+
+def _joined(call, inputs):
+    """A sliced concatenation: every input sliced alike, from its first channel."""
+    op = call.operation
+    groups = op.slice_groups
+    for i, (x, state) in enumerate(zip(call.inputs, inputs)):
+        if state.kind == "full":
+            problem = (f"input {i} '{_tensor_name(x)}' is a full-width tensor: "
+                       "at a rate below 1 it would be cut into the wrong groups")
+            fix = ("Slice that input too (a sliced layer with slice_output=True "
+                   "before it), or join full-width tensors with "
+                   "keras.layers.Concatenate")
+        elif state.fixed or state.groups != groups:
+            problem = (f"input {i} is {_describe(state)} from "
+                       f"{_label(state.path[0])}{_through(state)}, but it "
+                       f"interleaves inputs sliced with slice_groups={groups} "
+                       "from their first channel")
+            fix = (f"Give {_label(state.path[0])} slice_groups={groups}, and "
+                   "join sliced tensors with SlicedConcatenate only")
+        else:
+            continue
+        raise ValueError(
+            f"{_label(op)} joins sliced tensors group by group, but its "
+            f"{problem}. {fix}."
+        )
+    first = inputs[0]
+    return _extend(first._replace(groups=groups, fixed=0), op)
 
 
 def _dot(call, inputs):

@@ -5,6 +5,7 @@ import numpy as np
 
 from keras_slicing import calibration
 from keras_slicing import checks
+from keras_slicing import cut_orders
 from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import rates as rates_lib
@@ -12,6 +13,7 @@ from keras_slicing import widths
 from keras_slicing.layers.base import affine_values
 from keras_slicing.layers.base import plain_config
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.layers.concatenate import SlicedConcatenate
 from keras_slicing.layers.flatten import SlicedFlatten
 
 
@@ -24,7 +26,10 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
     `GroupNormalization` with `active_channels / channels_per_group` groups,
     `BatchNormalization` holding that rate's moving statistics, `LSTM`, ...)
     with copies of exactly the active weights; `SlicedFlatten` becomes
-    `Permute` + `Flatten`; every other layer is cloned from its config with
+    `Permute` + `Flatten`; `SlicedConcatenate` becomes a plain
+    `Concatenate`, its interleaving taken into the weights of the layers
+    reading it (`keras_slicing.cut_orders`) or, for any other reader,
+    undone by one gather; every other layer is cloned from its config with
     copied weights. The result takes the data inputs alone, computes the
     same outputs as `model` at `rate`, and shares no variable with it: it can
     be saved, fine-tuned or converted without `keras_slicing`.
@@ -113,7 +118,7 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
         for x in data
     ]
     builder = _Builder(rate, statistics=not recalibrate)
-    outputs = graph.replay(model, rate, builder, inputs=inputs)
+    outputs = builder.orders.restored(graph.replay(model, rate, builder, inputs=inputs))
     plain = keras.Model(
         inputs[0] if len(inputs) == 1 else inputs,
         outputs,
@@ -214,8 +219,24 @@ class _Builder:
         self.statistics = statistics
         self.clones = {}
         self.uses = {}
+        # Channel orders of tensors after native concatenations.
+        self.orders = cut_orders.Orders()
 
     def __call__(self, layer, *args, **kwargs):
+        tensors = [
+            t for t in keras.tree.flatten((args, kwargs))
+            if isinstance(t, keras.KerasTensor) and t is not kwargs.get("rate")
+        ]
+        if cut_orders.carries(layer, tensors):
+            order = self.orders.of(tensors[0])
+            return self.orders.set(self._call(layer, args, kwargs), order)
+        if isinstance(layer, SlicedConcatenate):
+            return self._join(layer, args, kwargs)
+        if not cut_orders.absorbs(layer, tensors):
+            args, kwargs = self.orders.restored((args, kwargs))
+        return self._call(layer, args, kwargs)
+
+    def _call(self, layer, args, kwargs):
         if not isinstance(layer, keras.layers.Layer):
             return layer(*args, **kwargs)  # a stateless keras.ops operation
         try:
@@ -235,36 +256,61 @@ class _Builder:
                 f"{graph.describe_rate(self.rate)}: {error}"
             ) from error
 
-    def _sliced(self, layer, args, kwargs):
-        kwargs = dict(kwargs)
+    def _static_rate(self, layer, kwargs):
         rate = kwargs.pop("rate", None)
         if rate is None:
-            rate = 1.0
+            return 1.0
         if rates_lib.static_rate(rate) is not None:
-            rate = float(rate)
-        else:
-            raise _CarryError(
-                f"extract_submodel: the rate of layer '{layer.name}' "
-                f"({type(layer).__name__}) is computed inside the model "
-                "rather than taken from a rate input, so it has no fixed "
-                f"value. Received: rate={rate!r}"
-            )
-        shapes = [
-            tuple(t.shape) for t in keras.tree.flatten((args, kwargs))
+            return float(rate)
+        raise _CarryError(
+            f"extract_submodel: the rate of layer '{layer.name}' "
+            f"({type(layer).__name__}) is computed inside the model "
+            "rather than taken from a rate input, so it has no fixed "
+            f"value. Received: rate={rate!r}"
+        )
+
+    def _sliced(self, layer, args, kwargs):
+        kwargs = dict(kwargs)
+        rate = self._static_rate(layer, kwargs)
+        tensors = [
+            t for t in keras.tree.flatten((args, kwargs))
             if isinstance(t, keras.KerasTensor)
         ]
-        key = (id(layer), tuple(shapes))
+        shapes = [tuple(t.shape) for t in tensors]
+        # A tensor of a native concatenation: its order goes into the weights.
+        order = self.orders.of(tensors[0]) if len(tensors) == 1 else None
+        key = (id(layer), tuple(shapes), None if order is None else order.tobytes())
         if key not in self.clones:
             if self.statistics or not isinstance(layer, SlicedBatchNormalization):
-                self.clones[key] = layer.plain_layer(rate, shapes, self._name(layer))
+                standard, weights = layer.plain_layer(rate, shapes, self._name(layer))
             else:
-                self.clones[key] = _uncalibrated(layer, shapes, self._name(layer))
+                standard, weights = _uncalibrated(layer, shapes, self._name(layer))
+            if order is not None:
+                weights = cut_orders.absorbed(layer, weights, order)
+            self.clones[key] = (standard, weights)
         standard, weights = self.clones[key]
         outputs = standard(*args, **kwargs)
         if weights is not None:  # the first call built the variables
             standard.set_weights(weights)
             self.clones[key] = (standard, None)
+        if order is not None:
+            self.orders.set(outputs, cut_orders.followed(layer, order))
         return outputs
+
+    def _join(self, layer, args, kwargs):
+        """A `SlicedConcatenate` as a native `Concatenate`, its order recorded."""
+        kwargs = dict(kwargs)
+        groups = rates_lib.active_groups(self._static_rate(layer, kwargs), layer.slice_groups)
+        tensors = list(args[0] if args else kwargs["inputs"])
+        key = id(layer)
+        if key not in self.clones:
+            name = self._name(layer)
+            self.clones[key] = (keras.layers.Concatenate(name=name), None)
+        outputs = self.clones[key][0](tensors)
+        order = cut_orders.join_order(
+            [t.shape[-1] for t in tensors], [self.orders.of(t) for t in tensors], groups
+        )
+        return self.orders.set(outputs, order)
 
     def _flatten(self, layer, x):
         key = (id(layer), tuple(x.shape))

@@ -110,7 +110,8 @@ def width_groups(model):
     that narrows its output (`SlicedDense`, `SlicedConv2D`, ...) starts
     one; the layers whose outputs meet in a merge (`Add`, `Multiply`,
     `Subtract`, a `Concatenate` along another axis than the channels, a
-    `Dot`) join theirs. Width-following layers (normalization, depthwise
+    `Dot`) or in a `SlicedConcatenate` (whose inputs run at one rate) join
+    theirs. Width-following layers (normalization, depthwise
     convolutions) take the width of their input and belong to no group;
     `SlicedMultiHeadAttention` is a group of its own (its heads).
 

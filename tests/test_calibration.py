@@ -258,3 +258,27 @@ def test_calibration_steps_must_be_a_positive_integer():
     model = _bn_cnn()
     with pytest.raises(ValueError, match="calibration_steps=0"):
         model.fit(np.zeros((4, 8, 8, 1)), np.zeros(4), calibration_steps=0)
+
+
+def test_calibration_after_a_concatenation_stores_the_moments_of_its_interleaved_channels():
+    x = keras.Input((5, 5, 2))
+    rate = rate_input()
+    a = layers.SlicedConv2D(8, 3, padding="same", slice_input=False, slice_groups=4)
+    b = layers.SlicedConv2D(4, 1, slice_input=False, slice_groups=4)
+    h = layers.SlicedConcatenate(slice_groups=4)([a(x, rate), b(x, rate)], rate)
+    bn = layers.SlicedBatchNormalization(rates=(1.0, 0.5), slice_groups=4)
+    model = keras.Model([x, rate], bn(h, rate))
+    keras_slicing.check_model(model, allow_sliced_outputs=True)
+    data = np.random.default_rng(3).normal(1.0, 2.0, size=(40, 5, 5, 2)).astype("float32")
+    calibrate_batchnorm(model, data, batch_size=16)
+    for row, (r, k) in enumerate([(1.0, 4), (0.5, 2)]):
+        fa = keras.ops.convert_to_numpy(a(data, r)).astype("float64")
+        fb = keras.ops.convert_to_numpy(b(data, r)).astype("float64")
+        # numpy: slice group j of the join is group j of a, then of b.
+        joined = np.concatenate(
+            [fa.reshape(*fa.shape[:-1], k, -1), fb.reshape(*fb.shape[:-1], k, -1)], -1
+        ).reshape(*fa.shape[:-1], -1)
+        n = joined.shape[-1]
+        mean, variance = bn.get_weights()[2:]
+        np.testing.assert_allclose(mean[row, :n], joined.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(variance[row, :n], joined.var((0, 1, 2)), rtol=1e-4)

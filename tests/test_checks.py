@@ -120,6 +120,26 @@ def test_plain_flatten_behind_batch_norm_was_a_different_model():
             r"'cat' \(Concatenate\).*input 0 from 'stem'.*not a prefix",
         ),
         (
+            "plain concatenate of two sliced tensors",
+            lambda x, r: _head(K.GlobalAveragePooling2D()(K.Concatenate(name="cat")([
+                _stem(x, r), L.SlicedConv2D(8, 1, slice_input=False, name="side")(x, r)])), r),
+            r"'cat' \(Concatenate\).*input 0 from 'stem'.*SlicedConcatenate",
+        ),
+        (
+            "sliced concatenate of a full-width tensor",
+            lambda x, r: _head(K.GlobalAveragePooling2D()(L.SlicedConcatenate(name="cat")(
+                [_stem(x, r), K.Conv2D(8, 1, name="side")(x)], r)), r),
+            r"'cat' \(SlicedConcatenate\).*input 1 'side' is a full-width.*Slice that input",
+        ),
+        (
+            "sliced concatenate of other slice_groups",
+            lambda x, r: _head(K.GlobalAveragePooling2D()(L.SlicedConcatenate(name="cat")(
+                [_stem(x, r), L.SlicedConv2D(8, 1, slice_input=False, slice_groups=4,
+                                             name="four")(x, r)], r)), r),
+            r"'cat' \(SlicedConcatenate\).*input 1 is slice_groups=4 from 'four'.*"
+            r"Give 'four' \(SlicedConv2D\) slice_groups=8",
+        ),
+        (
             "slice_input=False on a sliced tensor",
             lambda x, r: L.SlicedConv2D(8, 1, slice_input=False, slice_output=False,
                                         name="second")(_stem(x, r), r),
@@ -218,8 +238,16 @@ def _accepted():
         h = shared(shared(inner([x, r]), r), r)
         return _head(K.GlobalAveragePooling2D()(h), r)
 
+    def joined(x, r):
+        a = _stem(x, r)
+        b = L.SlicedConv2D(8, 1, slice_input=False, name="side")(x, r)
+        h = L.SlicedConcatenate(name="cat")([a, b], r)
+        h = L.SlicedBatchNormalization()(h, r)
+        h = L.SlicedConcatenate()([h, L.SlicedConv2D(8, 1)(h, r)], r)
+        return _head(K.GlobalAveragePooling2D()(h), r)
+
     return {"residual": residual, "sequence": sequence, "declared": declared,
-            "restored": restored, "nested": nested}
+            "restored": restored, "nested": nested, "joined": joined}
 
 
 @pytest.mark.parametrize("name", sorted(_accepted()))

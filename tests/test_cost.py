@@ -77,3 +77,19 @@ def test_nested_model_is_costed_layer_by_layer():
         "params": (8 * 8 + 8) + (8 * 8 + 8) + (8 * 4 + 4),
         "macs": 8 * 8 + 8 * 8 + 8 * 4,
     }
+
+
+@pytest.mark.parametrize("rate, k", [(1.0, 4), (0.5, 2), (0.25, 1)])
+def test_concatenation_is_free_and_its_reader_counts_the_joined_width(rate, k):
+    x = keras.Input((8,))
+    r = rate_input()
+    a = layers.SlicedDense(8, slice_input=False, slice_groups=4)(x, r)
+    b = layers.SlicedDense(4, slice_input=False, slice_groups=4)(x, r)
+    h = layers.SlicedConcatenate(slice_groups=4)([a, b], r)
+    y = layers.SlicedDense(3, slice_output=False, slice_groups=4)(h, r)
+    cost = model_cost(keras.Model([x, r], y), rate)
+    na, nb = 2 * k, k  # active units of a and b
+    assert cost == {
+        "params": (8 * na + na) + (8 * nb + nb) + ((na + nb) * 3 + 3),
+        "macs": 8 * na + 8 * nb + (na + nb) * 3,
+    }

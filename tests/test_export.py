@@ -18,6 +18,7 @@ from keras_slicing.export import export_tflite
 from keras_slicing.export import read_manifest
 from keras_slicing.extract import extract_submodel
 from keras_slicing.model import SlicingModel
+from keras_slicing.tflite_flatbuffer import tflite_op_names
 from tests.sliced_models import digits_split
 
 L = keras_slicing.layers
@@ -524,3 +525,24 @@ def test_host_reader_refuses_symlinked_bundle_files(bundles, tmp_path, target):
     (copy / name).symlink_to(real)
     with pytest.raises(ValueError, match=f"read_manifest: .*{name} is a symbolic link"):
         read_manifest(copy)
+
+
+def test_converted_model_with_joins_exports_files_equal_to_keras(tmp_path):
+    x = keras.Input((6, 6, 3))
+    a = K.Conv2D(8, 3, padding="same", name="a")(x)
+    b = K.Conv2D(4, 1, name="b")(x)
+    h = K.BatchNormalization(name="bn")(K.Concatenate(name="join")([a, b]))
+    h = K.Concatenate(name="join2")([h, K.Conv2D(4, 1, name="c")(h)])
+    plain = keras.Model(x, K.Dense(3, name="logits")(K.GlobalAveragePooling2D()(h)))
+    images = np.random.default_rng(0).random((16, 6, 6, 3)).astype("float32")
+    sliced = keras_slicing.slice_model(plain, slice_groups=4, rates=(1.0, 0.5, 0.25),
+                                       data=images)
+    manifest = export_tflite(sliced, tmp_path / "bundle", output_kind="multiclass_logits")
+    for entry in manifest["rates"]:
+        path = tmp_path / "bundle" / entry["file"]
+        ops = tflite_op_names(path.read_bytes())
+        assert "CONCATENATION" in ops and set(ops) <= BUILTINS
+        np.testing.assert_allclose(
+            _litert_predict(path, images[:4]), _keras_predict(sliced, images[:4], entry["rate"]),
+            atol=1e-5, rtol=1e-5,
+        )

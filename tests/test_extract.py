@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import keras_slicing
+from keras_slicing import keras_internals
 from keras_slicing.extract import extract_submodel
 from keras_slicing.layers.base import SlicedLayerMixin
 
@@ -240,3 +241,69 @@ def test_subclassed_model_is_rejected():
 
     with pytest.raises(ValueError, match="functional"):
         extract_submodel(Subclassed(), 0.5)
+
+
+def _joined_model(shape=(6, 6, 3)):
+    """Two sliced branches of different widths joined group by group, twice."""
+    x = keras.Input(shape, name="image")
+    r = keras_slicing.rate_input()
+    a = L.SlicedConv2D(16, 3, padding="same", slice_input=False, name="a")(x, r)
+    b = L.SlicedConv2D(8, 1, slice_input=False, name="b")(x, r)
+    h = L.SlicedConcatenate(name="join")([a, b], r)
+    h = L.SlicedConv2D(8, 1, name="c")(h, r)
+    h = L.SlicedConcatenate(name="join2")([h, a], r)
+    y = L.SlicedDense(3, slice_output=False, name="logits")(
+        K.GlobalAveragePooling2D()(h), r)
+    model = keras.Model([x, r], y, name="joined")
+    _randomize(model)
+    return model
+
+
+def test_sliced_concatenation_of_unknown_height_and_width_extracts():
+    model = _joined_model(shape=(None, None, 3))
+    x = _images(shape=(6, 6, 3))
+    plain = extract_submodel(model, 0.5)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, 0.5), atol=1e-5
+    )
+
+
+def test_sliced_concatenation_extracts_as_a_native_concatenation():
+    """The interleaving goes into the weights of the layers reading the join."""
+    plain = extract_submodel(_joined_model(), 0.5)
+    kinds = [type(layer).__name__ for layer in plain.layers[1:]]
+    assert kinds == ["Conv2D", "Conv2D", "Concatenate", "Conv2D", "Concatenate",
+                     "GlobalAveragePooling2D", "Dense"]
+
+
+def _join_readers_model():
+    """A join read by layers that take its order into their weights (depthwise,
+    batch norm), and by ones that need the sliced order back (group norm, add)."""
+    x = keras.Input((6, 6, 3), name="image")
+    r = keras_slicing.rate_input()
+    a = L.SlicedConv2D(16, 3, padding="same", slice_input=False, name="a")(x, r)
+    b = L.SlicedConv2D(8, 1, slice_input=False, name="b")(x, r)
+    j = L.SlicedConcatenate(name="join")([a, b], r)
+    d = L.SlicedDepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(j, r)
+    d = K.ReLU()(L.SlicedBatchNormalization(rates=RATES, name="bn")(d, r))
+    g = L.SlicedGroupNormalization(groups=8, name="gn")(j, r)
+    s = K.Add(name="add")([j, L.SlicedConv2D(24, 1, slice_input=False, name="side")(x, r)])
+    h = L.SlicedConcatenate(name="join2")([d, g, s], r)
+    y = L.SlicedDense(3, slice_output=False, name="logits")(K.GlobalAveragePooling2D()(h), r)
+    model = keras.Model([x, r], y, name="readers")
+    _randomize(model)
+    return model
+
+
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("build", [_joined_model, _join_readers_model], ids=["joins", "readers"])
+def test_sliced_concatenation_extracts_to_standard_layers_computing_its_width(build, rate):
+    model = build()
+    x = _images(shape=(6, 6, 3))
+    plain = extract_submodel(model, rate)
+    layers = keras_internals.all_sublayers(plain)
+    assert not any(isinstance(layer, SlicedLayerMixin) for layer in layers)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(plain(x)), _sliced_output(model, x, rate),
+        atol=1e-5, rtol=1e-5,
+    )

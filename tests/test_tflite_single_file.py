@@ -8,6 +8,7 @@ converter's file, not the merged one).
 
 import warnings
 
+import keras
 import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as litert_schema
@@ -233,3 +234,23 @@ def test_sharing_without_single_file_is_rejected(model, tmp_path):
         keras_slicing.export_tflite(
             model, tmp_path / "b", output_kind="multiclass_logits", sharing="slices"
         )
+
+
+def test_widths_of_a_model_with_joins_merge_into_signatures_equal_to_their_files(images):
+    L = keras_slicing.layers
+    x = keras.Input((8, 8, 1))
+    r = keras_slicing.rate_input()
+    a = L.SlicedConv2D(16, 3, padding="same", slice_input=False)(x, r)
+    b = L.SlicedConv2D(8, 1, slice_input=False)(x, r)
+    h = L.SlicedConcatenate()([a, b], r)
+    h = L.SlicedConcatenate()([h, L.SlicedConv2D(8, 1)(h, r)], r)
+    y = L.SlicedDense(4, slice_output=False)(keras.layers.GlobalAveragePooling2D()(h), r)
+    joined = keras.Model([x, r], y)
+    randomize_weights(joined)
+    files = [convert_to_tflite(extract_submodel(joined, rate)) for rate in RATES]
+    keys = [signature_key(rate) for rate in RATES]
+    views, _ = merge_widths(files, keys, "views")
+    copies, _ = merge_widths(files, keys, "copies")
+    assert _constant_bytes(views) < _constant_bytes(copies)
+    for key, file in zip(keys, files):
+        np.testing.assert_array_equal(_run(views, key, images), _run(file, None, images))

@@ -66,6 +66,23 @@ def test_width_groups_join_layers_whose_outputs_meet():
     ]
 
 
+def test_a_sliced_concatenation_runs_its_inputs_at_one_width():
+    x = keras.Input((6, 6, 2))
+    r = keras_slicing.rate_input()
+    a = L.SlicedConv2D(16, 1, slice_input=False, name="a")(x, r)
+    b = L.SlicedConv2D(8, 1, slice_input=False, name="b")(x, r)
+    h = L.SlicedConcatenate(name="join")([a, b], r)
+    h = L.SlicedConv2D(8, 1, name="c")(h, r)
+    y = L.SlicedDense(2, slice_output=False, name="head")(K.GlobalAveragePooling2D()(h), r)
+    model = keras.Model([x, r], y)
+    assert [(g.name, g.layers, g.merges) for g in width_groups(model)] == [
+        ("a", ("a", "b"), ("join",)),
+        ("c", ("c",), ()),
+    ]
+    with pytest.raises(ValueError, match=r"'a' and 'b' belong to width group 'a'"):
+        model_cost(model, WidthConfig({"a": 0.5, "b": 0.25}))
+
+
 def test_unknown_group_is_rejected():
     with pytest.raises(ValueError, match="'conv9' is not a width group"):
         model_cost(_residual_model(), {"conv9": 0.5})

@@ -6,11 +6,14 @@ starts a group; a per-channel layer (normalizations, depthwise convolution,
 activations, dropout, pooling, padding, ...) passes its input's group on; a
 merge (`Add`, `Multiply`, ... as layers or as `keras.ops` calls such as
 `x + y`) unites its inputs' groups, since their widths must agree at every
-rate. A group is sliced only if its width divides into `slice_groups`,
-every layer that writes it can narrow its output, every layer that reads it
-can read a narrower tensor, and it is no model input or output; otherwise
-it stays at full width, for the reason recorded. Every decision marks a
-whole group, so one pass over the graph reaches the fixed point.
+rate. A `Concatenate` on the channel axis (a *join*) starts a group of its
+own, whose channels are its inputs' interleaved slice group by slice group
+(`SlicedConcatenate`): it is sliced only together with all its inputs. A
+group is sliced only if its width divides into `slice_groups`, every layer
+that writes it can narrow its output, every layer that reads it can read a
+narrower tensor, and it is no model input or output; otherwise it stays at
+full width, for the reason recorded. Every decision marks a whole group, so
+one pass over the graph and one over the joins reach the fixed point.
 """
 
 import collections
@@ -21,6 +24,7 @@ import numpy as np
 
 from keras_slicing import checks
 from keras_slicing import keras_internals
+from keras_slicing.conversion import joins as joins_lib
 from keras_slicing.conversion import recipes as recipes_lib
 
 # How a tensor's last axis relates to its width group: feature `f` belongs
@@ -83,6 +87,9 @@ class Analysis:
         refusals: `{node index: reason}` for layers kept plain.
         gn_blocks: `{group: [channels per normalization group]}`, the blocks
             a channel permutation must keep together.
+        joins: `{node index: joins.Join}` of the channel-axis
+            concatenations.
+        group_norms: `(tensor, node)` of every `GroupNormalization` call.
     """
 
     def __init__(self, graph, slice_groups, rates, keep_full):
@@ -95,6 +102,8 @@ class Analysis:
         self.recipes = {}
         self.refusals = {}
         self.gn_blocks = collections.defaultdict(list)
+        self.joins = {}
+        self.group_norms = []
         for x in graph.inputs:
             self._source(x, f"model input '{x.name}'")
         first_calls = {}
@@ -107,6 +116,7 @@ class Analysis:
         for x in graph.outputs:
             self._full(x, "model output")
         self._check_widths()
+        joins_lib.link(self)
 
     # ------------------------------------------------------------ queries
 
@@ -151,7 +161,7 @@ class Analysis:
         if kind == "merging":
             return self._merge(node, inputs, label)
         if kind == "concatenating":
-            return self._concatenate(node, inputs, label)
+            return self._concatenate(index, node, inputs, label)
         if isinstance(layer, _REORDERING):
             return self._reorder(node, inputs[0], label)
         what = "holds weights and has no sliced version" if (
@@ -237,6 +247,7 @@ class Analysis:
             if channels.factor != 1 or channels.flat is not None:
                 self._full(x, f"'{node.name}' normalizes groups of a flattened tensor")
             self.gn_blocks[channels.group].append(per_group)
+            self.group_norms.append((x, node))
         for y in node.outputs:
             self.channels[id(y)] = channels
 
@@ -306,14 +317,18 @@ class Analysis:
                 self._full(x, f"{label} merges tensors laid out differently")
         self.channels[id(node.outputs[0])] = first
 
-    def _concatenate(self, node, inputs, label):
+    def _concatenate(self, index, node, inputs, label):
         axis = getattr(node.layer, "axis", node.kwargs.get("axis", -1))
         rank = len(node.outputs[0].shape)
         if axis % rank != rank - 1:
             return self._merge(node, inputs, label)
+        output = node.outputs[0]
+        group = self.groups.new(output.shape[-1])
+        self.channels[id(output)] = Channels(group, 1, None)
+        self.joins[index] = joins_lib.Join(index, group, inputs, label)
         for x in inputs:
-            self._full(x, f"joined on the channel axis by {label}")
-        self._source(node.outputs[0], f"written by {label}")
+            if self.channels[id(x)].flat is not None:
+                self._full(x, f"joined on the channel axis by {label} after a flatten")
 
     def _reorder(self, node, x, label):
         y = node.outputs[0]

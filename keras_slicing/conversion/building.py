@@ -11,7 +11,9 @@ import keras
 import numpy as np
 
 from keras_slicing import rates as rates_lib
+from keras_slicing.conversion import joins
 from keras_slicing.conversion import recipes as recipes_lib
+from keras_slicing.layers.concatenate import SlicedConcatenate
 
 
 class Decision:
@@ -67,6 +69,8 @@ def _decide(index, node, graph, analysis):
     inputs = [x for x in graph.tensors_of(node) if id(x) in analysis.channels]
     sliced_in = any(analysis.sliced(x) for x in inputs)
     sliced_out = any(analysis.sliced(y) for y in node.outputs if id(y) in analysis.channels)
+    if joins.is_sliced(analysis, index):
+        return Decision(layer, node.name, SlicedConcatenate, True, True, None), None
     recipe = analysis.recipes.get(index)
     reason = analysis.refusals.get(index)
     if reason is None and not (sliced_in or sliced_out):
@@ -114,6 +118,12 @@ def build(graph, analysis, decisions, slice_groups, rates, permuter):
     for node in graph.nodes:
         layer = node.layer
         decision, recipe = decisions[id(layer)]
+        if decision.new_class is SlicedConcatenate:
+            if id(layer) not in built:
+                built[id(layer)] = _sliced_join(layer, node.name, slice_groups)
+            tensors = [values[id(x)] for x in graph.tensors_of(node)]
+            values[id(node.outputs[0])] = built[id(layer)](tensors, rate=rate)
+            continue
         if isinstance(layer, keras.layers.Layer):
             if id(layer) not in built:
                 built[id(layer)] = _new_layer(node, decision, recipe, analysis, slice_groups, rates)
@@ -138,6 +148,15 @@ def build(graph, analysis, decisions, slice_groups, rates, permuter):
         graph.output_structure, [values[id(x)] for x in graph.outputs]
     )
     return inputs, rate, outputs, built
+
+
+def _sliced_join(layer, name, slice_groups):
+    """The `SlicedConcatenate` of a `Concatenate` layer or `keras.ops` call."""
+    config = {}
+    if isinstance(layer, keras.layers.Layer):
+        config = {k: v for k, v in layer.get_config().items()
+                  if k in ("dtype", "trainable")}
+    return SlicedConcatenate(slice_groups=slice_groups, name=name, **config)
 
 
 def _new_layer(node, decision, recipe, analysis, slice_groups, rates):

@@ -18,6 +18,13 @@ Importance scores, per channel of a group:
 Groups holding group normalizations are permuted by whole normalization
 groups, attention layers' heads by whole heads (by the L1 norm of their
 value and output weights).
+
+A sliced channel concatenation (`SlicedConcatenate`) has no order of its
+own: its output holds its inputs' channels, each in its rewired order,
+interleaved slice group by slice group, and the layers reading it take
+their input weights in that order. The scores of its channels (e.g. of the
+batch normalization after it) count for the inputs' channels they came
+from.
 """
 
 import math
@@ -26,6 +33,7 @@ import keras
 import numpy as np
 
 from keras_slicing.conversion import building
+from keras_slicing.conversion import joins
 
 REWIRE_OPTIONS = (None, "l1", "bn", "taylor")
 _GATES = {keras.layers.LSTM: 4, keras.layers.GRU: 3}
@@ -43,6 +51,7 @@ class Permuter:
         self.analysis = analysis
         self.orders = orders or {}
         self.head_orders = head_orders or {}
+        self._joined = {}
 
     def feature_order(self, tensor):
         """For each feature of the converted tensor, the original feature."""
@@ -51,7 +60,7 @@ class Permuter:
         width = tensor.shape[-1]
         if channels is None or not analysis.sliced(tensor):
             return np.arange(width)
-        order = self.orders.get(analysis.group_of(tensor))
+        order = self.channel_order(analysis.group_of(tensor))
         factor, flat = channels.factor, channels.flat
         if flat is None:
             if order is None:
@@ -65,6 +74,17 @@ class Permuter:
         # the original Flatten position by position (`p * F + f`).
         feature = (order[:, None] * per_channel + np.arange(per_channel)).reshape(-1)
         return (np.arange(positions)[None, :] * features + feature[:, None]).reshape(-1)
+
+    def channel_order(self, group):
+        """For each channel of a width group, the original channel, or None."""
+        join = joins.writing(self.analysis, group)
+        if join is None:
+            return self.orders.get(group)
+        if group not in self._joined:
+            self._joined[group] = joins.interleaved_order(
+                join, self.feature_order, self.analysis.slice_groups
+            )
+        return self._joined[group]
 
     def weights(self, node, layer, new):
         weights = building.copied_weights(layer, new)
@@ -151,6 +171,7 @@ def channel_orders(graph, analysis, rewire, data=None, loss=None):
         l1 = _scores(graph, analysis, _l1_score)
         for group, score in l1.items():
             scores.setdefault(group, score)
+    scores = joins.scores_through(analysis, scores)
     orders = {}
     for group, score in scores.items():
         orders[group] = _blocked_order(score, _block(analysis, group))

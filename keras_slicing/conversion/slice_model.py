@@ -34,7 +34,8 @@ def slice_model(
     Every layer with a sliced version becomes it (`Dense`, `Conv1D`,
     `Conv2D`, `DepthwiseConv2D`, `BatchNormalization`,
     `GroupNormalization`, `LayerNormalization`, `Embedding`, `LSTM`, `GRU`,
-    `MultiHeadAttention`, `Flatten`), every other layer is re-created from
+    `MultiHeadAttention`, `Flatten`, `Concatenate` on the channel axis),
+    every other layer is re-created from
     its config, and every weight is copied: at rate 1 the result computes
     what `model` computes. Nested functional and `Sequential` models are
     inlined into one graph (their layers keep their names; a clashing name
@@ -51,9 +52,20 @@ def slice_model(
     the plan says why. The first layers reading the data thus get
     `slice_input=False` and the output layers `slice_output=False`. Layers
     without a sliced version that are not known to work channel by channel
-    (and those with weights) get full-width inputs; a `Concatenate` on the
-    channel axis keeps its inputs at full width. The result always passes
+    (and those with weights) get full-width inputs. The result always passes
     `keras_slicing.check_model`.
+
+    A `Concatenate` on the channel axis (a layer or `keras.ops.concatenate`)
+    becomes `SlicedConcatenate`, which lays its output out slice group by
+    slice group (group `j` of every input, in order), so that its active
+    channels form a prefix at every rate; the layers reading it (the rows of
+    a `Dense` or convolution, a normalization's parameters, a depthwise
+    kernel, a further concatenation, ...) get their input weights in that
+    interleaved order, composed with the rewiring of its inputs. It is
+    sliced together with all its inputs; if one of them, or its output,
+    stays at full width (a data input, a model output, a
+    `GroupNormalization` after it, two concatenations added), they all do,
+    and the plan says why.
 
     Channel rewiring permutes each sliced group's channels, consistently in
     every layer that writes, follows or reads it, so that the narrow widths
@@ -225,8 +237,10 @@ def _plan(model, graph, decisions, sliced, slice_groups, rewire):
     rows = []
     for node in graph.nodes:
         decision, _ = decisions[id(node.layer)]
-        if not isinstance(node.layer, keras.layers.Layer):
-            continue
+        if not isinstance(node.layer, keras.layers.Layer) and (
+            decision.new_class is type(node.layer)
+        ):
+            continue  # a keras.ops call that stays one
         if any(row.name == decision.name for row in rows):
             continue
         width = node.outputs[0].shape[-1] if node.outputs and node.outputs[0].shape else None

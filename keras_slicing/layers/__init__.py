@@ -1,4 +1,5 @@
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.layers.concatenate import SlicedConcatenate
 from keras_slicing.layers.conv1d import SlicedConv1D
 from keras_slicing.layers.conv2d import SlicedConv2D
 from keras_slicing.layers.dense import SlicedDense
@@ -13,6 +14,7 @@ from keras_slicing.layers.multi_head_attention import SlicedMultiHeadAttention
 
 __all__ = [
     "SlicedBatchNormalization",
+    "SlicedConcatenate",
     "SlicedConv1D",
     "SlicedConv2D",
     "SlicedDense",

@@ -81,6 +81,9 @@ class SlicedLayerMixin:
     - `narrows_channels` (property): otherwise, whether the output's last
       axis is sliced at a rate below 1 (`slice_output`); if not, the layer
       restores the full width.
+    - `joins_inputs` (class attribute, `False` when absent): the layer
+      joins several sliced tensors slice group by slice group
+      (`SlicedConcatenate`); its output follows their width.
     - `slice_input` (attribute, `True` when absent): whether its tensor
       inputs may be sliced on their last axis; `False` for a layer reading
       the data (or integer ids). Every tensor argument but `rate` is an

@@ -231,6 +231,21 @@ def flatten_is_channels_first():
 
 
 @check
+def concatenate_interleaves_slice_groups():
+    layer = layers.SlicedConcatenate(slice_groups=4)
+    rng = np.random.default_rng(12)
+    for rate in RATES:
+        k = active_width(4, rate, 4)  # active groups of each input
+        a = rng.normal(size=(2, 3, 3, 2 * k)).astype("float32")
+        b = rng.normal(size=(2, 3, 3, 3 * k)).astype("float32")
+        want = np.concatenate(
+            [a.reshape(2, 3, 3, k, 2), b.reshape(2, 3, 3, k, 3)], -1
+        ).reshape(2, 3, 3, -1)
+        _close(layer([a, b], rate), want, atol=0)
+        _close(layer([a, b], _rate_tensor(rate, 2)), want, atol=0)
+
+
+@check
 def no_tensorflow_after_the_layer_checks():
     # Keras itself imports TensorFlow when it is installed, from any
     # `get_config` (serialization) and `fit`/`predict` (tf.data); the checks

@@ -2,7 +2,8 @@
 
 They are large for this suite, so each is built and converted once per
 module, and only MobileNetV3Small (the smallest) is cut at every width and
-exported to TFLite.
+exported to TFLite (benchmarks/applications_latency.py cuts and exports
+DenseNet121, whose joins are joined again, and compares the file with Keras).
 """
 
 import functools
@@ -14,7 +15,7 @@ import pytest
 import keras_slicing
 from tests.conversion.plain_models import application_with_batch_statistics
 
-APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0")
+APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121")
 SHAPE = (32, 32, 3)
 
 
@@ -108,3 +109,10 @@ def test_mobilenet_v3_small_exports_every_width(tmp_path):
             run_tflite(interpreter, x), _numpy(sliced.at_rate(entry["rate"])(x)),
             atol=1e-4, rtol=1e-4,
         )
+
+
+def test_densenet_slices_every_join():
+    plan = _converted("DenseNet121").slicing_plan
+    joins = [row for row in plan.rows if row.original == "Concatenate"]
+    assert len(joins) == 58
+    assert {(row.becomes, row.status) for row in joins} == {("SlicedConcatenate", "sliced")}

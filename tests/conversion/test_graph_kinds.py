@@ -109,20 +109,6 @@ def test_layer_declaring_follows_input_width_passes_the_slicing_on():
     assert sliced.slicing_plan.row("fc1").status == "sliced output"
 
 
-def test_channel_concatenation_keeps_its_inputs_full():
-    x = keras.Input((6, 6, 3))
-    a = K.Conv2D(16, 3, padding="same", name="a")(x)
-    b = K.Conv2D(16, 3, padding="same", name="b")(x)
-    h = K.Concatenate(name="join")([a, b])
-    h = K.Conv2D(16, 1, name="after")(h)
-    plain = plain_models.randomize(keras.Model(x, K.Dense(2, name="out")(K.GlobalAveragePooling2D()(h))))
-    sliced = keras_slicing.slice_model(plain)
-    plan = sliced.slicing_plan
-    assert plan.row("a").status == plan.row("b").status == "full"
-    assert plan.row("after").status == "sliced output"
-    _check_full_width(plain, sliced, (6, 6, 3))
-
-
 @pytest.mark.parametrize("merge", ["Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"])
 def test_merge_layers_unite_the_groups_of_their_inputs(merge):
     x = keras.Input((8,))
