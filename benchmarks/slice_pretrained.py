@@ -355,8 +355,8 @@ def complete_recipes(runs, seeds):
             if all(c in runs[s]["finetune"] for s in seeds)]
 
 
-def screening(runs, seeds):
-    """Recipes some seeds ran: per seed, accuracy and gap to its scratch run."""
+def screening(runs, seeds, score="accuracy"):
+    """Recipes some seeds ran: per seed, the `score` and gap to its scratch run."""
     partial = {}
     for s in seeds:
         for recipe, fractions in runs[s]["finetune"].items():
@@ -364,7 +364,7 @@ def screening(runs, seeds):
                 continue
             partial.setdefault(recipe, {})[s] = {
                 fraction: {
-                    "accuracy": values,
+                    score: values,
                     "minus_scratch": {k: v - runs[s]["scratch"][k]
                                       for k, v in values.items()},
                 }
@@ -387,7 +387,7 @@ def table_rows(runs, seeds, epochs=None, per_epoch=None):
         return mean_se([get(runs[s]) for s in seeds])
 
     rows = {"pretrained (plain)": {"1.0": over(lambda r: r["pretrained"])}}
-    for rewire in first["converted"]:
+    for rewire in first.get("converted", {}):
         rows[f"converted, rewire={rewire}"] = {
             str(rate): over(lambda r, w=rewire, k=str(rate): r["converted"][w][k])
             for rate in RATES

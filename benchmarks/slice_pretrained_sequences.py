@@ -6,9 +6,10 @@ one table per model and writes
 benchmarks/results/slice_pretrained_sequences.json (or --output).
 
     python benchmarks/slice_pretrained_sequences.py [--models=char_lm,text_transformer]
-        [--seeds=3] [--steps=800] [--recipes=default,teacher,high_lr]
-    python benchmarks/slice_pretrained_sequences.py --recipes=high_lr --finetune_only
-    python benchmarks/slice_pretrained_sequences.py --merge=a.json,b.json
+        [--seeds=3] [--first_seed=0] [--steps=800] [--recipes=default,teacher,high_lr]
+        [--stages=pretrained,converted,finetune,scratch] [--fractions=0.1,0.25,0.5]
+    python benchmarks/slice_pretrained_sequences.py --recipes=high_lr --stages=finetune
+    python benchmarks/slice_pretrained_sequences.py --merge='parts/*.json' --output=OUT.json
     python benchmarks/slice_pretrained_sequences.py --markdown=RESULT.json
 
 Data, networks and training are those of `examples/char_lm.py` and
@@ -21,25 +22,36 @@ plain models: char-LM embedding 32 - LSTM 64 - LSTM 64 - dense; Transformer
 
 For each model and seed (the seed sets every initialization and the order
 of the training windows):
-1. `pretrained`: the plain network trained alone for `--steps` steps.
+1. `pretrained`: the plain network trained alone for `--steps` steps
+   (run by every part that converts or fine-tunes it).
 2. `converted/<rewire>`: `keras_slicing.slice_model(pretrained, rewire=...)`
    with no rewiring and each rewiring, no training (`"taylor"` measures on
    the first 1,024 training windows).
 3. `finetune/<recipe>@<fraction>`: the converted model (rewiring `"bn"`)
    fine-tuned for 10%, 25% and 50% of the scratch steps (one run with a
-   constant learning rate, measured when each fraction is reached).
+   constant learning rate, measured when each fraction is reached, exact
+   in steps: 300/750/1,500 of 3,000).
    Recipes: `default` (labels) and `teacher` (the pretrained model as a
    frozen teacher) as in slice_pretrained.py, at a third of the scratch
-   learning rate; `high_lr`: `default` at the scratch learning rate.
+   learning rate; `high_lr`: `default` at the scratch learning rate;
+   `narrow_weights`: `high_lr` with `rate_loss_weights` 1/2/4/8 (widths 1
+   to 0.25; the default `3 - 2r` is 1/1.5/2/2.5); `double_lr`: `high_lr`
+   at twice the scratch learning rate.
 4. `scratch`: `slice_model` of the untrained plain network trained with the
    library's defaults for the full `--steps`.
 The scratch learning rates are the examples' (char-LM 1e-2, Transformer
 3e-3). Mean and standard error over seeds; the goals are checked per seed
 (fine-tuned minus scratch) with a 0.02 BPC margin.
+
+`--stages` runs some stages, so that seeds and stages run as separate
+processes (each writing its own `--output` after every stage) and
+`--merge` joins them: per model and seed, the first part that holds a stage
+gives it (fine-tuning recipe by recipe).
 """
 
 import argparse
 import copy
+import glob
 import json
 import os
 import sys
@@ -60,7 +72,9 @@ from benchmarks import common  # noqa: E402
 from benchmarks.slice_pretrained import FRACTIONS  # noqa: E402
 from benchmarks.slice_pretrained import RATES  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
+from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
 from benchmarks.slice_pretrained import mean_se  # noqa: E402
+from benchmarks.slice_pretrained import screening  # noqa: E402
 from benchmarks.slice_pretrained import table_rows  # noqa: E402
 from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 
@@ -81,8 +95,17 @@ def plain_network(name, vocab_size):
     return text_transformer.plain_transformer(vocab_size, SEQ_LEN, 64, 4, 256, 2, 1.0)
 
 
-# Fine-tuning recipes: the learning rate as a share of the scratch one.
-RECIPES = {"default": FINETUNE_SHARE, "teacher": FINETUNE_SHARE, "high_lr": 1.0}
+# Fine-tuning recipes: the learning rate as a share of the scratch one, and
+# the arguments of slice_model that differ from the SlicingModel defaults.
+RECIPES = {
+    "default": (FINETUNE_SHARE, {}),
+    "teacher": (FINETUNE_SHARE, {"distillation": "pretrained"}),
+    "high_lr": (1.0, {}),
+    "narrow_weights": (1.0, {"rate_loss_weights": (1, 2, 4, 8)}),
+    "double_lr": (2.0, {}),
+}
+STAGES = ("pretrained", "converted", "finetune", "scratch")
+FULL_SCHEDULE = 3000  # the examples' steps
 
 
 def recipe_kwargs(recipe, pretrained):
@@ -90,7 +113,8 @@ def recipe_kwargs(recipe, pretrained):
     if recipe not in RECIPES:
         raise ValueError(f"Unknown recipe. Received: recipe={recipe!r}; "
                          f"allowed: {', '.join(RECIPES)}")
-    return {"distillation": pretrained} if recipe == "teacher" else {}
+    return {key: pretrained if value == "pretrained" else value
+            for key, value in RECIPES[recipe][1].items()}
 
 
 def load_data():
@@ -110,17 +134,31 @@ def width_bpc(model, x, y):
     }
 
 
-def run_seed(name, seed, steps, recipes, result, save, finetune_only=False):
-    """Fills `result` stage by stage, calling `save()` after each."""
+def run_seed(name, seed, steps, recipes, result, save, stages=STAGES, fractions=FRACTIONS):
+    """Fills `result` with `stages`, calling `save()` after each."""
     vocab_size, (x, y), (x_test, y_test) = load_data()
     order = char_lm.training_order(len(x), steps, BATCH, seed)
     x, y = x[order], y[order]  # step s reads windows s*BATCH ... (s+1)*BATCH
     learning_rate = LEARNING_RATE[name]
-    result.update({"converted": {}, "finetune": {}})
 
     def train(model, start_step, end_step):
         part = slice(start_step * BATCH, end_step * BATCH)
         model.fit(x[part], y[part], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+    if "scratch" in stages:
+        keras.utils.set_random_seed(seed)
+        scratch = keras_slicing.slice_model(plain_network(name, vocab_size), rates=RATES,
+                                            rewire=None, seed=seed)
+        char_lm.compile_lm(scratch, learning_rate)
+        start = time.perf_counter()
+        train(scratch, 0, steps)
+        result["scratch_seconds"] = time.perf_counter() - start
+        result["scratch"] = width_bpc(scratch, x_test, y_test)
+        print(f"[{name} seed {seed}] scratch: {_fmt(result['scratch'])} "
+              f"({result['scratch_seconds']:.0f} s)", flush=True)
+        save()
+    if not {"pretrained", "converted", "finetune"} & set(stages):
+        return
 
     keras.utils.set_random_seed(seed)
     pretrained = char_lm.compile_lm(plain_network(name, vocab_size), learning_rate)
@@ -134,23 +172,24 @@ def run_seed(name, seed, steps, recipes, result, save, finetune_only=False):
     save()
 
     data = (x[:TAYLOR_WINDOWS], y[:TAYLOR_WINDOWS])
-    for rewire in () if finetune_only else REWIRES:
+    for rewire in REWIRES if "converted" in stages else ():
+        converted = result.setdefault("converted", {})
         sliced = keras_slicing.slice_model(pretrained, rates=RATES, rewire=rewire,
                                            data=data, seed=seed)
-        result["converted"][str(rewire)] = width_bpc(sliced, x_test, y_test)
+        converted[str(rewire)] = width_bpc(sliced, x_test, y_test)
         print(f"[{name} seed {seed}] converted {rewire}: "
-              f"{_fmt(result['converted'][str(rewire)])}", flush=True)
+              f"{_fmt(converted[str(rewire)])}", flush=True)
         save()
 
-    for recipe in recipes:
+    for recipe in recipes if "finetune" in stages else ():
         keras.utils.set_random_seed(seed)
         sliced = keras_slicing.slice_model(pretrained, rates=RATES, rewire=FINETUNE_REWIRE,
                                            data=data, seed=seed,
                                            **recipe_kwargs(recipe, pretrained))
-        char_lm.compile_lm(sliced, learning_rate * RECIPES[recipe])
-        done, runs = 0, result["finetune"].setdefault(recipe, {})
+        char_lm.compile_lm(sliced, learning_rate * RECIPES[recipe][0])
+        done, runs = 0, result.setdefault("finetune", {}).setdefault(recipe, {})
         start = time.perf_counter()
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             until = round(fraction * steps)
             train(sliced, done, until)
             done = until
@@ -159,20 +198,7 @@ def run_seed(name, seed, steps, recipes, result, save, finetune_only=False):
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
             save()
         result[f"finetune_{recipe}_seconds"] = time.perf_counter() - start
-    if finetune_only:
-        return
-
-    keras.utils.set_random_seed(seed)
-    scratch = keras_slicing.slice_model(plain_network(name, vocab_size), rates=RATES,
-                                        rewire=None, seed=seed)
-    char_lm.compile_lm(scratch, learning_rate)
-    start = time.perf_counter()
-    train(scratch, 0, steps)
-    result["scratch_seconds"] = time.perf_counter() - start
-    result["scratch"] = width_bpc(scratch, x_test, y_test)
-    print(f"[{name} seed {seed}] scratch: {_fmt(result['scratch'])} "
-          f"({result['scratch_seconds']:.0f} s)", flush=True)
-    save()
+        save()
 
 
 def _fmt(values):
@@ -184,7 +210,12 @@ def _fmt(values):
 
 def summarize(runs):
     """Mean and s.e. over the seeds that ran to the end, and the goals."""
-    seeds = sorted(s for s in runs if "scratch" in runs[s])
+    # A fine-tuning run counts once it ended (its seconds are written last).
+    runs = {seed: {**run, "finetune": {
+        recipe: fractions for recipe, fractions in run.get("finetune", {}).items()
+        if f"finetune_{recipe}_seconds" in run}} for seed, run in runs.items()}
+    seeds = sorted(s for s in runs
+                   if {"pretrained", "finetune", "scratch"} <= set(runs[s]))
     if not seeds:
         return {"seeds": []}
     first = runs[seeds[0]]
@@ -194,7 +225,7 @@ def summarize(runs):
 
     rows = table_rows(runs, seeds)
     goals = {}
-    for recipe in first["finetune"]:
+    for recipe in complete_recipes(runs, seeds):
         # Paired by seed: each fine-tuned run against that seed's scratch run.
         gaps = {
             fraction: {
@@ -208,9 +239,15 @@ def summarize(runs):
             str(rate): next((f for f in gaps if gaps[f][str(rate)][0] <= MARGIN), None)
             for rate in RATES
         }
-        drop = over(lambda r, c=recipe: r["finetune"][c]["0.25"]["1.0"] - r["pretrained"])
+        drops = {
+            fraction: over(lambda r, c=recipe, f=fraction:
+                           r["finetune"][c][f]["1.0"] - r["pretrained"])
+            for fraction in gaps
+        }
+        drop = drops["0.25"]
         goals[recipe] = {
             "finetuned_minus_scratch": gaps,
+            "full_width_minus_pretrained": drops,
             "first_fraction_within_margin": reached,
             "within_margin_at_25%": {
                 rate: gaps["0.25"][rate][0] <= MARGIN for rate in gaps["0.25"]},
@@ -221,16 +258,18 @@ def summarize(runs):
         str(rate): {
             str(rewire): over(lambda r, w=str(rewire), k=str(rate):
                               r["converted"][w][k] - r["converted"]["None"][k])
-            for rewire in first["converted"] if rewire != "None"
+            for rewire in first.get("converted", {}) if rewire != "None"
         }
         for rate in RATES if rate < 1.0
     }
     seconds = {
         key: over(lambda r, k=key: r[k])
         for key in first if key.endswith("_seconds")
+        and all(key in runs[s] for s in seeds)
     }
     return {"seeds": seeds, "rows": rows, "goals": goals,
-            "rewired_minus_none_after_conversion": rewiring, "seconds": seconds}
+            "rewired_minus_none_after_conversion": rewiring, "seconds": seconds,
+            "screening": screening(runs, seeds, "bpc")}
 
 
 def report(results):
@@ -256,6 +295,12 @@ def report(results):
                   f"{goal['within_margin_at_25%']}; first fraction within: "
                   f"{goal['first_fraction_within_margin']}; full width minus "
                   f"pretrained {goal['full_width_minus_pretrained_at_25%'][0]:+.3f}")
+        for recipe, per_seed in summary["screening"].items():
+            for seed, fractions in per_seed.items():
+                print(f"  screening {recipe}, seed {seed}, minus scratch: " + "; ".join(
+                    f"{fraction}: " + ", ".join(f"{r} {g:+.3f}" for r, g in
+                                                 values["minus_scratch"].items())
+                    for fraction, values in fractions.items()))
         for rate, deltas in summary["rewired_minus_none_after_conversion"].items():
             print(f"  converted at {rate}, rewired minus none: " + ", ".join(
                 f"{w} {d[0]:+.3f} ± {d[1]:.3f}" for w, d in deltas.items()))
@@ -263,37 +308,43 @@ def report(results):
 
 
 def merge(parts):
-    """One result from several (seeds run apart, recipes run --finetune_only)."""
+    """One result from several (seeds and stages run apart, extra recipes).
+
+    Per model and seed, the first part that holds a stage gives it; the
+    fine-tuning stage is joined recipe by recipe.
+    """
+    steps = {part["settings"].get("steps") for part in parts}
+    if len(steps) > 1:
+        raise ValueError(f"Parts of different schedules. Received: steps={sorted(steps)}; "
+                         "merge parts with the same --steps")
     results = {**copy.deepcopy(parts[0]), "runs": {}}
     results.pop("summary", None)
     for part in parts:
         for model, per_seed in part["runs"].items():
             for seed, run in per_seed.items():
-                # A --finetune_only part adds its recipes to the seed's run.
                 into = results["runs"].setdefault(model, {}).setdefault(seed, {})
-                finetune = {**into.get("finetune", {}), **run.get("finetune", {})}
-                if "scratch" in run or not into:
-                    into.update(run)
-                else:
-                    into.update({k: v for k, v in run.items()
-                                 if k.startswith("finetune_") and k.endswith("seconds")})
-                into["finetune"] = finetune
+                for key, value in copy.deepcopy(run).items():
+                    if isinstance(value, dict) and key in into:
+                        for inner, stage in value.items():
+                            into[key].setdefault(inner, stage)
+                    else:
+                        into.setdefault(key, value)
         results["settings"]["recipes"] = list(dict.fromkeys(
             results["settings"]["recipes"] + part["settings"]["recipes"]))
     results["settings"]["finetune_share_of_learning_rate"] = {
-        recipe: RECIPES[recipe] for recipe in results["settings"]["recipes"]}
+        recipe: RECIPES[recipe][0] for recipe in results["settings"]["recipes"]}
     return results
 
 
-def markdown(results):
-    """The docs' tables of a result file, as Markdown."""
+def markdown(results, path):
+    """The docs' tables of the result file at `path`, as Markdown."""
     lines = []
     for name, summary in results["summary"].items():
         if not summary["seeds"]:
             continue
         lines += [f"**{name}** ({results['settings']['steps']} steps from scratch, "
                   f"seeds {', '.join(summary['seeds'])}):", "",
-                  f"<!-- numbers: benchmarks/results/slice_pretrained_sequences.json -->",
+                  f"<!-- numbers: benchmarks/results/{os.path.basename(path)} -->",
                   "| model | " + " | ".join(f"width {r:g}" for r in RATES) + " |",
                   "|---|" + "---:|" * len(RATES)]
         for label, values in summary["rows"].items():
@@ -301,6 +352,17 @@ def markdown(results):
                      if str(r) in values else "" for r in RATES]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += [f"<!-- numbers: benchmarks/results/{os.path.basename(path)} -->",
+              "| model, recipe, share of steps | " + " | ".join(
+                  f"width {r:g}" for r in RATES) + " | full width minus pretrained |",
+              "|---|" + "---:|" * (len(RATES) + 1)]
+    for name, summary in results["summary"].items():
+        for recipe, goal in summary.get("goals", {}).items():
+            for fraction, gaps in goal["finetuned_minus_scratch"].items():
+                drop = goal["full_width_minus_pretrained"][fraction]
+                cells = [f"{gaps[str(r)][0]:+.3f} ± {gaps[str(r)][1]:.3f}" for r in RATES]
+                lines.append(f"| {name}, {recipe}, {float(fraction):.0%} | "
+                             + " | ".join(cells) + f" | {drop[0]:+.3f} ± {drop[1]:.3f} |")
     return "\n".join(lines)
 
 
@@ -313,10 +375,15 @@ def main():
                         help="Full schedule in steps (pretrained and scratch).")
     parser.add_argument("--recipes", default=",".join(RECIPES),
                         help="Fine-tuning recipes, comma-separated.")
-    parser.add_argument("--finetune_only", action="store_true",
-                        help="Train the plain model and fine-tune it, nothing else "
-                             "(extra recipes, joined to a full run by --merge).")
-    parser.add_argument("--merge", default=None, help="JSON files to combine.")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="Stages to run, comma-separated (converting or "
+                             "fine-tuning trains the plain model too); --merge "
+                             "joins parts.")
+    parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
+                        help="Fine-tuning lengths as fractions of --steps.")
+    parser.add_argument("--merge", default=None,
+                        help="JSON files to combine, comma-separated (patterns such "
+                             "as parts/*.json allowed).")
     parser.add_argument("--markdown", default=None,
                         help="Print the Markdown tables of this result file.")
     parser.add_argument("--output", default=None)
@@ -324,16 +391,25 @@ def main():
 
     name = "slice_pretrained_sequences"
     if args.markdown:
-        print(markdown(json.loads(open(args.markdown).read())))
+        print(markdown(json.loads(open(args.markdown).read()), args.markdown))
         return
     if args.merge:
-        parts = [json.loads(open(p).read()) for p in args.merge.split(",")]
+        paths = [p for item in args.merge.split(",") for p in sorted(glob.glob(item))]
+        if not paths:
+            raise ValueError(f"No file to merge. Received: merge={args.merge!r}; "
+                             "allowed: JSON files or patterns, comma-separated")
+        parts = [json.loads(open(p).read()) for p in paths]
         common.write_json(name, report(merge(parts)), args.output)
         return
 
     recipes = args.recipes.split(",")
     for recipe in recipes:
         recipe_kwargs(recipe, None)  # an unknown name fails before training
+    stages = args.stages.split(",")
+    if not set(stages) <= set(STAGES):
+        raise ValueError(f"Unknown stage. Received: stages={args.stages!r}; "
+                         f"allowed: {', '.join(STAGES)}")
+    fractions = [float(f) for f in args.fractions.split(",")]
     results = {
         "machine": {**common.machine_facts(),
                     "note": "2-core machine shared with other jobs; seconds "
@@ -342,12 +418,14 @@ def main():
             "data": "pydoc_data.topics, split by position 90/5/5 (test split scored)",
             "rates": RATES, "steps": args.steps, "batch": BATCH, "seq_len": SEQ_LEN,
             "learning_rate": LEARNING_RATE,
-            "finetune_share_of_learning_rate": {r: RECIPES[r] for r in recipes},
+            "finetune_share_of_learning_rate": {r: RECIPES[r][0] for r in recipes},
             "default_rewire": DEFAULT_REWIRE, "finetune_rewire": FINETUNE_REWIRE,
-            "fractions": FRACTIONS, "recipes": recipes, "margin_bpc": MARGIN,
-            "note": "schedule shortened from the examples' 3,000 steps to fit a "
-                    "shared 2-core machine; pretrained and scratch use the same "
-                    "steps, fine-tuning the stated fractions of them",
+            "fractions": fractions, "recipes": recipes, "margin_bpc": MARGIN,
+            "note": ("the examples' full schedule" if args.steps == FULL_SCHEDULE else
+                     f"schedule shortened from the examples' {FULL_SCHEDULE:,} steps "
+                     "to fit a shared 2-core machine")
+                    + "; pretrained and scratch use the same steps, fine-tuning "
+                      "the stated fractions of them",
         },
         "runs": {},
     }
@@ -357,7 +435,7 @@ def main():
             # Written after every stage: a stopped run keeps what it finished.
             run_seed(model, seed, args.steps, recipes, per_seed.setdefault(str(seed), {}),
                      lambda: common.write_json(name, results, args.output),
-                     args.finetune_only)
+                     stages, fractions)
     common.write_json(name, report(results), args.output)
 
 

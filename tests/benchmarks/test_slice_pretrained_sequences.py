@@ -1,6 +1,7 @@
 """The merging and the goals of `benchmarks/slice_pretrained_sequences.py`."""
 
 import numpy as np
+import pytest
 
 from benchmarks import slice_pretrained_sequences as bench
 
@@ -18,11 +19,12 @@ def _full_run(rng):
         "finetune": {"default": {f: _widths(2.0 + rng.normal(0, 0.1))
                                  for f in ("0.1", "0.25", "0.5")}},
         "scratch": _widths(2.5 + rng.normal(0, 0.1)),
+        "finetune_default_seconds": 1.0,
     }
 
 
-def _part(recipes, runs):
-    return {"settings": {"recipes": recipes}, "runs": {"char_lm": runs}}
+def _part(recipes, runs, steps=800):
+    return {"settings": {"recipes": recipes, "steps": steps}, "runs": {"char_lm": runs}}
 
 
 def test_merge_adds_finetune_only_recipes_to_the_matching_seeds():
@@ -36,6 +38,32 @@ def test_merge_adds_finetune_only_recipes_to_the_matching_seeds():
         assert run["pretrained"] == full[seed]["pretrained"]  # the full run's
         assert run["scratch"] == full[seed]["scratch"]
     assert merged["settings"]["recipes"] == ["default", "high_lr"]
+
+
+def test_merge_joins_stages_run_apart_in_either_order():
+    rng = np.random.default_rng(2)
+    full = _full_run(rng)
+    scratch = {"scratch": full["scratch"], "scratch_seconds": 5.0}
+    rest = {k: v for k, v in full.items() if k != "scratch"}
+    for parts in ([rest, scratch], [scratch, rest]):
+        merged = bench.merge([_part(["default"], {"0": p}) for p in parts])
+        assert merged["runs"]["char_lm"]["0"] == {**full, "scratch_seconds": 5.0}
+
+
+def test_merge_refuses_parts_of_different_schedules():
+    rng = np.random.default_rng(3)
+    parts = [_part(["default"], {"0": _full_run(rng)}, steps) for steps in (800, 3000)]
+    with pytest.raises(ValueError, match="steps"):
+        bench.merge(parts)
+
+
+def test_a_fine_tuning_run_still_going_is_left_out_of_the_means():
+    rng = np.random.default_rng(4)
+    runs = {str(seed): _full_run(rng) for seed in range(2)}
+    del runs["1"]["finetune_default_seconds"]  # its seconds are written when it ends
+    summary = bench.summarize(runs)
+    assert "default" not in summary["goals"]
+    assert set(summary["screening"]["default"]) == {"0"}
 
 
 def test_goals_pair_each_seed_with_its_own_scratch_run():
