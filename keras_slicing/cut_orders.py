@@ -20,6 +20,7 @@ import numpy as np
 from keras_slicing import checks
 from keras_slicing.layers.base import SlicedProjectionMixin
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
+from keras_slicing.layers.concatenate import interleaved_order
 from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
 from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
 
@@ -36,12 +37,9 @@ def join_order(widths, orders, groups):
     `orders` are the inputs' own (None: the sliced order); the sliced model
     lays the inputs out `groups` slice groups at a time.
     """
-    parts, offset = [], 0
-    for width, order in zip(widths, orders):
-        order = np.arange(width) if order is None else order
-        parts.append((order + offset).reshape(groups, -1))
-        offset += width
-    return np.concatenate(parts, axis=1).reshape(-1)
+    return interleaved_order(
+        [np.arange(w) if o is None else o for w, o in zip(widths, orders)], groups
+    )
 
 
 class Orders:

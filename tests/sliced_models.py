@@ -126,3 +126,17 @@ def masked_reference(model, x, rate):
             keep = math.ceil(rate * layer.slice_groups - 1e-6) * width // layer.slice_groups
             h = keras.ops.multiply(h, np.arange(width).__lt__(keep).astype("float32"))
     return keras.ops.convert_to_numpy(h)
+
+
+def count_traces(model):
+    """The rate indices of every training step `model` traces or compiles
+    from now on (a list that fills as `fit` runs)."""
+    traces = []
+    step = model._train_step_on
+
+    def counting_step(indices, data):
+        traces.append(indices)
+        return step(indices, data)
+
+    model._train_step_on = counting_step
+    return traces

@@ -7,6 +7,7 @@ import pytest
 import keras_slicing
 from keras_slicing.schedulers import RateScheduler
 from keras_slicing import SlicingModel
+from tests.sliced_models import count_traces
 from tests.sliced_models import digits_split
 from tests.sliced_models import small_cnn
 from tests.sliced_models import small_mlp
@@ -37,23 +38,11 @@ def _batch(n=16, images=False):
     return x, y[:n]
 
 
-def _count_traces(model):
-    traces = []
-    step = model._train_step_on
-
-    def counting_step(indices, data):
-        traces.append(indices)
-        return step(indices, data)
-
-    model._train_step_on = counting_step
-    return traces
-
-
 @pytest.mark.parametrize("scheduler", ["all", "random_min_max"])
 def test_first_fit_traces_the_training_step_once(scheduler):
     model = _model(scheduler)
     model.compile("adam", LOSS, metrics=["accuracy"])
-    traces = _count_traces(model)
+    traces = count_traces(model)
     x, y = _batch()
     model.fit(x, y, batch_size=8, epochs=2, verbose=0, calibrate_batchnorm=False)
     assert len(traces) == 1, traces

@@ -81,18 +81,6 @@ def writing(analysis, group):
     return None
 
 
-def interleaved_order(join, feature_order, slice_groups):
-    """For each channel of a sliced join's output, the original channel.
-
-    `feature_order(tensor)` gives the same for each input (its rewiring).
-    """
-    parts, offset = [], 0
-    for x in join.inputs:
-        parts.append((feature_order(x) + offset).reshape(slice_groups, -1))
-        offset += x.shape[-1]
-    return np.concatenate(parts, axis=1).reshape(-1)
-
-
 def scores_through(analysis, scores):
     """`scores` (`{group: per channel}`) with each sliced join's channels
     counted for the input channels they come from.

@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_slicing.conversion import building
 from keras_slicing.conversion import joins
+from keras_slicing.layers.concatenate import interleaved_order
 
 REWIRE_OPTIONS = (None, "l1", "bn", "taylor")
 _GATES = {keras.layers.LSTM: 4, keras.layers.GRU: 3}
@@ -81,8 +82,9 @@ class Permuter:
         if join is None:
             return self.orders.get(group)
         if group not in self._joined:
-            self._joined[group] = joins.interleaved_order(
-                join, self.feature_order, self.analysis.slice_groups
+            self._joined[group] = interleaved_order(
+                [self.feature_order(x) for x in join.inputs],
+                self.analysis.slice_groups,
             )
         return self._joined[group]
 

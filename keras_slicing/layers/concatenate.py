@@ -1,9 +1,26 @@
 import keras
+import numpy as np
 from keras import ops
 
 from keras_slicing import rates as rates_lib
 from keras_slicing.layers.base import SlicedLayerMixin
 from keras_slicing.layers.base import is_static_int
+
+
+def interleaved_order(input_orders, groups):
+    """Where a `SlicedConcatenate` of `groups` active groups takes each channel.
+
+    `input_orders` holds, per input, an index array over that input's
+    channels (`np.arange(width)` for the channels as they are). The result
+    gives, for each output channel, the channel of the plain concatenation
+    of the inputs (`keras.layers.Concatenate`) that it holds.
+    """
+    parts, offset = [], 0
+    for order in input_orders:
+        order = np.asarray(order)
+        parts.append((order + offset).reshape(groups, -1))
+        offset += order.size
+    return np.concatenate(parts, axis=1).reshape(-1)
 
 
 @keras.saving.register_keras_serializable(package="keras_slicing")

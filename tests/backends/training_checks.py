@@ -15,6 +15,7 @@ from keras_slicing.callbacks import MinRateScheduler
 from keras_slicing.callbacks import SlicedValidation
 from tests.backends.checks import BACKEND
 from tests.backends.checks import check
+from tests.sliced_models import count_traces
 from tests.sliced_models import randomize_weights
 from tests.sliced_models import small_cnn
 from tests.sliced_models import small_mlp
@@ -149,14 +150,7 @@ def each_rate_set_compiles_once():
         keras.optimizers.Adam(0.02),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    traces = []
-    step = model._train_step_on
-
-    def counting_step(indices, data):
-        traces.append(indices)
-        return step(indices, data)
-
-    model._train_step_on = counting_step
+    traces = count_traces(model)
     model.fit(x, y, epochs=3, batch_size=16, verbose=0)
     model.fit(x, y, epochs=1, batch_size=16, verbose=0)
     sets = sorted(model.compiled_rate_sets)
