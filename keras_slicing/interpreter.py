@@ -163,14 +163,15 @@ def latency_rounds(
 
     Rounds are interleaved (every interpreter once per round), so a change
     of machine load affects all of them alike and their ratios stay fair.
-    Each round runs them in a fresh random order: in a fixed or alternating
-    order, the interpreters at the ends of the list run twice in a row and
-    time faster, and each one always follows the same neighbours. Each
-    timing starts with one untimed call, because the first call after
-    another model runs with that model's weights in the caches (about 1.5x
-    a repeated call for a 16 MB DenseNet121 on a 2-core x86 machine); the
-    timed calls are those of a model called again and again. Each timing
-    averages enough calls to last about `min_seconds`.
+    Each round runs them in a fresh random order: in a fixed order reversed
+    every other round, the interpreters at the ends of the list ran twice
+    in a row and timed faster, and each one always followed the same
+    neighbours. Each timing starts with one untimed call, because the first
+    call after another model finds that model's weights in the caches (1.5
+    to 1.7 times a repeated call for DenseNet121's files,
+    `benchmarks/densenet_latency_cause.py`); the timed calls are those of a
+    model called again and again. Each timing averages enough calls to
+    last about `min_seconds`.
 
     Args:
         interpreters: Objects with an `invoke()` method, inputs set.
