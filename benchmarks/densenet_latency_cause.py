@@ -283,6 +283,7 @@ def first_calls(files_dir, repeats=30):
                 (later if call else first).append(seconds * 1e3)
         results[f"{target[0]} {target[1]} after {other[0]} {other[1]}"] = {
             "first_ms": float(np.median(first)), "later_ms": float(np.median(later)),
+            "first_over_later": float(np.median(first) / np.median(later)),
         }
     return results
 
@@ -311,10 +312,12 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         files_dir = args.files_dir or scratch
         os.makedirs(files_dir, exist_ok=True)
+        files = "reused from --files_dir, converted by build() in an earlier run"
         if not os.path.exists(file_path(files_dir, "sliced with random weights", RATE)):
             start = time.perf_counter()
             build(files_dir)
             print(f"built the files in {time.perf_counter() - start:.0f} s", flush=True)
+            files = "converted by build() in this run"
         names = ["sliced", "native", "native with sliced weights", "sliced with random weights"]
         small_values = {
             f"{name} {rate}": count_small_values(file_path(files_dir, name, rate))
@@ -354,7 +357,7 @@ def main():
         f"{NAME}: the first call after other files (ms, thread CPU time, medians)",
         ["call", "first", "later", "first / later"],
         [[name, f"{c['first_ms']:.3f}", f"{c['later_ms']:.3f}",
-          f"{c['first_ms'] / c['later_ms']:.2f}"] for name, c in cache.items()],
+          f"{c['first_over_later']:.2f}"] for name, c in cache.items()],
     )
     payload = {
         "machine": {
@@ -364,7 +367,7 @@ def main():
             "note": "shared 2-core machine (other jobs running); thread CPU time",
         },
         "settings": {
-            "network": NAME, "rate": RATE, "rounds_one_process": args.rounds,
+            "network": NAME, "rate": RATE, "files": files, "rounds_one_process": args.rounds,
             "processes_one_process": args.processes, "replicates": args.replicates,
             "benchmark_rounds": BENCHMARK_ROUNDS, "min_seconds_per_timing": MIN_SECONDS,
             "input": "set_random_input (uniform 0-1), as the benchmark; 'x255' "
