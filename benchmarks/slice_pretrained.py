@@ -54,7 +54,14 @@ For each data set and seed (the seed sets every initialization and shuffle):
    - `narrow_weights_27`: as `narrow_weights`, with weights 1/3/9/27;
    - `narrow_sampling`: as `high_lr`, with three rates a step: width 0.25
      and two of the others drawn with probabilities 1:2:3 (widths 1, 0.75,
-     0.5; scheduler "random_min", `rate_probabilities`).
+     0.5; scheduler "random_min", `rate_probabilities`);
+   - `teacher_high_lr`, `teacher_mix_high_lr`, `teacher_mix_t2_high_lr`,
+     `inplace_high_lr` (`DISTILLATION_RECIPES`): `high_lr` with its loss
+     weights `3 - 2r` passed explicitly, plus a soft-target term: the
+     frozen pretrained teacher with `distillation_weight` 1 (soft targets
+     only) or 0.5 (half labels), the latter also at
+     `distillation_temperature` 2; or in-place distillation (the widest
+     rate teaches the narrower ones, weight 1).
    `--recipes` picks some; `--rewires=0` skips stage 2, so that a new
    recipe can run alone and `--merge` joins its stages to an earlier file's
    (stage by stage: each recipe's rows come from the part that ran it;
@@ -100,6 +107,17 @@ from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 RATES = (1.0, 0.75, 0.5, 0.25)
 REWIRES = (None, "l1", "bn", "taylor")
 FRACTIONS = (0.1, 0.25, 0.5)
+# Distillation at the high rate: `high_lr` plus a soft-target term, with
+# `high_lr`'s loss weights `3 - 2r` kept (distillation's own default is
+# even) so that the soft targets are the one change.
+HIGH_LR_WEIGHTS = (1.0, 1.5, 2.0, 2.5)
+DISTILLATION_RECIPES = {
+    "teacher_high_lr": {"distillation": "pretrained"},
+    "teacher_mix_high_lr": {"distillation": "pretrained", "distillation_weight": 0.5},
+    "teacher_mix_t2_high_lr": {"distillation": "pretrained", "distillation_weight": 0.5,
+                               "distillation_temperature": 2.0},
+    "inplace_high_lr": {"distillation": "inplace"},
+}
 # Each recipe's learning rate (the argument that sets it) and the arguments
 # of slice_model that differ from the SlicingModel defaults.
 RECIPES = {
@@ -117,6 +135,8 @@ RECIPES = {
         "scheduler": "random_min", "num_random": 2,
         "rate_probabilities": (1, 2, 3, 4),
     }),
+    **{name: ("high_learning_rate", {"rate_loss_weights": HIGH_LR_WEIGHTS, **options})
+       for name, options in DISTILLATION_RECIPES.items()},
 }
 # What runs without --recipes: the rows of the committed result's first run.
 DEFAULT_RECIPES = ("default", "teacher", "high_lr")

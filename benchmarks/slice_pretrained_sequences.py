@@ -36,7 +36,10 @@ of the training windows):
    learning rate; `high_lr`: `default` at the scratch learning rate;
    `narrow_weights`: `high_lr` with `rate_loss_weights` 1/2/4/8 (widths 1
    to 0.25; the default `3 - 2r` is 1/1.5/2/2.5); `double_lr`: `high_lr`
-   at twice the scratch learning rate.
+   at twice the scratch learning rate; the distillation recipes of
+   slice_pretrained.py (`teacher_high_lr`, `teacher_mix_high_lr`,
+   `teacher_mix_t2_high_lr`, `inplace_high_lr`): `high_lr` plus soft
+   targets of the frozen pretrained model or of the widest rate.
 4. `scratch`: `slice_model` of the untrained plain network trained with the
    library's defaults for the full `--steps`.
 The scratch learning rates are the examples' (char-LM 1e-2, Transformer
@@ -69,7 +72,9 @@ import text_transformer  # noqa: E402
 
 import keras_slicing  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks.slice_pretrained import DISTILLATION_RECIPES  # noqa: E402
 from benchmarks.slice_pretrained import FRACTIONS  # noqa: E402
+from benchmarks.slice_pretrained import HIGH_LR_WEIGHTS  # noqa: E402
 from benchmarks.slice_pretrained import RATES  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
 from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
@@ -103,6 +108,8 @@ RECIPES = {
     "high_lr": (1.0, {}),
     "narrow_weights": (1.0, {"rate_loss_weights": (1, 2, 4, 8)}),
     "double_lr": (2.0, {}),
+    **{name: (1.0, {"rate_loss_weights": HIGH_LR_WEIGHTS, **options})
+       for name, options in DISTILLATION_RECIPES.items()},
 }
 STAGES = ("pretrained", "converted", "finetune", "scratch")
 FULL_SCHEDULE = 3000  # the examples' steps
