@@ -117,6 +117,8 @@ DISTILLATION_RECIPES = {
     "teacher_mix_t2_high_lr": {"distillation": "pretrained", "distillation_weight": 0.5,
                                "distillation_temperature": 2.0},
     "inplace_high_lr": {"distillation": "inplace"},
+    "teacher_mix_narrow_weights": {"distillation": "pretrained", "distillation_weight": 0.5,
+                                   "rate_loss_weights": (1, 2, 4, 8)},
 }
 # Each recipe's learning rate (the argument that sets it) and the arguments
 # of slice_model that differ from the SlicingModel defaults.
