@@ -111,20 +111,17 @@ def test_weights_are_restored_after_reading_the_widths():
         np.testing.assert_array_equal(got, want)
 
 
-def test_sgd_step_is_scaled_per_element():
+@pytest.mark.parametrize("optimizer, reference_step", [
+    (lambda: keras.optimizers.SGD(0.1), lambda w: reference.sgd_step(
+        w, *reference.batch(), 0.1)),
+    (lambda: keras.optimizers.Adam(0.01), lambda w: reference.first_adam_step(
+        w, *reference.batch(), 0.01)),
+], ids=["sgd", "adam"])
+def test_step_is_scaled_per_element(optimizer, reference_step):
     model = reference.linear_model()
-    before, after = reference.trained_one_step(model, keras.optimizers.SGD(0.1))
-    want = reference.sgd_step(before, *reference.batch(), 0.1)
-    for got, expected in zip(after, want):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_adam_step_is_scaled_per_element():
-    model = reference.linear_model()
-    before, after = reference.trained_one_step(model, keras.optimizers.Adam(0.01))
-    want = reference.first_adam_step(before, *reference.batch(), 0.01)
-    for got, expected in zip(after, want):
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    before, after = reference.trained_one_step(model, optimizer())
+    for got, want in zip(after, reference_step(before)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, -0.5), "fast", (1.0, float("nan"))])
