@@ -129,6 +129,24 @@ def extract_submodel(model, rate, calibration_data=None, batch_size=256):
     return plain
 
 
+def cut_trainable_weights(model, rate):
+    """The trainable weights of `model`'s width `rate` cut as by `extract_submodel`.
+
+    As numpy arrays, the trainable weights of the plain model
+    `extract_submodel(model, rate)` would return, without its checks (of
+    the graph and of stale statistics): for a model mid-training whose
+    graph a `SlicingModel` already checked.
+    """
+    inputs = [
+        keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name)
+        for t in graph.data_inputs(model)
+    ]
+    builder = _Builder(rate)
+    outputs = builder.orders.restored(graph.replay(model, rate, builder, inputs=inputs))
+    plain = keras.Model(inputs, outputs)
+    return [keras.ops.convert_to_numpy(w) for w in plain.trainable_weights]
+
+
 def _recalibrate_plain(plain, data, batch_size, owner):
     """Sets every `BatchNormalization` of a plain model to its data's moments.
 
