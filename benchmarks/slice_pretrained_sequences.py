@@ -38,7 +38,11 @@ of the training windows):
    to 0.25; the default `3 - 2r` is 1/1.5/2/2.5); `double_lr`: `high_lr`
    at twice the scratch learning rate; `width_lr`: `double_lr` with each
    weight's step scaled by the narrowest width using it (0.5 for the full
-   width's own weights, the scratch rate, to 1 for width 0.25's).
+   width's own weights, the scratch rate, to 1 for width 0.25's); the
+   distillation recipes of slice_pretrained.py (`teacher_high_lr`,
+   `teacher_mix_high_lr`, `teacher_mix_t2_high_lr`, `inplace_high_lr`,
+   `teacher_mix_narrow_weights`): `high_lr` plus soft targets of the
+   frozen pretrained model or of the widest rate.
 4. `scratch`: `slice_model` of the untrained plain network trained with the
    library's defaults for the full `--steps`.
 The scratch learning rates are the examples' (char-LM 1e-2, Transformer
@@ -71,7 +75,9 @@ import text_transformer  # noqa: E402
 
 import keras_slicing  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks.slice_pretrained import DISTILLATION_RECIPES  # noqa: E402
 from benchmarks.slice_pretrained import FRACTIONS  # noqa: E402
+from benchmarks.slice_pretrained import HIGH_LR_WEIGHTS  # noqa: E402
 from benchmarks.slice_pretrained import RATES  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
 from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
@@ -108,6 +114,8 @@ RECIPES = {
     # Each weight's step scaled by its narrowest width (widths 1 to 0.25):
     # the full width's own weights at the scratch rate, width 0.25's at twice it.
     "width_lr": (2.0, {"step_scales": (0.5, 0.6667, 0.8333, 1)}),
+    **{name: (1.0, {"rate_loss_weights": HIGH_LR_WEIGHTS, **options})
+       for name, options in DISTILLATION_RECIPES.items()},
 }
 STAGES = ("pretrained", "converted", "finetune", "scratch")
 FULL_SCHEDULE = 3000  # the examples' steps
