@@ -33,6 +33,23 @@ def test_conv_counts_positions_window_and_channels():
     assert cost == {"params": sum(p for p, _ in parts), "macs": sum(m for _, m in parts)}
 
 
+def test_separable_conv_counts_its_depthwise_and_pointwise_parts():
+    x = keras.Input((10, 10, 16))
+    rate = rate_input()
+    h = layers.SlicedSeparableConv2D(32, 3, strides=2, padding="same",
+                                     depth_multiplier=2)(x, rate)
+    model = keras.Model([x, rate], h)
+    # At 0.5 it reads all 16 channels of its input (data) and writes 16 of
+    # 32; the depthwise part has c_in * depth_multiplier outputs.
+    c_out, mid = 16, 32
+    cost = model_cost(model, 0.5)
+    depthwise = (9 * mid, 5 * 5 * 9 * mid)
+    pointwise = (mid * c_out + c_out, 5 * 5 * mid * c_out)
+    assert cost == {"params": depthwise[0] + pointwise[0],
+                    "macs": depthwise[1] + pointwise[1]}
+    assert model_cost(model, 1.0)["params"] == model.count_params()
+
+
 def test_full_rate_params_match_keras_count_of_trainable_weights():
     model = small_mlp()
     assert model_cost(model, 1.0)["params"] == model.count_params()

@@ -18,8 +18,8 @@ class Recipe:
     """What `slice_model` does with one layer class.
 
     Attributes:
-        role: `"producer"` (chooses its output width: Dense, convolutions,
-            Embedding, LSTM, GRU), `"follower"` (per channel: its output
+        role: `"producer"` (chooses its output width: Dense, convolutions
+            including separable ones, Embedding, LSTM, GRU), `"follower"` (per channel: its output
             channels are its input's: normalizations, depthwise),
             `"attention"` (MultiHeadAttention: heads sliced, output width
             follows the query) or `"flatten"`.
@@ -86,6 +86,10 @@ def recipe_for(layer):
                          ("slice_groups", "slice_input", "slice_output")),
         K.Conv2D: Recipe("producer", sliced.SlicedConv2D,
                          ("slice_groups", "slice_input", "slice_output")),
+        K.SeparableConv1D: Recipe("producer", sliced.SlicedSeparableConv1D,
+                                  ("slice_groups", "slice_input", "slice_output")),
+        K.SeparableConv2D: Recipe("producer", sliced.SlicedSeparableConv2D,
+                                  ("slice_groups", "slice_input", "slice_output")),
         K.Embedding: Recipe("producer", sliced.SlicedEmbedding,
                             ("slice_groups", "slice_output")),
         K.LSTM: Recipe("producer", sliced.SlicedLSTM,

@@ -32,7 +32,8 @@ def slice_model(
     """Converts a Keras model into a `SlicingModel` with the same weights.
 
     Every layer with a sliced version becomes it (`Dense`, `Conv1D`,
-    `Conv2D`, `DepthwiseConv2D`, `BatchNormalization`,
+    `Conv2D`, `SeparableConv1D`, `SeparableConv2D`, `DepthwiseConv2D`,
+    `BatchNormalization`,
     `GroupNormalization`, `LayerNormalization`, `Embedding`, `LSTM`, `GRU`,
     `MultiHeadAttention`, `Flatten`, `Concatenate` on the channel axis),
     every other layer is re-created from

@@ -11,6 +11,8 @@ from keras_slicing.layers.gru import SlicedGRU
 from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
 from keras_slicing.layers.lstm import SlicedLSTM
 from keras_slicing.layers.multi_head_attention import SlicedMultiHeadAttention
+from keras_slicing.layers.separable_conv1d import SlicedSeparableConv1D
+from keras_slicing.layers.separable_conv2d import SlicedSeparableConv2D
 
 __all__ = [
     "SlicedBatchNormalization",
@@ -26,4 +28,6 @@ __all__ = [
     "SlicedLSTM",
     "SlicedLayerNormalization",
     "SlicedMultiHeadAttention",
+    "SlicedSeparableConv1D",
+    "SlicedSeparableConv2D",
 ]

@@ -117,3 +117,37 @@ def transformer_block():
     for variable in model.weights:  # small weights: attention stays smooth
         variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
     return model
+
+
+def separable_cnn():
+    """Xception's entry flow in small: separable convolutions (depth
+    multiplier 2), a strided 1x1 shortcut, and a separable convolution
+    reading a channel concatenation."""
+    x = keras.Input((12, 12, 3), name="image")
+    h = K.SeparableConv2D(16, 3, padding="same", depth_multiplier=2, name="stem")(x)
+    h = K.BatchNormalization(name="stem_bn")(h)
+    h = K.ReLU()(h)
+    shortcut = K.Conv2D(32, 1, strides=2, name="shortcut")(h)
+    h = K.SeparableConv2D(32, 3, padding="same", name="sep1")(h)
+    h = K.BatchNormalization(name="sep1_bn")(h)
+    h = K.ReLU()(h)
+    h = K.SeparableConv2D(32, 3, padding="same", depth_multiplier=2, name="sep2")(h)
+    h = K.MaxPooling2D(3, strides=2, padding="same")(h)
+    h = K.Add(name="residual")([h, shortcut])
+    branch = K.SeparableConv2D(16, 3, padding="same", name="branch")(h)
+    h = K.Concatenate(name="join")([h, branch])
+    h = K.SeparableConv2D(24, 3, padding="same", activation="relu", name="after_join")(h)
+    h = K.GlobalAveragePooling2D()(h)
+    y = K.Dense(5, name="logits")(h)
+    return randomize(keras.Model(x, y, name="separable_cnn"))
+
+
+def separable_1d():
+    """SeparableConv1D over a sequence of features."""
+    x = keras.Input((20, 4), name="signal")
+    h = K.SeparableConv1D(16, 5, padding="same", activation="relu", name="sep1")(x)
+    h = K.SeparableConv1D(24, 3, strides=2, depth_multiplier=3, name="sep2")(h)
+    h = K.LayerNormalization(name="ln")(h)
+    h = K.GlobalAveragePooling1D()(h)
+    y = K.Dense(3, name="logits")(h)
+    return randomize(keras.Model(x, y, name="separable_1d"))
