@@ -1,7 +1,8 @@
 """slice_model on keras.applications networks: time, exactness, cost per width.
 
 For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0, DenseNet121,
-and the separable-convolution networks Xception and NASNetMobile
+the separable-convolution networks Xception and NASNetMobile, and
+ConvNeXtTiny (grouped depthwise convolutions, layer norms, layer scale)
 (weights=None, 32x32x3 inputs, Xception 71x71x3, its smallest; 10 classes;
 NASNetMobile with slice_groups=4, since its cells have 44 channels; batch-norm statistics of one
 batch of random images so that activations stay of order one): the
@@ -25,7 +26,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121",
-         "Xception", "NASNetMobile")
+         "Xception", "NASNetMobile", "ConvNeXtTiny")
 SHAPE = (32, 32, 3)
 SHAPES = {"Xception": (71, 71, 3)}  # its smallest input
 # NASNetMobile's cells have 44 channels (4 x 11): with the default 8 groups

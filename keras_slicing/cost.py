@@ -5,6 +5,7 @@ import math
 import keras
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import widths
 
 
@@ -15,10 +16,12 @@ def model_cost(model, rate=1.0):
     of one example: `Dense` `n_in * n_out`, `Conv2D` `H' * W' * kh * kw *
     c_in * c_out` (`Conv1D` `L' * k * c_in * c_out`), `DepthwiseConv2D`
     `H' * W' * kh * kw * c_out`, `SeparableConv2D` its depthwise and
-    pointwise parts (`H' * W' * (kh * kw + c_out) * c_in * depth_multiplier`), one MAC per element for a
-    normalization's scale-and-shift, and none for an `Embedding` lookup.
-    Parameters are those a standalone model of that width holds (a batch
-    normalization keeps its two moving statistics of the rate). Layers without weights cost nothing. A layer
+    pointwise parts (`H' * W' * (kh * kw + c_out) * c_in *
+    depth_multiplier`), one MAC per element for a normalization's
+    scale-and-shift or a layer scale (ConvNeXt), and none for an `Embedding`
+    lookup. Parameters are those a standalone model of that width holds (a
+    batch normalization keeps its two moving statistics of the rate).
+    Layers without weights cost nothing. A layer
     with a method `active_cost(rate, input_shapes, output_shapes)` returning
     `(params, macs)` counts itself (the sequence layers do, and a custom
     layer can).
@@ -81,6 +84,8 @@ def _layer_cost(layer, input_shape, output_shape):
         return (affine + 2) * n_in, math.prod(input_shape[1:])
     if isinstance(layer, L.Embedding):  # kept at full width; a lookup is free
         return layer.input_dim * layer.output_dim, 0
+    if isinstance(layer, keras_internals.LayerScale):  # x * gamma
+        return n_in, math.prod(input_shape[1:])
     if isinstance(layer, L.Normalization):  # mean, variance and count
         return sum(math.prod(w.shape) for w in layer.weights), math.prod(input_shape[1:])
     if not getattr(layer, "weights", None):  # keras.ops calls hold none
@@ -89,7 +94,7 @@ def _layer_cost(layer, input_shape, output_shape):
         f"model_cost: cannot count the cost of layer '{layer.name}' "
         f"({type(layer).__name__}). Supported layers with weights: Dense, "
         "Conv1D, Conv2D, SeparableConv1D, SeparableConv2D, DepthwiseConv2D, "
-        "Embedding, GroupNormalization, "
+        "Embedding, GroupNormalization, ConvNeXt's LayerScale, "
         "BatchNormalization, LayerNormalization, Normalization and the sliced "
         "versions."
     )

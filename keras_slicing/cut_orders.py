@@ -24,12 +24,13 @@ from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.layers.concatenate import interleaved_order
 from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
 from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
+from keras_slicing.layers.layer_scale import SlicedLayerScale
 
 # Per-channel layers without weights whose output channel `c` is computed
 # from input channel `c` alone, or symmetrically from all (softmax).
 _CARRYING = tuple(c for c in checks._FOLLOWING if c is not keras.layers.Rescaling)
 _ABSORBING = (SlicedProjectionMixin, SlicedBatchNormalization,
-              SlicedLayerNormalization, SlicedDepthwiseConv2D)
+              SlicedLayerNormalization, SlicedDepthwiseConv2D, SlicedLayerScale)
 
 
 def join_order(widths, orders, groups):

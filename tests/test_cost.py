@@ -50,6 +50,28 @@ def test_separable_conv_counts_its_depthwise_and_pointwise_parts():
     assert model_cost(model, 1.0)["params"] == model.count_params()
 
 
+def test_convnext_parts_are_counted_on_plain_and_sliced_models():
+    import keras_slicing
+    from tests.conversion.plain_models import convnext_block
+
+    plain = convnext_block()
+    positions = 4 * 4  # after the stride-2 stem
+    parts = [  # (params, MACs)
+        (2 * 2 * 3 * 16 + 16, positions * 2 * 2 * 3 * 16),  # stem
+        (2 * 16, positions * 16),  # stem layer norm
+        (9 * 32 + 32, positions * 9 * 32),  # grouped: one input channel each
+        (2 * 32, positions * 32),  # layer norm
+        (32 * 64 + 64, positions * 32 * 64),  # MLP in
+        (64 * 16 + 16, positions * 64 * 16),  # MLP out
+        (16, positions * 16),  # layer scale: a multiply per element
+        (16 * 4 + 4, 16 * 4),  # logits
+    ]
+    want = {"params": sum(p for p, _ in parts), "macs": sum(m for _, m in parts)}
+    assert model_cost(plain) == want
+    assert want["params"] == plain.count_params()
+    assert model_cost(keras_slicing.slice_model(plain)) == want
+
+
 def test_full_rate_params_match_keras_count_of_trainable_weights():
     model = small_mlp()
     assert model_cost(model, 1.0)["params"] == model.count_params()

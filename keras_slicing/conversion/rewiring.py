@@ -110,7 +110,7 @@ class Permuter:
             depthwise = weights[0][..., ins[0], :]
             pointwise = weights[1][..., rows, :][..., out]
             return [depthwise, pointwise] + [w[out] for w in weights[2:]]
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
+        if isinstance(new, keras.layers.DepthwiseConv2D):  # or a grouped Conv2D
             result = [weights[0][:, :, ins[0], :]]
             return result + [w[out] for w in weights[1:]]
         if isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)):

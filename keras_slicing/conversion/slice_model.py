@@ -33,9 +33,10 @@ def slice_model(
 
     Every layer with a sliced version becomes it (`Dense`, `Conv1D`,
     `Conv2D`, `SeparableConv1D`, `SeparableConv2D`, `DepthwiseConv2D`,
-    `BatchNormalization`,
-    `GroupNormalization`, `LayerNormalization`, `Embedding`, `LSTM`, `GRU`,
-    `MultiHeadAttention`, `Flatten`, `Concatenate` on the channel axis),
+    `BatchNormalization`, `GroupNormalization`, `LayerNormalization`,
+    `Embedding`, `LSTM`, `GRU`, `MultiHeadAttention`, `Flatten`,
+    `Concatenate` on the channel axis, ConvNeXt's `LayerScale`; a `Conv2D`
+    with one input channel per group becomes a `SlicedDepthwiseConv2D`),
     every other layer is re-created from
     its config, and every weight is copied: at rate 1 the result computes
     what `model` computes. Nested functional and `Sequential` models are

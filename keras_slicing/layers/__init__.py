@@ -9,6 +9,7 @@ from keras_slicing.layers.flatten import SlicedFlatten
 from keras_slicing.layers.group_normalization import SlicedGroupNormalization
 from keras_slicing.layers.gru import SlicedGRU
 from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
+from keras_slicing.layers.layer_scale import SlicedLayerScale
 from keras_slicing.layers.lstm import SlicedLSTM
 from keras_slicing.layers.multi_head_attention import SlicedMultiHeadAttention
 from keras_slicing.layers.separable_conv1d import SlicedSeparableConv1D
@@ -27,6 +28,7 @@ __all__ = [
     "SlicedGroupNormalization",
     "SlicedLSTM",
     "SlicedLayerNormalization",
+    "SlicedLayerScale",
     "SlicedMultiHeadAttention",
     "SlicedSeparableConv1D",
     "SlicedSeparableConv2D",

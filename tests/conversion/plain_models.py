@@ -151,3 +151,24 @@ def separable_1d():
     h = K.GlobalAveragePooling1D()(h)
     y = K.Dense(3, name="logits")(h)
     return randomize(keras.Model(x, y, name="separable_1d"))
+
+
+def convnext_block():
+    """ConvNeXt's block: a depthwise convolution written as a grouped
+    `Conv2D` (one input channel per group, here two outputs each), layer
+    norms, an inverted MLP and a layer scale on the residual branch."""
+    from keras_slicing.keras_internals import LayerScale
+
+    x = keras.Input((8, 8, 3), name="image")
+    h = K.Conv2D(16, 2, strides=2, name="stem")(x)
+    h = K.LayerNormalization(epsilon=1e-6, name="stem_ln")(h)
+    skip = h
+    b = K.Conv2D(32, 3, padding="same", groups=16, name="depthwise")(h)
+    b = K.LayerNormalization(epsilon=1e-6, name="ln")(b)
+    b = K.Dense(64, activation="gelu", name="mlp_in")(b)
+    b = K.Dense(16, name="mlp_out")(b)
+    b = LayerScale(1e-6, 16, name="layer_scale")(b)
+    h = K.Add(name="residual")([skip, b])
+    h = K.GlobalAveragePooling2D()(h)
+    y = K.Dense(4, name="logits")(h)
+    return randomize(keras.Model(x, y, name="convnext_block"))
