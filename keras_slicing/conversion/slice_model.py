@@ -32,9 +32,11 @@ def slice_model(
     """Converts a Keras model into a `SlicingModel` with the same weights.
 
     Every layer with a sliced version becomes it (`Dense`, `Conv1D`,
-    `Conv2D`, `DepthwiseConv2D`, `BatchNormalization`,
-    `GroupNormalization`, `LayerNormalization`, `Embedding`, `LSTM`, `GRU`,
-    `MultiHeadAttention`, `Flatten`, `Concatenate` on the channel axis),
+    `Conv2D`, `SeparableConv1D`, `SeparableConv2D`, `DepthwiseConv2D`,
+    `BatchNormalization`, `GroupNormalization`, `LayerNormalization`,
+    `Embedding`, `LSTM`, `GRU`, `MultiHeadAttention`, `Flatten`,
+    `Concatenate` on the channel axis, ConvNeXt's `LayerScale`; a `Conv2D`
+    with one input channel per group becomes a `SlicedDepthwiseConv2D`),
     every other layer is re-created from
     its config, and every weight is copied: at rate 1 the result computes
     what `model` computes. Nested functional and `Sequential` models are
