@@ -1,7 +1,7 @@
 """LiteRT latency of converted keras.applications widths against native ones.
 
-For the networks of `slice_applications.py` (weights=None, 32x32x3, 10
-classes): `slice_model` converts the network, `export_tflite` writes every
+For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0 and
+DenseNet121 (weights=None, 32x32x3, 10 classes): `slice_model` converts the network, `export_tflite` writes every
 width (float32), and for each width a NATIVE narrow model is built from the
 original model's config, each sliced Conv2D / Dense given that width's
 channel count (depthwise convolutions and batch norms follow their inputs),
@@ -39,13 +39,13 @@ import numpy as np  # noqa: E402
 
 import keras_slicing  # noqa: E402
 from benchmarks import common  # noqa: E402
-from benchmarks.slice_applications import NAMES  # noqa: E402
 from benchmarks.slice_applications import SHAPE  # noqa: E402
 from keras_slicing import interpreter as interpreter_lib  # noqa: E402
 from keras_slicing.export import convert_to_tflite  # noqa: E402
 from keras_slicing.rates import active_width  # noqa: E402
 from keras_slicing.tflite_flatbuffer import tflite_operators  # noqa: E402
 
+NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121")
 RATES = (1.0, 0.75, 0.5, 0.25)
 TARGET = 0.05
 

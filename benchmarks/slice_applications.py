@@ -1,9 +1,13 @@
 """slice_model on keras.applications networks: time, exactness, cost per width.
 
 For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0, DenseNet121,
-the separable-convolution networks Xception and NASNetMobile, and
-ConvNeXtTiny (grouped depthwise convolutions, layer norms, layer scale)
-(weights=None, 32x32x3 inputs, Xception 71x71x3, its smallest; 10 classes;
+the separable-convolution networks Xception and NASNetMobile,
+ConvNeXtTiny (grouped depthwise convolutions, layer norms, layer scale),
+InceptionV3 and InceptionResNetV2 (concatenations, scaled residual merges),
+and one network of each remaining family: MobileNet, MobileNetV3Large,
+ResNet50V2, EfficientNetV2B0, VGG16
+(weights=None, 32x32x3 inputs, Xception 71x71x3 and the Inceptions 75x75x3,
+their smallest; 10 classes;
 NASNetMobile with slice_groups=4, since its cells have 44 channels; batch-norm statistics of one
 batch of random images so that activations stay of order one): the
 conversion time, the largest difference from the original at full width in
@@ -26,9 +30,11 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121",
-         "Xception", "NASNetMobile", "ConvNeXtTiny")
+         "Xception", "NASNetMobile", "ConvNeXtTiny", "InceptionV3", "InceptionResNetV2",
+         "MobileNet", "MobileNetV3Large", "ResNet50V2", "EfficientNetV2B0", "VGG16")
 SHAPE = (32, 32, 3)
-SHAPES = {"Xception": (71, 71, 3)}  # its smallest input
+SHAPES = {"Xception": (71, 71, 3), "InceptionV3": (75, 75, 3),  # their smallest
+          "InceptionResNetV2": (75, 75, 3)}
 # NASNetMobile's cells have 44 channels (4 x 11): with the default 8 groups
 # they would stay at full width, and the plan says so.
 SLICE_GROUPS = {"NASNetMobile": 4}
@@ -104,6 +110,11 @@ def main():
             ).stdout.strip().splitlines()[-1]
             results[name][floatx] = json.loads(out)
         print(name, json.dumps(results[name]["float32"]["cost"]), flush=True)
+    for r in results.values():
+        cost = r["float32"]["cost"]
+        r["float32"]["macs_share"] = {
+            rate: cost[rate]["macs"] / cost["1"]["macs"] for rate in cost
+        }
     ordered = [name for name in NAMES if name in results]
     results = {name: results[name] for name in ordered + sorted(set(results) - set(ordered))}
     rows = []
@@ -118,7 +129,7 @@ def main():
               for k in ("0.75", "0.5", "0.25")],
         ])
     common.print_table(
-        "slice_model on keras.applications (32x32x3, Xception 71x71x3; 10 classes)",
+        "slice_model on keras.applications (32x32x3, Xception 71x71x3, Inceptions 75x75x3)",
         ["network", "sliced", "convert s", "max|logit|", "diff f32", "diff f32 l1",
          "diff f64 l1", "MACs 0.75", "MACs 0.5", "MACs 0.25"],
         rows,
