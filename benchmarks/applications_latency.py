@@ -326,7 +326,7 @@ def main():
             ])
     common.print_table(
         "Exported widths of converted keras.applications vs native narrow models "
-        "(LiteRT float32, 1 thread, batch 1, 32x32x3)",
+        "(LiteRT float32, 1 thread, batch 1; input shapes in the result file)",
         ["network", "rate", "sliced ms", "native ms", "ratio cpu", "fastest cpu", "ratio wall",
          "sliced B", "native B", "operators", "shapes", "1.00+-0.05"],
         rows,
@@ -341,11 +341,15 @@ def main():
                     "thread-CPU-time ratio is the headline",
         },
         "settings": {
-            "input_shape": SHAPE, "classes": 10, "weights": None,
+            "input_shapes": {name: SHAPES.get(name, SHAPE) for name in results},
+            "slice_groups": {name: SLICE_GROUPS.get(name, 8) for name in results},
+            "classes": 10, "weights": None,
             "quantization": "float32", "batch": 1, "repeats": args.repeats,
             "min_seconds_per_timing": args.min_seconds, "target": [1 - TARGET, 1 + TARGET],
-            "native": "the original config with each sliced Conv2D/Dense at the "
-                      "width's channel count, random weights, convert_to_tflite",
+            "native": "the original config with each sliced Conv2D/SeparableConv2D/"
+                      "Dense at the width's channel count (one-channel-per-group "
+                      "convolutions and LayerScale at their input's), random "
+                      "weights, convert_to_tflite",
         },
         "results": results,
     }
