@@ -1,24 +1,34 @@
 """LiteRT latency of converted keras.applications widths against native ones.
 
-For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0 and
-DenseNet121 (weights=None, 32x32x3, 10 classes): `slice_model` converts the network, `export_tflite` writes every
-width (float32), and for each width a NATIVE narrow model is built from the
-original model's config, each sliced Conv2D / Dense given that width's
-channel count (depthwise convolutions and batch norms follow their inputs),
-with random weights (latency does not depend on values), converted by
-`convert_to_tflite`, the converter settings `export_tflite` uses. Checked per
-width: every layer's output shape equals that of `extract_submodel`'s layer
-of the same name, and the two files hold the same operators on the same
-shapes (`tflite_operators`); any difference is reported; and the sliced
-file's output on two random images equals the sliced Keras model's at that
-width (largest difference, and largest output for scale). Timed with LiteRT,
-1 thread, batch 1, sliced and native interleaved in every round, by the CPU
-time of the calling thread (which other jobs of a shared machine do not
-inflate) and by wall time: the ratio is the median of per-round ratios.
-Target: sliced / native within 1.00 +- 0.05 at every width.
+For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0, DenseNet121
+(32x32x3), Xception (71x71x3), ConvNeXtTiny (32x32x3), InceptionV3 and
+InceptionResNetV2 (75x75x3; the input shapes of slice_applications.py;
+weights=None, 10 classes): `slice_model` converts the network,
+`export_tflite` writes every width (float32), and for each width a NATIVE
+narrow model is built from the original model's config, each sliced
+Conv2D / SeparableConv2D / Dense given that width's channel count
+(depthwise convolutions, batch and layer norms follow their inputs; a
+one-channel-per-group Conv2D gets its input's active channels as groups,
+ConvNeXt's LayerScale as projection_dim), with random weights (latency does
+not depend on values), converted by `convert_to_tflite`, the converter
+settings `export_tflite` uses. Checked per width: every layer's output shape
+equals that of `extract_submodel`'s layer of the same name, and the two
+files hold the same operators on the same shapes (`tflite_operators`); any
+difference is reported; and the sliced file's output on two random images
+equals the sliced Keras model's at that width (largest difference, and
+largest output for scale). Timed with LiteRT, 1 thread, batch 1, sliced and
+native interleaved in every round, by the CPU time of the calling thread
+(which other jobs of a shared machine do not inflate) and by wall time: the
+ratio is the median of per-round ratios. Target: sliced / native within
+1.00 +- 0.05 at every width. One process per network.
 
     python benchmarks/applications_latency.py [--names=MobileNetV2] [--repeats=41]
-        [--min_seconds=0.05] [--merge=earlier.json,...]
+        [--min_seconds=0.05] [--output=results.json] [--merge=earlier.json,...]
+
+The first five networks' results are benchmarks/results/applications_latency.json;
+the others' were written with
+`--names=Xception,ConvNeXtTiny,InceptionV3,InceptionResNetV2
+--output=benchmarks/results/applications_latency_families.json`.
 """
 
 import argparse
