@@ -9,9 +9,10 @@ narrow model is built from the original model's config, each sliced
 Conv2D / SeparableConv2D / Dense given that width's channel count
 (depthwise convolutions, batch and layer norms follow their inputs; a
 one-channel-per-group Conv2D gets its input's active channels as groups,
-ConvNeXt's LayerScale as projection_dim), with random weights (latency does
-not depend on values), converted by `convert_to_tflite`, the converter
-settings `export_tflite` uses. Checked per width: every layer's output shape
+ConvNeXt's LayerScale as projection_dim), with random weights (as the
+original is given before slicing: latency does not depend on values, but a
+fresh model's zero biases let the converter drop ADDs), converted by
+`convert_to_tflite`, the converter settings `export_tflite` uses. Checked per width: every layer's output shape
 equals that of `extract_submodel`'s layer of the same name, and the two
 files hold the same operators on the same shapes (`tflite_operators`); any
 difference is reported; and the sliced file's output on two random images
