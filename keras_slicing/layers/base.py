@@ -213,18 +213,23 @@ class SlicedProjectionMixin(SlicedLayerMixin):
             # expects, so only the rank is checked.
             self.input_spec = keras.layers.InputSpec(**rank)
 
-    def _active_kernel_and_bias(self, inputs, rate):
-        kernel, bias = self.kernel, self.bias
+    def _active_widths(self, inputs, rate, full_in):
+        """`(n_in, n_out)` of a call, each None where it is the full width."""
         n_in = n_out = None
         if self.slice_input:
             n_in = backend.dim(inputs, -1)
-            if is_static_int(n_in, kernel.shape[-2]):
+            if is_static_int(n_in, full_in):
                 n_in = None
         groups = self._groups(rate)
         if self.slice_output and not is_static_int(groups, self.slice_groups):
             n_out = groups * (self._full_width() // self.slice_groups)
-            if bias is not None:
-                bias = leading_block(bias, [n_out])
+        return n_in, n_out
+
+    def _active_kernel_and_bias(self, inputs, rate):
+        kernel, bias = self.kernel, self.bias
+        n_in, n_out = self._active_widths(inputs, rate, kernel.shape[-2])
+        if n_out is not None and bias is not None:
+            bias = leading_block(bias, [n_out])
         if n_in is not None or n_out is not None:
             sizes = [None] * (len(kernel.shape) - 2) + [n_in, n_out]
             kernel = leading_block(kernel, sizes)
@@ -315,16 +320,9 @@ class SlicedSeparableConvolutionMixin(SlicedConvolutionMixin):
             self.depthwise_kernel, self.pointwise_kernel, self.bias
         )
         rank = len(depthwise.shape) - 2
-        n_in = n_out = None
-        if self.slice_input:
-            n_in = backend.dim(inputs, -1)
-            if is_static_int(n_in, depthwise.shape[-2]):
-                n_in = None
-        groups = self._groups(rate)
-        if self.slice_output and not is_static_int(groups, self.slice_groups):
-            n_out = groups * (self.filters // self.slice_groups)
-            if bias is not None:
-                bias = leading_block(bias, [n_out])
+        n_in, n_out = self._active_widths(inputs, rate, depthwise.shape[-2])
+        if n_out is not None and bias is not None:
+            bias = leading_block(bias, [n_out])
         if n_in is not None:
             depthwise = leading_block(depthwise, [None] * rank + [n_in, None])
         if n_in is not None or n_out is not None:
