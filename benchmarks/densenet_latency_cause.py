@@ -61,7 +61,11 @@ ARMS = {
 
 
 def build(files_dir):
-    """Writes the benchmark's files and the weight-swapped 0.75 variants."""
+    """Writes the benchmark's files and the weight-swapped 0.75 variants.
+
+    The files `applications_latency.py` timed for DenseNet121 in
+    `applications_latency.json`: the original keeps its fresh weights.
+    """
     import keras
 
     import keras_slicing
@@ -73,7 +77,9 @@ def build(files_dir):
         input_shape=bench.SHAPE, weights=None, classes=10
     )
     sliced = keras_slicing.slice_model(plain)
-    keras_slicing.calibrate_batchnorm(sliced, bench.images(16), rates=bench.RATES)
+    keras_slicing.calibrate_batchnorm(
+        sliced, bench.images(16, bench.SHAPE), rates=bench.RATES
+    )
 
     def save(name, rate, model):
         with open(file_path(files_dir, name, rate), "wb") as f:

@@ -1,7 +1,14 @@
 """slice_model on keras.applications networks: time, exactness, cost per width.
 
-For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0 and DenseNet121
-(weights=None, 32x32x3 inputs, 10 classes, batch-norm statistics of one
+For MobileNetV2, MobileNetV3Small, ResNet50, EfficientNetB0, DenseNet121,
+the separable-convolution networks Xception and NASNetMobile,
+ConvNeXtTiny (grouped depthwise convolutions, layer norms, layer scale),
+InceptionV3 and InceptionResNetV2 (concatenations, scaled residual merges),
+and one network of each remaining family: MobileNet, MobileNetV3Large,
+ResNet50V2, EfficientNetV2B0, VGG16
+(weights=None, 32x32x3 inputs, Xception 71x71x3 and the Inceptions 75x75x3,
+their smallest; 10 classes;
+NASNetMobile with slice_groups=4, since its cells have 44 channels; batch-norm statistics of one
 batch of random images so that activations stay of order one): the
 conversion time, the largest difference from the original at full width in
 float32 without and with channel rewiring (the default "l1") and in float64
@@ -22,8 +29,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121")
+NAMES = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121",
+         "Xception", "NASNetMobile", "ConvNeXtTiny", "InceptionV3", "InceptionResNetV2",
+         "MobileNet", "MobileNetV3Large", "ResNet50V2", "EfficientNetV2B0", "VGG16")
 SHAPE = (32, 32, 3)
+SHAPES = {"Xception": (71, 71, 3), "InceptionV3": (75, 75, 3),  # their smallest
+          "InceptionResNetV2": (75, 75, 3)}
+# NASNetMobile's cells have 44 channels (4 x 11): with the default 8 groups
+# they would stay at full width, and the plan says so.
+SLICE_GROUPS = {"NASNetMobile": 4}
 
 
 def measure(name, floatx):
@@ -35,17 +49,21 @@ def measure(name, floatx):
     import keras_slicing
     from tests.conversion.plain_models import application_with_batch_statistics
 
+    shape = SHAPES.get(name, SHAPE)
+
     def images(n, seed):
-        return (np.random.default_rng(seed).random((n, *SHAPE)) * 255).astype(floatx)
+        return (np.random.default_rng(seed).random((n, *shape)) * 255).astype(floatx)
 
     keras.utils.set_random_seed(0)
-    plain = application_with_batch_statistics(name, SHAPE, images(32, 1))
+    plain = application_with_batch_statistics(name, shape, images(32, 1))
     x = images(2, 0)
     want = keras.ops.convert_to_numpy(plain(x))
     result = {"max_abs_output": float(np.abs(want).max())}
     for rewire in ((None, "l1") if floatx == "float32" else ("l1",)):
         start = time.perf_counter()
-        sliced = keras_slicing.slice_model(plain, rewire=rewire)
+        sliced = keras_slicing.slice_model(
+            plain, rewire=rewire, slice_groups=SLICE_GROUPS.get(name, 8)
+        )
         seconds = time.perf_counter() - start
         diff = float(np.abs(keras.ops.convert_to_numpy(sliced(x)) - want).max())
         result[f"max_abs_diff_{rewire}"] = diff
@@ -92,6 +110,11 @@ def main():
             ).stdout.strip().splitlines()[-1]
             results[name][floatx] = json.loads(out)
         print(name, json.dumps(results[name]["float32"]["cost"]), flush=True)
+    for r in results.values():
+        cost = r["float32"]["cost"]
+        r["float32"]["macs_share"] = {
+            rate: cost[rate]["macs"] / cost["1"]["macs"] for rate in cost
+        }
     ordered = [name for name in NAMES if name in results]
     results = {name: results[name] for name in ordered + sorted(set(results) - set(ordered))}
     rows = []
@@ -106,7 +129,7 @@ def main():
               for k in ("0.75", "0.5", "0.25")],
         ])
     common.print_table(
-        "slice_model on keras.applications (32x32x3, 10 classes)",
+        "slice_model on keras.applications (32x32x3, Xception 71x71x3, Inceptions 75x75x3)",
         ["network", "sliced", "convert s", "max|logit|", "diff f32", "diff f32 l1",
          "diff f64 l1", "MACs 0.75", "MACs 0.5", "MACs 0.25"],
         rows,
@@ -115,7 +138,9 @@ def main():
         "machine": {**common.machine_facts(),
                     "note": "shared 2-core machine under heavy load: conversion "
                             "times are upper bounds"},
-        "settings": {"input_shape": SHAPE, "classes": 10, "weights": None,
+        "settings": {"input_shape": SHAPE, "input_shapes": SHAPES,
+                     "slice_groups": {**{n: 8 for n in NAMES}, **SLICE_GROUPS},
+                     "classes": 10, "weights": None,
                      "batch_norm_statistics": "one training-mode batch of 32 random images"},
         "results": results,
     }

@@ -54,7 +54,21 @@ For each data set and seed (the seed sets every initialization and shuffle):
    - `narrow_weights_27`: as `narrow_weights`, with weights 1/3/9/27;
    - `narrow_sampling`: as `high_lr`, with three rates a step: width 0.25
      and two of the others drawn with probabilities 1:2:3 (widths 1, 0.75,
-     0.5; scheduler "random_min", `rate_probabilities`).
+     0.5; scheduler "random_min", `rate_probabilities`);
+   - `width_lr`: as `high_lr`, each weight's step scaled by the narrowest
+     width using it: 0.3 (full width only: the training rate), 0.53, 0.77,
+     1 (width 0.25); `width_lr_higher`: at 2e-2, scales 0.15 to 1 (the same
+     training rate for the full width's own weights); each
+     `*_narrow_weights` with loss weights 1/2/4/8;
+   - `teacher_high_lr`, `teacher_mix_high_lr`, `teacher_mix_t2_high_lr`,
+     `inplace_high_lr` (`DISTILLATION_RECIPES`): `high_lr` with its loss
+     weights `3 - 2r` passed explicitly, plus a soft-target term: the
+     frozen pretrained teacher with `distillation_weight` 1 (soft targets
+     only) or 0.5 (half labels), the latter also at
+     `distillation_temperature` 2; or in-place distillation (the widest
+     rate teaches the narrower ones, weight 1);
+     `teacher_mix_narrow_weights`: the teacher at 0.5 with loss weights
+     1/2/4/8.
    `--recipes` picks some; `--rewires=0` skips stage 2, so that a new
    recipe can run alone and `--merge` joins its stages to an earlier file's
    (stage by stage: each recipe's rows come from the part that ran it;
@@ -100,6 +114,19 @@ from keras_slicing.conversion.slice_model import DEFAULT_REWIRE  # noqa: E402
 RATES = (1.0, 0.75, 0.5, 0.25)
 REWIRES = (None, "l1", "bn", "taylor")
 FRACTIONS = (0.1, 0.25, 0.5)
+# Distillation at the high rate: `high_lr` plus a soft-target term, with
+# `high_lr`'s loss weights `3 - 2r` kept (distillation's own default is
+# even) so that the soft targets are the one change.
+HIGH_LR_WEIGHTS = (1.0, 1.5, 2.0, 2.5)
+DISTILLATION_RECIPES = {
+    "teacher_high_lr": {"distillation": "pretrained"},
+    "teacher_mix_high_lr": {"distillation": "pretrained", "distillation_weight": 0.5},
+    "teacher_mix_t2_high_lr": {"distillation": "pretrained", "distillation_weight": 0.5,
+                               "distillation_temperature": 2.0},
+    "inplace_high_lr": {"distillation": "inplace"},
+    "teacher_mix_narrow_weights": {"distillation": "pretrained", "distillation_weight": 0.5,
+                                   "rate_loss_weights": (1, 2, 4, 8)},
+}
 # Each recipe's learning rate (the argument that sets it) and the arguments
 # of slice_model that differ from the SlicingModel defaults.
 RECIPES = {
@@ -117,6 +144,18 @@ RECIPES = {
         "scheduler": "random_min", "num_random": 2,
         "rate_probabilities": (1, 2, 3, 4),
     }),
+    # Width-aware steps: each weight's step scaled by its narrowest width's
+    # entry (widths 1 to 0.25), linear in the rate; the weights only the
+    # full width uses step at the training rate (3e-3).
+    "width_lr": ("high_learning_rate", {"step_scales": (0.3, 0.5333, 0.7667, 1)}),
+    "width_lr_narrow_weights": ("high_learning_rate", {
+        "step_scales": (0.3, 0.5333, 0.7667, 1), "rate_loss_weights": (1, 2, 4, 8)}),
+    "width_lr_higher": ("higher_learning_rate",
+                        {"step_scales": (0.15, 0.4333, 0.7167, 1)}),
+    "width_lr_higher_narrow_weights": ("higher_learning_rate", {
+        "step_scales": (0.15, 0.4333, 0.7167, 1), "rate_loss_weights": (1, 2, 4, 8)}),
+    **{name: ("high_learning_rate", {"rate_loss_weights": HIGH_LR_WEIGHTS, **options})
+       for name, options in DISTILLATION_RECIPES.items()},
 }
 # What runs without --recipes: the rows of the committed result's first run.
 DEFAULT_RECIPES = ("default", "teacher", "high_lr")
@@ -214,11 +253,15 @@ def finetune(name, recipe, pretrained, data, x_test, y_test, seed, epochs, args,
     rate_name, options = RECIPES[recipe]
     if options.get("distillation") == "pretrained":
         options = {**options, "distillation": pretrained}
+    scales = options.get("step_scales")
+    options = {k: v for k, v in options.items() if k != "step_scales"}
     keras.utils.set_random_seed(seed)
     sliced = keras_slicing.slice_model(
         pretrained, rates=RATES, rewire=FINETUNE_REWIRE, data=data, seed=seed,
         **options
     )
+    if scales is not None:
+        sliced._set_rate_step_scales(scales)  # private until it earns a place
     compile_model(sliced, getattr(args, rate_name))
     runs = result["finetune"].setdefault(recipe, {})
     steps = result.setdefault("finetune_steps", {}).setdefault(recipe, {})

@@ -36,7 +36,13 @@ of the training windows):
    learning rate; `high_lr`: `default` at the scratch learning rate;
    `narrow_weights`: `high_lr` with `rate_loss_weights` 1/2/4/8 (widths 1
    to 0.25; the default `3 - 2r` is 1/1.5/2/2.5); `double_lr`: `high_lr`
-   at twice the scratch learning rate.
+   at twice the scratch learning rate; `width_lr`: `double_lr` with each
+   weight's step scaled by the narrowest width using it (0.5 for the full
+   width's own weights, the scratch rate, to 1 for width 0.25's); the
+   distillation recipes of slice_pretrained.py (`teacher_high_lr`,
+   `teacher_mix_high_lr`, `teacher_mix_t2_high_lr`, `inplace_high_lr`,
+   `teacher_mix_narrow_weights`): `high_lr` plus soft targets of the
+   frozen pretrained model or of the widest rate.
 4. `scratch`: `slice_model` of the untrained plain network trained with the
    library's defaults for the full `--steps`.
 The scratch learning rates are the examples' (char-LM 1e-2, Transformer
@@ -69,7 +75,9 @@ import text_transformer  # noqa: E402
 
 import keras_slicing  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks.slice_pretrained import DISTILLATION_RECIPES  # noqa: E402
 from benchmarks.slice_pretrained import FRACTIONS  # noqa: E402
+from benchmarks.slice_pretrained import HIGH_LR_WEIGHTS  # noqa: E402
 from benchmarks.slice_pretrained import RATES  # noqa: E402
 from benchmarks.slice_pretrained import REWIRES  # noqa: E402
 from benchmarks.slice_pretrained import complete_recipes  # noqa: E402
@@ -103,6 +111,11 @@ RECIPES = {
     "high_lr": (1.0, {}),
     "narrow_weights": (1.0, {"rate_loss_weights": (1, 2, 4, 8)}),
     "double_lr": (2.0, {}),
+    # Each weight's step scaled by its narrowest width (widths 1 to 0.25):
+    # the full width's own weights at the scratch rate, width 0.25's at twice it.
+    "width_lr": (2.0, {"step_scales": (0.5, 0.6667, 0.8333, 1)}),
+    **{name: (1.0, {"rate_loss_weights": HIGH_LR_WEIGHTS, **options})
+       for name, options in DISTILLATION_RECIPES.items()},
 }
 STAGES = ("pretrained", "converted", "finetune", "scratch")
 FULL_SCHEDULE = 3000  # the examples' steps
@@ -182,10 +195,13 @@ def run_seed(name, seed, steps, recipes, result, save, stages=STAGES, fractions=
         save()
 
     for recipe in recipes if "finetune" in stages else ():
+        options = recipe_kwargs(recipe, pretrained)
+        scales = options.pop("step_scales", None)
         keras.utils.set_random_seed(seed)
         sliced = keras_slicing.slice_model(pretrained, rates=RATES, rewire=FINETUNE_REWIRE,
-                                           data=data, seed=seed,
-                                           **recipe_kwargs(recipe, pretrained))
+                                           data=data, seed=seed, **options)
+        if scales is not None:
+            sliced._set_rate_step_scales(scales)  # private until it earns a place
         char_lm.compile_lm(sliced, learning_rate * RECIPES[recipe][0])
         done, runs = 0, result.setdefault("finetune", {}).setdefault(recipe, {})
         start = time.perf_counter()

@@ -56,7 +56,9 @@ _FOLLOWING = _layers(  # per channel: the narrow output is the active prefix
     "LayerNormalization",  # without weights; with them the weight rule applies
 )
 _LAYOUT = _layers("Flatten", "Reshape", "Permute")
-_MERGING = _layers("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+_MERGING = _layers("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum") + (
+    keras_internals.CustomScaleLayer,  # InceptionResNetV2's x + scale * branch
+)
 _CONCATENATING = _layers("Concatenate")
 _DOT = _layers("Dot")
 

@@ -5,6 +5,7 @@ import math
 import keras
 
 from keras_slicing import graph
+from keras_slicing import keras_internals
 from keras_slicing import widths
 
 
@@ -14,10 +15,13 @@ def model_cost(model, rate=1.0):
     Counts only the weights a rate actually uses and the multiply-accumulates
     of one example: `Dense` `n_in * n_out`, `Conv2D` `H' * W' * kh * kw *
     c_in * c_out` (`Conv1D` `L' * k * c_in * c_out`), `DepthwiseConv2D`
-    `H' * W' * kh * kw * c_out`, one MAC per element for a
-    normalization's scale-and-shift, and none for an `Embedding` lookup.
-    Parameters are those a standalone model of that width holds (a batch
-    normalization keeps its two moving statistics of the rate). Layers without weights cost nothing. A layer
+    `H' * W' * kh * kw * c_out`, `SeparableConv2D` its depthwise and
+    pointwise parts (`H' * W' * (kh * kw + c_out) * c_in *
+    depth_multiplier`), one MAC per element for a normalization's
+    scale-and-shift or a layer scale (ConvNeXt), and none for an `Embedding`
+    lookup. Parameters are those a standalone model of that width holds (a
+    batch normalization keeps its two moving statistics of the rate).
+    Layers without weights cost nothing. A layer
     with a method `active_cost(rate, input_shapes, output_shapes)` returning
     `(params, macs)` counts itself (the sequence layers do, and a custom
     layer can).
@@ -57,6 +61,12 @@ def _layer_cost(layer, input_shape, output_shape):
     if isinstance(layer, L.Dense):
         bias = n_out if layer.use_bias else 0
         return n_in * n_out + bias, positions * n_in * n_out
+    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        window = math.prod(layer.kernel_size)
+        mid = n_in * layer.depth_multiplier
+        bias = n_out if layer.use_bias else 0
+        return (window * mid + mid * n_out + bias,
+                positions * (window * mid + mid * n_out))
     if isinstance(layer, L.DepthwiseConv2D):
         window = math.prod(layer.kernel_size)
         bias = n_out if layer.use_bias else 0
@@ -74,6 +84,8 @@ def _layer_cost(layer, input_shape, output_shape):
         return (affine + 2) * n_in, math.prod(input_shape[1:])
     if isinstance(layer, L.Embedding):  # kept at full width; a lookup is free
         return layer.input_dim * layer.output_dim, 0
+    if isinstance(layer, keras_internals.LayerScale):  # x * gamma
+        return n_in, math.prod(input_shape[1:])
     if isinstance(layer, L.Normalization):  # mean, variance and count
         return sum(math.prod(w.shape) for w in layer.weights), math.prod(input_shape[1:])
     if not getattr(layer, "weights", None):  # keras.ops calls hold none
@@ -81,7 +93,8 @@ def _layer_cost(layer, input_shape, output_shape):
     raise ValueError(
         f"model_cost: cannot count the cost of layer '{layer.name}' "
         f"({type(layer).__name__}). Supported layers with weights: Dense, "
-        "Conv1D, Conv2D, DepthwiseConv2D, Embedding, GroupNormalization, "
+        "Conv1D, Conv2D, SeparableConv1D, SeparableConv2D, DepthwiseConv2D, "
+        "Embedding, GroupNormalization, ConvNeXt's LayerScale, "
         "BatchNormalization, LayerNormalization, Normalization and the sliced "
         "versions."
     )

@@ -19,16 +19,18 @@ import numpy as np
 
 from keras_slicing import checks
 from keras_slicing.layers.base import SlicedProjectionMixin
+from keras_slicing.layers.base import SlicedSeparableConvolutionMixin
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.layers.concatenate import interleaved_order
 from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
 from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
+from keras_slicing.layers.layer_scale import SlicedLayerScale
 
 # Per-channel layers without weights whose output channel `c` is computed
 # from input channel `c` alone, or symmetrically from all (softmax).
 _CARRYING = tuple(c for c in checks._FOLLOWING if c is not keras.layers.Rescaling)
 _ABSORBING = (SlicedProjectionMixin, SlicedBatchNormalization,
-              SlicedLayerNormalization, SlicedDepthwiseConv2D)
+              SlicedLayerNormalization, SlicedDepthwiseConv2D, SlicedLayerScale)
 
 
 def join_order(widths, orders, groups):
@@ -89,6 +91,12 @@ def absorbs(layer, tensors):
 def absorbed(layer, weights, order):
     """`weights` of `layer`'s plain width reading its channels in `order`."""
     inverse = np.argsort(order)
+    if isinstance(layer, SlicedSeparableConvolutionMixin):
+        # Depthwise output c * m + j comes from input channel c.
+        m = layer.depth_multiplier
+        rows = (inverse[:, None] * m + np.arange(m)).reshape(-1)
+        return [np.take(weights[0], inverse, axis=-2),
+                np.take(weights[1], rows, axis=-2), *weights[2:]]
     if isinstance(layer, SlicedProjectionMixin):
         return [np.take(weights[0], inverse, axis=-2), *weights[1:]]
     if isinstance(layer, SlicedDepthwiseConv2D):

@@ -58,6 +58,16 @@ from keras.src.backend.common.masking import get_keras_mask as keras_mask  # noq
 # from that tracing.
 from keras.src.backend.common.symbolic_scope import in_symbolic_scope  # noqa: F401
 
+# ConvNeXt's per-channel scale `x * gamma` (`keras.applications.ConvNeXt*`)
+# has no public class: `slice_model` converts it by its exact class, and a
+# cut width holds it again.
+from keras.src.applications.convnext import LayerScale  # noqa: F401
+
+# InceptionResNetV2's residual merge `x + scale * branch`, elementwise like
+# `Add`, has no public class either: `check_model` and `slice_model` treat
+# it as a merge.
+from keras.src.applications.inception_resnet_v2 import CustomScaleLayer  # noqa: F401
+
 # Training state that must not become a tracked weight (the rate sampler,
 # the per-rate metric lists): `DotNotTrackScope` and
 # `no_automatic_dependency_tracking`.

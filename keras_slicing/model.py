@@ -235,6 +235,10 @@ class SlicingModel(
             self.rates = ordered
             self._rate_flags = [id(t) in rate_ids for t in self.inputs]
             self._loss_weights = loss_weights or [1.0] * len(ordered)
+            # Per-width step scales (`_set_rate_step_scales`), and the
+            # per-element scales a train function computes from them.
+            self._rate_step_scales = None
+            self._element_step_scales = None
             self._at_rate_models = {}
             self._compiled_widths = None  # PyTorch with jit_compile=True
             self._test_functions = {}
@@ -352,6 +356,21 @@ class SlicingModel(
                 name=f"{self.name}_at_{label}",
             )
         return self._at_rate_models[key]
+
+    def _set_rate_step_scales(self, scales):
+        """Scales each weight's optimizer step by its narrowest width.
+
+        `scales` holds one non-negative number per rate of `rates` (a list
+        widest first, or a dict rate -> scale), or None (no scaling): every
+        element of a trainable weight has its step multiplied by the scale
+        of the narrowest rate whose width uses it (`keras_slicing.step_scales`).
+        Applies from the next train function made.
+        """
+        self._rate_step_scales = _per_rate(
+            scales, self.rates, self.rates, f"SlicingModel '{self.name}'",
+            "rate_step_scales",
+        )
+        self.train_function = None
 
     def fit(
         self, x=None, y=None, *args, calibrate_batchnorm=True,

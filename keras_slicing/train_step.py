@@ -22,6 +22,7 @@ from keras import ops
 
 from keras_slicing import backend
 from keras_slicing import rates as rates_lib
+from keras_slicing import step_scales
 from keras_slicing import keras_internals
 from keras_slicing.keras_internals import unscale_loss_for_distribution
 
@@ -145,7 +146,7 @@ class SlicingTrainStep:
             return self.optimizer.scale_loss(total), (total, results)
 
         (total, results), gradients = self._loss_and_gradients(forward, variables)
-        self._apply_gradients(gradients, variables)
+        self._apply_step(gradients, variables)
 
         self._build_metrics(y, results[0][0])
         batch = ops.shape(keras.tree.flatten(x)[0])[0]
@@ -286,6 +287,21 @@ class SlicingTrainStep:
     # trainer runs the same methods statelessly.
     def test_step(self, data):
         return self._test_step_at(self._eval_rate, data)
+
+    def _apply_step(self, gradients, variables):
+        """The optimizer update, each weight's step scaled per width if set."""
+        scales = self._element_step_scales
+        if not scales:
+            self._apply_gradients(gradients, variables)
+            return
+        step_scales.apply_scaled(self._apply_gradients, gradients, variables, scales)
+
+    def _prepare_step_scales(self):
+        """Computes the per-element step scales once, as a train function is made."""
+        self._element_step_scales = (
+            None if self._rate_step_scales is None
+            else step_scales.element_scales(self, self._rate_step_scales)
+        )
 
     def predict_step(self, data):
         return self._predict_outputs(data)

@@ -33,6 +33,45 @@ def test_conv_counts_positions_window_and_channels():
     assert cost == {"params": sum(p for p, _ in parts), "macs": sum(m for _, m in parts)}
 
 
+def test_separable_conv_counts_its_depthwise_and_pointwise_parts():
+    x = keras.Input((10, 10, 16))
+    rate = rate_input()
+    h = layers.SlicedSeparableConv2D(32, 3, strides=2, padding="same",
+                                     depth_multiplier=2)(x, rate)
+    model = keras.Model([x, rate], h)
+    # At 0.5 it reads all 16 channels of its input (data) and writes 16 of
+    # 32; the depthwise part has c_in * depth_multiplier outputs.
+    c_out, mid = 16, 32
+    cost = model_cost(model, 0.5)
+    depthwise = (9 * mid, 5 * 5 * 9 * mid)
+    pointwise = (mid * c_out + c_out, 5 * 5 * mid * c_out)
+    assert cost == {"params": depthwise[0] + pointwise[0],
+                    "macs": depthwise[1] + pointwise[1]}
+    assert model_cost(model, 1.0)["params"] == model.count_params()
+
+
+def test_convnext_parts_are_counted_on_plain_and_sliced_models():
+    import keras_slicing
+    from tests.conversion.plain_models import convnext_block
+
+    plain = convnext_block()
+    positions = 4 * 4  # after the stride-2 stem
+    parts = [  # (params, MACs)
+        (2 * 2 * 3 * 16 + 16, positions * 2 * 2 * 3 * 16),  # stem
+        (2 * 16, positions * 16),  # stem layer norm
+        (9 * 32 + 32, positions * 9 * 32),  # grouped: one input channel each
+        (2 * 32, positions * 32),  # layer norm
+        (32 * 64 + 64, positions * 32 * 64),  # MLP in
+        (64 * 16 + 16, positions * 64 * 16),  # MLP out
+        (16, positions * 16),  # layer scale: a multiply per element
+        (16 * 4 + 4, 16 * 4),  # logits
+    ]
+    want = {"params": sum(p for p, _ in parts), "macs": sum(m for _, m in parts)}
+    assert model_cost(plain) == want
+    assert want["params"] == plain.count_params()
+    assert model_cost(keras_slicing.slice_model(plain)) == want
+
+
 def test_full_rate_params_match_keras_count_of_trainable_weights():
     model = small_mlp()
     assert model_cost(model, 1.0)["params"] == model.count_params()

@@ -240,8 +240,11 @@ class Analysis:
         layer = node.layer
         x = inputs[0]
         channels = self.channels[id(x)]
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            channels = channels._replace(factor=channels.factor * layer.depth_multiplier)
+        # A Conv2D follows its input only as a depthwise one (one channel
+        # per group).
+        if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.Conv2D)):
+            multiplier = recipes_lib.depth_multiplier(layer)
+            channels = channels._replace(factor=channels.factor * multiplier)
         if isinstance(layer, keras.layers.GroupNormalization):
             per_group = x.shape[-1] // layer.groups
             if channels.factor != 1 or channels.flat is not None:

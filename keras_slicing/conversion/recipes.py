@@ -11,6 +11,7 @@ statistics once per rate.
 import keras
 import numpy as np
 
+from keras_slicing import keras_internals
 from keras_slicing import layers as sliced
 
 
@@ -18,8 +19,8 @@ class Recipe:
     """What `slice_model` does with one layer class.
 
     Attributes:
-        role: `"producer"` (chooses its output width: Dense, convolutions,
-            Embedding, LSTM, GRU), `"follower"` (per channel: its output
+        role: `"producer"` (chooses its output width: Dense, convolutions
+            including separable ones, Embedding, LSTM, GRU), `"follower"` (per channel: its output
             channels are its input's: normalizations, depthwise),
             `"attention"` (MultiHeadAttention: heads sliced, output width
             follows the query) or `"flatten"`.
@@ -58,6 +59,42 @@ class Recipe:
             raise ValueError(str(cause)) from error
 
 
+class _DepthwiseFromGrouped(Recipe):
+    """A `Conv2D` with one input channel per group (`groups` equal to its
+    input channels, as ConvNeXt writes its depthwise convolutions) is a
+    depthwise convolution, and becomes a `SlicedDepthwiseConv2D`."""
+
+    def __init__(self):
+        super().__init__("follower", sliced.SlicedDepthwiseConv2D, ("slice_groups",))
+
+    def sliced_config(self, layer, slice_groups, rates, slice_input, slice_output):
+        config = layer.get_config()
+        renamed = {"kernel_initializer": "depthwise_initializer",
+                   "kernel_regularizer": "depthwise_regularizer",
+                   "kernel_constraint": "depthwise_constraint"}
+        dropped = ("filters", "groups", "lora_rank", "lora_alpha", "quantization_config")
+        result = {renamed.get(k, k): v for k, v in config.items() if k not in dropped}
+        result["depth_multiplier"] = layer.filters // layer.groups
+        result["slice_groups"] = slice_groups
+        return result
+
+
+def depth_multiplier(layer):
+    """Outputs per input channel of a depthwise convolution, plain or grouped."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return layer.depth_multiplier
+    return layer.filters // layer.groups
+
+
+def _is_grouped_depthwise(layer):
+    return (
+        type(layer) is keras.layers.Conv2D
+        and layer.groups > 1
+        and layer.built
+        and layer.kernel.shape[-2] == 1
+    )
+
+
 def _last_axis(layer, config):
     """Normalization axes written as -1 when they are the last axis."""
     if "axis" not in config or not hasattr(layer, "input"):
@@ -86,6 +123,10 @@ def recipe_for(layer):
                          ("slice_groups", "slice_input", "slice_output")),
         K.Conv2D: Recipe("producer", sliced.SlicedConv2D,
                          ("slice_groups", "slice_input", "slice_output")),
+        K.SeparableConv1D: Recipe("producer", sliced.SlicedSeparableConv1D,
+                                  ("slice_groups", "slice_input", "slice_output")),
+        K.SeparableConv2D: Recipe("producer", sliced.SlicedSeparableConv2D,
+                                  ("slice_groups", "slice_input", "slice_output")),
         K.Embedding: Recipe("producer", sliced.SlicedEmbedding,
                             ("slice_groups", "slice_output")),
         K.LSTM: Recipe("producer", sliced.SlicedLSTM,
@@ -103,7 +144,11 @@ def recipe_for(layer):
         K.MultiHeadAttention: Recipe("attention", sliced.SlicedMultiHeadAttention,
                                      ("slice_input",)),
         K.Flatten: Recipe("flatten", sliced.SlicedFlatten, ()),
+        keras_internals.LayerScale: Recipe("follower", sliced.SlicedLayerScale,
+                                           ("slice_groups",)),
     }
+    if _is_grouped_depthwise(layer):
+        return _DepthwiseFromGrouped()
     recipe = table.get(type(layer))
     if recipe is None:
         return None
@@ -115,6 +160,12 @@ def recipe_for(layer):
 def carried_weights(layer, new_layer):
     """`layer`'s weights in the order and shapes `new_layer` holds them."""
     weights = [np.asarray(w) for w in layer.get_weights()]
+    if _is_grouped_depthwise(layer):
+        # Output g * m + j of group g reads input channel g, as depthwise
+        # output c * m + j reads channel c: (kh, kw, 1, C * m) -> (kh, kw, C, m).
+        kernel = weights[0]
+        m = depth_multiplier(layer)
+        weights[0] = kernel.reshape(*kernel.shape[:2], kernel.shape[-1] // m, m)
     if isinstance(new_layer, sliced.SlicedBatchNormalization):
         rows = len(new_layer.declared_rates)
         # Every width starts from the full network's statistics; a

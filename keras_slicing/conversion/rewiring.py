@@ -38,6 +38,7 @@ from keras_slicing.layers.concatenate import interleaved_order
 
 REWIRE_OPTIONS = (None, "l1", "bn", "taylor")
 _GATES = {keras.layers.LSTM: 4, keras.layers.GRU: 3}
+_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 
 
 class Permuter:
@@ -102,7 +103,14 @@ class Permuter:
             return [weights[0][:, out]]
         if type(layer) in _GATES:
             return _recurrent(weights, paths, ins[0], out, _GATES[type(layer)])
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
+        if isinstance(layer, _SEPARABLE):
+            # Depthwise output c * m + j comes from input channel c.
+            m = layer.depth_multiplier
+            rows = (ins[0][:, None] * m + np.arange(m)).reshape(-1)
+            depthwise = weights[0][..., ins[0], :]
+            pointwise = weights[1][..., rows, :][..., out]
+            return [depthwise, pointwise] + [w[out] for w in weights[2:]]
+        if isinstance(new, keras.layers.DepthwiseConv2D):  # or a grouped Conv2D
             result = [weights[0][:, :, ins[0], :]]
             return result + [w[out] for w in weights[1:]]
         if isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D)):
@@ -217,6 +225,9 @@ def _l1_score(node):
         units = layer.units
         blocks = kernel.reshape(kernel.shape[0], -1, units)
         return np.abs(blocks).sum((0, 1))
+    if type(layer) in _SEPARABLE:
+        kernel = np.asarray(layer.pointwise_kernel)
+        return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
     if type(layer) in (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D):
         kernel = np.asarray(layer.kernel)
         return np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)

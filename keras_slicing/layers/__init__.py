@@ -9,8 +9,11 @@ from keras_slicing.layers.flatten import SlicedFlatten
 from keras_slicing.layers.group_normalization import SlicedGroupNormalization
 from keras_slicing.layers.gru import SlicedGRU
 from keras_slicing.layers.layer_normalization import SlicedLayerNormalization
+from keras_slicing.layers.layer_scale import SlicedLayerScale
 from keras_slicing.layers.lstm import SlicedLSTM
 from keras_slicing.layers.multi_head_attention import SlicedMultiHeadAttention
+from keras_slicing.layers.separable_conv1d import SlicedSeparableConv1D
+from keras_slicing.layers.separable_conv2d import SlicedSeparableConv2D
 
 __all__ = [
     "SlicedBatchNormalization",
@@ -25,5 +28,8 @@ __all__ = [
     "SlicedGroupNormalization",
     "SlicedLSTM",
     "SlicedLayerNormalization",
+    "SlicedLayerScale",
     "SlicedMultiHeadAttention",
+    "SlicedSeparableConv1D",
+    "SlicedSeparableConv2D",
 ]

@@ -213,18 +213,23 @@ class SlicedProjectionMixin(SlicedLayerMixin):
             # expects, so only the rank is checked.
             self.input_spec = keras.layers.InputSpec(**rank)
 
-    def _active_kernel_and_bias(self, inputs, rate):
-        kernel, bias = self.kernel, self.bias
+    def _active_widths(self, inputs, rate, full_in):
+        """`(n_in, n_out)` of a call, each None where it is the full width."""
         n_in = n_out = None
         if self.slice_input:
             n_in = backend.dim(inputs, -1)
-            if is_static_int(n_in, kernel.shape[-2]):
+            if is_static_int(n_in, full_in):
                 n_in = None
         groups = self._groups(rate)
         if self.slice_output and not is_static_int(groups, self.slice_groups):
             n_out = groups * (self._full_width() // self.slice_groups)
-            if bias is not None:
-                bias = leading_block(bias, [n_out])
+        return n_in, n_out
+
+    def _active_kernel_and_bias(self, inputs, rate):
+        kernel, bias = self.kernel, self.bias
+        n_in, n_out = self._active_widths(inputs, rate, kernel.shape[-2])
+        if n_out is not None and bias is not None:
+            bias = leading_block(bias, [n_out])
         if n_in is not None or n_out is not None:
             sizes = [None] * (len(kernel.shape) - 2) + [n_in, n_out]
             kernel = leading_block(kernel, sizes)
@@ -298,3 +303,62 @@ class SlicedConvolutionMixin(SlicedProjectionMixin):
         if self.activation is not None:
             outputs = self.activation(outputs)
         return outputs
+
+
+class SlicedSeparableConvolutionMixin(SlicedConvolutionMixin):
+    """Separable convolutions: a depthwise filter, then sliced pointwise filters.
+
+    The depthwise kernel `(*window, c_in, depth_multiplier)` follows the
+    input's channels, as a depthwise convolution does; depthwise output
+    `c * depth_multiplier + j` comes from input channel `c`, so the pointwise
+    kernel `(*ones, c_in * depth_multiplier, filters)` reads a prefix of its
+    rows and, when `slice_output`, writes the active groups of its columns.
+    """
+
+    def _active_kernels_and_bias(self, inputs, rate):
+        depthwise, pointwise, bias = (
+            self.depthwise_kernel, self.pointwise_kernel, self.bias
+        )
+        rank = len(depthwise.shape) - 2
+        n_in, n_out = self._active_widths(inputs, rate, depthwise.shape[-2])
+        if n_out is not None and bias is not None:
+            bias = leading_block(bias, [n_out])
+        if n_in is not None:
+            depthwise = leading_block(depthwise, [None] * rank + [n_in, None])
+        if n_in is not None or n_out is not None:
+            rows = None if n_in is None else n_in * self.depth_multiplier
+            pointwise = leading_block(pointwise, [None] * rank + [rows, n_out])
+        return depthwise, pointwise, bias
+
+    def call(self, inputs, rate=None):
+        depthwise, pointwise, bias = self._active_kernels_and_bias(inputs, rate)
+        outputs = ops.separable_conv(
+            inputs,
+            depthwise,
+            pointwise,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format=self.data_format,
+        )
+        return self._bias_and_activation(outputs, bias)
+
+    def plain_layer(self, rate, input_shapes, name):
+        """The standard separable convolution of the width of `rate`, and weights."""
+        n_in = input_shapes[0][-1]
+        n_out = self.filters
+        if self.slice_output:
+            n_out = rates_lib.active_width(n_out, rate, self.slice_groups)
+        config = plain_config(self, name)
+        config["filters"] = n_out
+        rank = len(self.depthwise_kernel.shape) - 2
+        weights = [
+            leading_values(self.depthwise_kernel, [None] * rank + [n_in]),
+            leading_values(
+                self.pointwise_kernel,
+                [None] * rank + [n_in * self.depth_multiplier, n_out],
+            ),
+        ]
+        if self.use_bias:
+            weights.append(leading_values(self.bias, [n_out]))
+        return self._plain_class.from_config(config), weights

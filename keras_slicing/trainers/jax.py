@@ -40,6 +40,7 @@ class SlicingTrainer:
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
+        self._prepare_step_scales()
         for rate in self.rates:
             self._at_rate(rate)  # built once here, not inside a trace
         out_shardings = None

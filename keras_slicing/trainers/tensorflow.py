@@ -30,6 +30,7 @@ class SlicingTrainer:
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
+        self._prepare_step_scales()
         if self._host_sampled or _runs_every_rate(self):
             # Filled as steps are compiled; `compiled_rate_sets` reads it.
             steps = self._compiled_rate_sets

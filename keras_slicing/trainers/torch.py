@@ -33,6 +33,7 @@ class SlicingTrainer:
     def make_train_function(self, force=False):
         if self.train_function is not None and not force:
             return self.train_function
+        self._prepare_step_scales()
         _check_one_step_per_execution(self)
 
         def train_function(data):
@@ -91,9 +92,14 @@ class SlicingTrainer:
         loss.backward()
         return aux, [variable.value.grad for variable in variables]
 
-    def _apply_gradients(self, gradients, variables):
+    def _apply_step(self, gradients, variables):
+        # The update and the step scaling that follows it (parameters are
+        # leaves of autograd, assigned in place).
         with torch.no_grad():
-            self.optimizer.apply_gradients(zip(gradients, variables))
+            super()._apply_step(gradients, variables)
+
+    def _apply_gradients(self, gradients, variables):
+        self.optimizer.apply_gradients(zip(gradients, variables))
 
 
 def _as_tensor(value):

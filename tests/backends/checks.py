@@ -187,6 +187,38 @@ def depthwise_conv2d_matches_plain_depthwise():
 
 
 @check
+def separable_convolutions_match_plain_keras():
+    pairs = (
+        (layers.SlicedSeparableConv2D, keras.layers.SeparableConv2D, (6, 6)),
+        (layers.SlicedSeparableConv1D, keras.layers.SeparableConv1D, (9,)),
+    )
+    for sliced_class, plain_class, positions in pairs:
+        layer = sliced_class(8, 3, slice_groups=4, depth_multiplier=2, padding="same")
+        layer.build((None, *positions, 8))
+        _randomize(layer, 9)
+        depthwise, pointwise, bias = layer.get_weights()
+        for rate in RATES:
+            n = active_width(8, rate, 4)
+            x = np.random.default_rng(10).normal(size=(2, *positions, n)).astype("float32")
+            plain = plain_class(n, 3, depth_multiplier=2, padding="same")
+            plain.build((None, *positions, n))
+            plain.set_weights([depthwise[..., :n, :], pointwise[..., : 2 * n, :n], bias[:n]])
+            _close(_both_rates(layer, x, rate), plain(x), atol=1e-4)
+
+
+@check
+def layer_scale_multiplies_the_active_channels():
+    layer = layers.SlicedLayerScale(0.5, 8, slice_groups=4)
+    layer.build((None, 3, 8))
+    _randomize(layer, 11)
+    (gamma,) = layer.get_weights()
+    for rate in RATES:
+        n = active_width(8, rate, 4)
+        x = np.random.default_rng(12).normal(size=(2, 3, n)).astype("float32")
+        _close(_both_rates(layer, x, rate), x * gamma[:n])
+
+
+@check
 def group_normalization_matches_plain():
     layer = layers.SlicedGroupNormalization(groups=8, slice_groups=4)
     layer.build((None, 4, 4, 16))

@@ -13,6 +13,7 @@ from keras import ops
 import keras_slicing
 from keras_slicing.callbacks import MinRateScheduler
 from keras_slicing.callbacks import SlicedValidation
+from tests import step_scale_reference as step_reference
 from tests.backends.checks import BACKEND
 from tests.backends.checks import check
 from tests.sliced_models import count_traces
@@ -97,6 +98,22 @@ def _sliced_mlp(seed=1, **kwargs):
     return keras_slicing.SlicingModel(
         mlp.inputs, mlp.outputs, rates=TRAIN_RATES, seed=seed, **kwargs
     )
+
+
+@check
+def step_scales_match_a_hand_computed_step():
+    """Per-width step scales (a StatelessScope on JAX, in-place on PyTorch):
+    SGD and Adam steps equal numpy's, each element's step scaled."""
+    for optimizer, reference_step in (
+        (keras.optimizers.SGD(0.1), lambda w: step_reference.sgd_step(
+            w, *step_reference.batch(), 0.1)),
+        (keras.optimizers.Adam(0.01), lambda w: step_reference.first_adam_step(
+            w, *step_reference.batch(), 0.01)),
+    ):
+        model = step_reference.linear_model()
+        before, after = step_reference.trained_one_step(model, optimizer)
+        for got, want in zip(after, reference_step(before)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @check

@@ -1,8 +1,10 @@
-"""The merging and the goals of `benchmarks/slice_pretrained_sequences.py`."""
+"""The merging, the goals and the recipes of `benchmarks/slice_pretrained_sequences.py`."""
 
+import keras
 import numpy as np
 import pytest
 
+import keras_slicing
 from benchmarks import slice_pretrained_sequences as bench
 
 RATES = [str(rate) for rate in bench.RATES]
@@ -76,3 +78,26 @@ def test_goals_pair_each_seed_with_its_own_scratch_run():
     np.testing.assert_allclose(mean, np.mean(gaps))
     np.testing.assert_allclose(se, np.std(gaps, ddof=1) / np.sqrt(3))
     assert goal["within_margin_at_25%"]["0.25"] == (np.mean(gaps) <= bench.MARGIN)
+
+
+@pytest.mark.parametrize("recipe", ["teacher_high_lr", "teacher_mix_high_lr",
+                                    "teacher_mix_t2_high_lr", "inplace_high_lr"])
+def test_a_distillation_recipe_is_high_lr_with_its_label_loss_weights(recipe):
+    share, options = bench.RECIPES[recipe]
+    assert share == bench.RECIPES["high_lr"][0]
+    # SlicingModel's default on labels, 3 - 2r, which distillation would make even.
+    np.testing.assert_allclose(options["rate_loss_weights"],
+                               [3 - 2 * rate for rate in bench.RATES])
+
+
+def test_a_teacher_recipe_distills_from_the_pretrained_model_it_is_given():
+    def plain():
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
+                                 keras.layers.Dense(3)])
+
+    pretrained, student = plain(), plain()
+    sliced = keras_slicing.slice_model(
+        student, rates=bench.RATES,
+        **bench.recipe_kwargs("teacher_mix_high_lr", pretrained))
+    assert sliced.distillation is pretrained
+    assert sliced.distillation_weight == 0.5

@@ -117,3 +117,58 @@ def transformer_block():
     for variable in model.weights:  # small weights: attention stays smooth
         variable.assign(rng.normal(0.0, 0.2, variable.shape).astype("float32"))
     return model
+
+
+def separable_cnn():
+    """Xception's entry flow in small: separable convolutions (depth
+    multiplier 2), a strided 1x1 shortcut, and a separable convolution
+    reading a channel concatenation."""
+    x = keras.Input((12, 12, 3), name="image")
+    h = K.SeparableConv2D(16, 3, padding="same", depth_multiplier=2, name="stem")(x)
+    h = K.BatchNormalization(name="stem_bn")(h)
+    h = K.ReLU()(h)
+    shortcut = K.Conv2D(32, 1, strides=2, name="shortcut")(h)
+    h = K.SeparableConv2D(32, 3, padding="same", name="sep1")(h)
+    h = K.BatchNormalization(name="sep1_bn")(h)
+    h = K.ReLU()(h)
+    h = K.SeparableConv2D(32, 3, padding="same", depth_multiplier=2, name="sep2")(h)
+    h = K.MaxPooling2D(3, strides=2, padding="same")(h)
+    h = K.Add(name="residual")([h, shortcut])
+    branch = K.SeparableConv2D(16, 3, padding="same", name="branch")(h)
+    h = K.Concatenate(name="join")([h, branch])
+    h = K.SeparableConv2D(24, 3, padding="same", activation="relu", name="after_join")(h)
+    h = K.GlobalAveragePooling2D()(h)
+    y = K.Dense(5, name="logits")(h)
+    return randomize(keras.Model(x, y, name="separable_cnn"))
+
+
+def separable_1d():
+    """SeparableConv1D over a sequence of features."""
+    x = keras.Input((20, 4), name="signal")
+    h = K.SeparableConv1D(16, 5, padding="same", activation="relu", name="sep1")(x)
+    h = K.SeparableConv1D(24, 3, strides=2, depth_multiplier=3, name="sep2")(h)
+    h = K.LayerNormalization(name="ln")(h)
+    h = K.GlobalAveragePooling1D()(h)
+    y = K.Dense(3, name="logits")(h)
+    return randomize(keras.Model(x, y, name="separable_1d"))
+
+
+def convnext_block():
+    """ConvNeXt's block: a depthwise convolution written as a grouped
+    `Conv2D` (one input channel per group, here two outputs each), layer
+    norms, an inverted MLP and a layer scale on the residual branch."""
+    from keras_slicing.keras_internals import LayerScale
+
+    x = keras.Input((8, 8, 3), name="image")
+    h = K.Conv2D(16, 2, strides=2, name="stem")(x)
+    h = K.LayerNormalization(epsilon=1e-6, name="stem_ln")(h)
+    skip = h
+    b = K.Conv2D(32, 3, padding="same", groups=16, name="depthwise")(h)
+    b = K.LayerNormalization(epsilon=1e-6, name="ln")(b)
+    b = K.Dense(64, activation="gelu", name="mlp_in")(b)
+    b = K.Dense(16, name="mlp_out")(b)
+    b = LayerScale(1e-6, 16, name="layer_scale")(b)
+    h = K.Add(name="residual")([skip, b])
+    h = K.GlobalAveragePooling2D()(h)
+    y = K.Dense(4, name="logits")(h)
+    return randomize(keras.Model(x, y, name="convnext_block"))

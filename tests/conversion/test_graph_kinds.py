@@ -121,6 +121,25 @@ def test_merge_layers_unite_the_groups_of_their_inputs(merge):
     _check_full_width(plain, sliced, (8,))
 
 
+def test_inception_resnet_scaled_residual_is_a_merge():
+    # InceptionResNetV2's `x + scale * branch` layer (no public class).
+    from keras_slicing.keras_internals import CustomScaleLayer
+
+    x = keras.Input((8,))
+    a = K.Dense(16, name="a")(x)
+    b = K.Dense(16, name="b")(a)
+    h = CustomScaleLayer(0.2, name="scaled_residual")([a, b])
+    plain = plain_models.randomize(keras.Model(x, K.Dense(2, name="out")(h)))
+    sliced = keras_slicing.slice_model(plain)
+    assert sliced.get_layer("a").slice_output and sliced.get_layer("b").slice_output
+    _check_full_width(plain, sliced, (8,))
+    features = np.random.default_rng(1).random((3, 8)).astype("float32")
+    cut = keras_slicing.extract_submodel(sliced, 0.5)
+    np.testing.assert_allclose(
+        _numpy(cut(features)), _numpy(sliced.at_rate(0.5)(features)), atol=1e-5
+    )
+
+
 def test_merge_with_a_full_width_input_keeps_the_whole_group_full():
     x = keras.Input((16,))
     h = K.Dense(16, name="fc1")(x)
