@@ -18,9 +18,10 @@ files hold the same operators on the same shapes (`tflite_operators`); any
 difference is reported; and the sliced file's output on two random images
 equals the sliced Keras model's at that width (largest difference, and
 largest output for scale). Timed with LiteRT, 1 thread, batch 1, sliced and
-native interleaved in every round, by the CPU time of the calling thread
-(which other jobs of a shared machine do not inflate) and by wall time: the
-ratio is the median of per-round ratios. Target: sliced / native within
+native interleaved in every round (each round in a random order, the first
+call of each timing untimed: `latency_rounds`), by the CPU time of the
+calling thread (which other jobs of a shared machine do not inflate) and by
+wall time: the ratio is the median of per-round ratios. Target: sliced / native within
 1.00 +- 0.05 at every width. One process per network.
 
     python benchmarks/applications_latency.py [--names=MobileNetV2] [--repeats=41]
@@ -350,8 +351,8 @@ def main():
             "litert": getattr(ai_edge_litert, "__version__", "unknown"),
             "litert_threads": 1,
             "note": "shared 2-core machine (other jobs running): ratios are "
-                    "medians of per-round ratios of interleaved rounds; the "
-                    "thread-CPU-time ratio is the headline",
+                    "medians of per-round ratios of interleaved rounds, each "
+                    "in a random order; the thread-CPU-time ratio is the headline",
         },
         "settings": {
             "input_shapes": {name: SHAPES.get(name, SHAPE) for name in results},

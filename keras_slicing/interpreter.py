@@ -156,13 +156,29 @@ def measure_latencies(interpreters, repeats=15, min_seconds=0.02):
     return [float(np.median(times)) for times in rounds]
 
 
-def latency_rounds(interpreters, repeats=15, min_seconds=0.02, clock=time.perf_counter):
+def latency_rounds(
+    interpreters, repeats=15, min_seconds=0.02, clock=time.perf_counter, seed=0
+):
     """Seconds per `invoke()` of each interpreter in each timing round.
 
-    Rounds are interleaved (every interpreter once per round, in reverse
-    order every other round), so a change of machine load affects all of
-    them alike and their ratios stay fair. Each timing averages enough
-    calls to last about `min_seconds`.
+    Rounds are interleaved (every interpreter once per round), so a change
+    of machine load affects all of them alike and their ratios stay fair.
+    Each round runs them in a fresh random order: in a fixed order reversed
+    every other round, the interpreters at the ends of the list ran twice
+    in a row and timed faster, and each one always followed the same
+    neighbours. Each timing starts with one untimed call, because the first
+    call after another model finds that model's weights in the caches (1.5
+    to 1.7 times a repeated call for DenseNet121's files,
+    `benchmarks/densenet_latency_cause.py`); the timed calls are those of a
+    model called again and again. Each timing averages enough calls to
+    last about `min_seconds`.
+
+    Args:
+        interpreters: Objects with an `invoke()` method, inputs set.
+        repeats: Timing rounds.
+        min_seconds: Approximate duration of each timing.
+        clock: The clock, e.g. `time.thread_time` (see `time_invoke`).
+        seed: Seed of the rounds' orders.
 
     Returns:
         One list of `repeats` timings per interpreter.
@@ -174,8 +190,9 @@ def latency_rounds(interpreters, repeats=15, min_seconds=0.02, clock=time.perf_c
         single = time_invoke(interpreter, 5, clock)
         numbers.append(max(1, int(min_seconds / max(single, 1e-7))))
     rounds = [[] for _ in interpreters]
-    order = list(range(len(interpreters)))
-    for repeat in range(repeats):
-        for i in order if repeat % 2 == 0 else reversed(order):
+    rng = np.random.default_rng(seed)
+    for _ in range(repeats):
+        for i in rng.permutation(len(interpreters)):
+            interpreters[i].invoke()
             rounds[i].append(time_invoke(interpreters[i], numbers[i], clock))
     return rounds
