@@ -7,6 +7,7 @@ import keras
 from keras_slicing import graph
 from keras_slicing import keras_internals
 from keras_slicing import widths
+from keras_slicing.layers.layer_scale import SlicedLayerScale
 
 
 def model_cost(model, rate=1.0):
@@ -84,7 +85,7 @@ def _layer_cost(layer, input_shape, output_shape):
         return (affine + 2) * n_in, math.prod(input_shape[1:])
     if isinstance(layer, L.Embedding):  # kept at full width; a lookup is free
         return layer.input_dim * layer.output_dim, 0
-    if isinstance(layer, keras_internals.LayerScale):  # x * gamma
+    if isinstance(layer, (keras_internals.LayerScale, SlicedLayerScale)):  # x * gamma
         return n_in, math.prod(input_shape[1:])
     if isinstance(layer, L.Normalization):  # mean, variance and count
         return sum(math.prod(w.shape) for w in layer.weights), math.prod(input_shape[1:])

@@ -20,6 +20,7 @@ import numpy as np
 from keras_slicing import checks
 from keras_slicing.layers.base import SlicedProjectionMixin
 from keras_slicing.layers.base import SlicedSeparableConvolutionMixin
+from keras_slicing.layers.base import multiplied_order
 from keras_slicing.layers.batch_normalization import SlicedBatchNormalization
 from keras_slicing.layers.concatenate import interleaved_order
 from keras_slicing.layers.depthwise_conv2d import SlicedDepthwiseConv2D
@@ -92,9 +93,7 @@ def absorbed(layer, weights, order):
     """`weights` of `layer`'s plain width reading its channels in `order`."""
     inverse = np.argsort(order)
     if isinstance(layer, SlicedSeparableConvolutionMixin):
-        # Depthwise output c * m + j comes from input channel c.
-        m = layer.depth_multiplier
-        rows = (inverse[:, None] * m + np.arange(m)).reshape(-1)
+        rows = multiplied_order(inverse, layer.depth_multiplier)
         return [np.take(weights[0], inverse, axis=-2),
                 np.take(weights[1], rows, axis=-2), *weights[2:]]
     if isinstance(layer, SlicedProjectionMixin):
@@ -102,8 +101,7 @@ def absorbed(layer, weights, order):
     if isinstance(layer, SlicedDepthwiseConv2D):
         result = [np.take(weights[0], inverse, axis=2)]
         if len(weights) > 1:
-            m = layer.depth_multiplier
-            result.append(weights[1].reshape(-1, m)[inverse].reshape(-1))
+            result.append(weights[1][multiplied_order(inverse, layer.depth_multiplier)])
         return result
     return [np.take(w, inverse, axis=-1) for w in weights]
 
@@ -111,8 +109,7 @@ def absorbed(layer, weights, order):
 def followed(layer, order):
     """The order of `layer`'s output when it reads a tensor in `order`."""
     if isinstance(layer, SlicedDepthwiseConv2D):
-        m = layer.depth_multiplier
-        return (order[:, None] * m + np.arange(m)).reshape(-1)
+        return multiplied_order(order, layer.depth_multiplier)
     if getattr(layer, "follows_input_width", False):
         return order
     return None

@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_slicing.conversion import building
 from keras_slicing.conversion import joins
+from keras_slicing.layers.base import multiplied_order
 from keras_slicing.layers.concatenate import interleaved_order
 
 REWIRE_OPTIONS = (None, "l1", "bn", "taylor")
@@ -67,7 +68,7 @@ class Permuter:
         if flat is None:
             if order is None:
                 return np.arange(width)
-            return (order[:, None] * factor + np.arange(factor)).reshape(-1)
+            return multiplied_order(order, factor)
         positions, features = flat
         per_channel = factor // positions
         if order is None:
@@ -104,9 +105,7 @@ class Permuter:
         if type(layer) in _GATES:
             return _recurrent(weights, paths, ins[0], out, _GATES[type(layer)])
         if isinstance(layer, _SEPARABLE):
-            # Depthwise output c * m + j comes from input channel c.
-            m = layer.depth_multiplier
-            rows = (ins[0][:, None] * m + np.arange(m)).reshape(-1)
+            rows = multiplied_order(ins[0], layer.depth_multiplier)
             depthwise = weights[0][..., ins[0], :]
             pointwise = weights[1][..., rows, :][..., out]
             return [depthwise, pointwise] + [w[out] for w in weights[2:]]

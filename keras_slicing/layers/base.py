@@ -56,6 +56,16 @@ def leading_values(variable, sizes):
     return value[tuple(slice(size) for size in sizes)]
 
 
+def multiplied_order(order, depth_multiplier):
+    """The order of a depthwise filter's outputs when it reads channels in `order`.
+
+    Depthwise output `c * depth_multiplier + j` comes from input channel
+    `c` (`DepthwiseConv2D`, and the first half of a separable convolution).
+    """
+    m = depth_multiplier
+    return (np.asarray(order)[:, None] * m + np.arange(m)).reshape(-1)
+
+
 def affine_values(layer, n):
     """A normalization layer's `gamma` and `beta` (those it has), first `n`."""
     return [

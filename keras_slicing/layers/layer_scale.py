@@ -73,14 +73,6 @@ class SlicedLayerScale(SlicedLayerMixin, keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def active_cost(self, rate, input_shapes, output_shapes):
-        """Parameters and MACs at the input's width: one multiply per element."""
-        shape = input_shapes[0]
-        elements = 1
-        for size in shape[1:]:
-            elements *= size
-        return shape[-1], elements
-
     def plain_layer(self, rate, input_shapes, name):
         """ConvNeXt's `LayerScale` of the input's channels, and its weight."""
         n = input_shapes[0][-1]
